@@ -1,0 +1,1 @@
+"""pytest plugin entry of the polysocket conformance suite."""

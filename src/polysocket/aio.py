@@ -1,0 +1,117 @@
+"""The asyncio API: ``async with polysocket.connect(uri) as ws`` on the caller's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+from .client import check_uri, open_transport
+from .connection import check_close, check_message, close_outcome
+from .errors import ConnectionClosedError
+from .options import client_options
+from .plugins import registry as engines
+from .transport import ClientOptions, Message, Transport, TransportClosed
+
+__all__ = ["AsyncConnection", "connect"]
+
+
+class AsyncConnection:
+    """An open connection for asyncio code. One task may ``recv`` at a time."""
+
+    def __init__(self, transport: Transport, uri: str, engine: str, options: ClientOptions):
+        self._transport = transport
+        self._options = options
+        self._close_requested: tuple[int, str] | None = None
+        self.uri = uri
+        self.engine = engine
+        self.subprotocol = transport.subprotocol
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        message = check_message(message)
+        if self._close_requested is not None or self.close_code is not None:
+            raise self._closed_error()
+        try:
+            await self._transport.send(message)
+        except TransportClosed as closed:
+            self._ended(closed)
+            raise self._closed_error() from None
+
+    async def recv(self) -> Message:
+        """The next message; raises ``ConnectionClosedError`` once the connection has ended."""
+        try:
+            return await self._transport.receive()
+        except TransportClosed as closed:
+            self._ended(closed)
+            raise self._closed_error() from closed.error
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        """Messages until the connection closes; a normal close (1000/1001) ends quietly."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosedError as exc:
+                if exc.code in (1000, 1001):
+                    return
+                raise
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        check_close(code, reason)
+        if self._close_requested is None:
+            self._close_requested = (code, reason)
+        try:
+            await asyncio.wait_for(self._transport.close(code, reason), self._options.close_timeout)
+        except TransportClosed:
+            pass
+        except TimeoutError:
+            self._transport.abort()
+        if self.close_code is None:
+            self.close_code, self.close_reason = self._close_requested
+
+    def _ended(self, closed: TransportClosed) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = close_outcome(closed, self._close_requested)
+
+    def _closed_error(self) -> ConnectionClosedError:
+        return ConnectionClosedError(
+            f"the connection is closed (code {self.close_code}); open a new one",
+            code=self.close_code,
+            reason=self.close_reason or "",
+        )
+
+    async def __aenter__(self) -> AsyncConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class connect:
+    """Open a connection: ``ws = await connect(uri)`` or ``async with connect(uri) as ws``.
+
+    The engine and options are checked at once, before any network traffic.
+    """
+
+    def __init__(self, uri: str, engine: str | None = None, **options: Any) -> None:
+        self._engine = engines.get(engine)
+        self._options = client_options(self._engine, options)
+        check_uri(uri)
+        self._uri = uri
+        self._connection: AsyncConnection | None = None
+
+    async def _open(self) -> AsyncConnection:
+        transport = await open_transport(self._engine, self._uri, self._options)
+        return AsyncConnection(transport, self._uri, self._engine.name, self._options)
+
+    def __await__(self) -> Generator[Any, None, AsyncConnection]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncConnection:
+        self._connection = await self._open()
+        return self._connection
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()

@@ -1,0 +1,188 @@
+"""The Dirigible client API: ``createWebsocket``, the client registry, ``WebsocketClient``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from .connection import Connection
+from .errors import ConnectError
+from .handlers import Handler, resolve_handler
+from .options import client_options
+from .plugins import registry as engines
+from .runtime import background
+from .transport import ClientOptions, Engine, Transport
+
+log = logging.getLogger("polysocket.client")
+
+__all__ = [
+    "WebsocketClient",
+    "create_websocket",
+    "get_client",
+    "get_client_by_handler",
+    "get_clients",
+]
+
+
+def check_uri(uri: str) -> None:
+    if not isinstance(uri, str) or urlsplit(uri).scheme not in ("ws", "wss"):
+        raise ConnectError(f"{uri!r} is not a WebSocket URI; it must start with ws:// or wss://")
+
+
+async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Transport:
+    """Connect through ``engine``, turning every failure into :class:`ConnectError`."""
+    try:
+        return await asyncio.wait_for(engine.connect(uri, options), options.open_timeout)
+    except ConnectError:
+        raise
+    except TimeoutError:
+        raise ConnectError(
+            f"connecting to {uri} timed out after {options.open_timeout} s (open_timeout);"
+            " check that the server is up, or raise open_timeout="
+        ) from None
+    except OSError as exc:
+        raise ConnectError(
+            f"cannot connect to {uri}: {exc}; check that the server is running and that the"
+            " host and port are right"
+        ) from exc
+    except Exception as exc:
+        raise ConnectError(f"cannot connect to {uri}: {type(exc).__name__}: {exc}") from exc
+
+
+class WebsocketClient:
+    """An open client connection, as ``createWebsocket`` returns it."""
+
+    def __init__(self, id: str, uri: str, handler: Handler, engine: str) -> None:
+        self.id = id
+        self.uri = uri
+        self.handler = handler.spec
+        self.engine = engine
+        self._connection: Connection
+
+    def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send text (``str``) or binary (bytes-like); blocks while the peer is slow.
+
+        Raises ``TypeError`` for anything else and ``ConnectionClosedError`` once closed.
+        """
+        self._connection.send(message)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after flushing what was sent; idempotent, safe from any thread or callback."""
+        self._connection.close(code, reason)
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self._connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._connection.close_reason
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until ``onClose`` has run; True if it did within ``timeout``."""
+        return self._connection.dispatcher.finished.wait(timeout)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<WebsocketClient {self.id} {self.uri} engine={self.engine} {state}>"
+
+
+class ClientRegistry:
+    """Open clients, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, WebsocketClient] = {}
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    def add(self, client: WebsocketClient) -> None:
+        with self._lock:
+            self._clients[client.id] = client
+
+    def remove(self, client: WebsocketClient) -> None:
+        with self._lock:
+            self._clients.pop(client.id, None)
+
+    def all(self) -> list[WebsocketClient]:
+        with self._lock:
+            return list(self._clients.values())
+
+    def close_all(self, code: int = 1001, reason: str = "going away", wait: float = 5.0) -> None:
+        clients = self.all()
+        for client in clients:
+            client._connection.request_close(code, reason)
+        for client in clients:
+            client.wait_closed(wait)
+
+
+clients = ClientRegistry()
+background.on_stop(clients.close_all)
+
+
+def create_websocket(
+    uri: str, handler: Any, engine: str | None = None, **options: Any
+) -> WebsocketClient:
+    """Open a client connection whose events go to ``handler``; return once it is open.
+
+    The handler and engine are resolved before any network traffic. Raises
+    :class:`ConnectError` when the connection cannot be opened; then no callback runs and
+    no client is registered.
+    """
+    resolved = resolve_handler(handler)
+    chosen = engines.get(engine)
+    checked = client_options(chosen, options)
+    check_uri(uri)
+    return background.run(_open_client(uri, resolved, chosen, checked), "createWebsocket()")
+
+
+async def _open_client(
+    uri: str, handler: Handler, engine: Engine, options: ClientOptions
+) -> WebsocketClient:
+    transport = await open_transport(engine, uri, options)
+    client = WebsocketClient(clients.next_id(), uri, handler, engine.name)
+    client._connection = Connection(
+        transport,
+        handler,
+        client,
+        asyncio.get_running_loop(),
+        options.close_timeout,
+        on_ended=lambda: clients.remove(client),
+    )
+    clients.add(client)
+    client._connection.start()
+    log.debug("client %s connected to %s with %s", client.id, uri, engine.name)
+    return client
+
+
+def get_clients() -> list[dict[str, Any]]:
+    """Open clients as ``{"id", "uri", "handler", "engine"}`` dicts, oldest first."""
+    return [
+        {"id": c.id, "uri": c.uri, "handler": c.handler, "engine": c.engine}
+        for c in clients.all()
+    ]
+
+
+def get_client(id: str) -> WebsocketClient | None:
+    for client in clients.all():
+        if client.id == str(id):
+            return client
+    return None
+
+
+def get_client_by_handler(handler: Any) -> WebsocketClient | None:
+    """The oldest open client created with ``handler`` (the same path, module or object)."""
+    for client in clients.all():
+        if client.handler is handler or (isinstance(handler, str) and client.handler == handler):
+            return client
+    return None

@@ -1,0 +1,268 @@
+"""One open connection driven by the core: reader, writer, close bookkeeping.
+
+The same machinery serves client connections and (later) server sessions. It runs on an
+event loop; ``send`` and ``close`` may be called from any thread.
+
+Outgoing messages go into one queue under a lock (so one thread's messages leave in call
+order); the first message of a burst wakes the writer task once, and the writer sends the
+whole burst. Senders block while too much is queued, and the writer itself waits on the
+engine's flow control, so a slow peer slows the sender down instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .dispatch import BACKLOG_HIGH, Dispatcher, ErrorText, Event
+from .errors import ConnectionClosedError
+from .handlers import Handler
+from .transport import Transport, TransportClosed
+
+log = logging.getLogger("polysocket.connection")
+
+#: Queued outgoing bytes above which ``send`` blocks, and below which it resumes.
+OUTBOX_HIGH = 1 << 20
+OUTBOX_LOW = 1 << 18
+
+ABNORMAL_CLOSURE = 1006
+
+
+def check_message(message: Any) -> str | bytes:
+    if isinstance(message, str | bytes):
+        return message
+    if isinstance(message, bytearray | memoryview):
+        return bytes(message)
+    raise TypeError(
+        f"send() takes str (text) or bytes/bytearray/memoryview (binary), not"
+        f" {type(message).__name__}; convert it first, e.g. send(str(value))"
+    )
+
+
+def check_close(code: int, reason: str) -> None:
+    if not isinstance(code, int) or not (
+        code == 1000 or 1001 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    ):
+        raise ValueError(
+            f"close code {code!r} cannot be sent; use 1000 (normal), 1001-1003, 1007-1014,"
+            " or an application code from 3000 to 4999"
+        )
+    if len(reason.encode()) > 123:
+        raise ValueError("close reason is longer than 123 bytes (UTF-8); shorten it")
+
+
+def close_outcome(
+    closed: TransportClosed, requested: tuple[int, str] | None
+) -> tuple[int, str]:
+    """The close code and reason to report, the same way on every engine.
+
+    The initiator's code wins: when this side asked to close and the peer answered, the
+    code we sent; when the peer closed, the code it sent; with no close frame, 1006.
+    """
+    if closed.error is not None:
+        return closed.code or ABNORMAL_CLOSURE, closed.reason or str(closed.error)
+    if closed.code is None or closed.code == ABNORMAL_CLOSURE:
+        return ABNORMAL_CLOSURE, closed.reason
+    if requested is not None:
+        return requested
+    return closed.code, closed.reason
+
+
+_CLOSE = object()
+
+
+class Connection:
+    """The core's side of one connection. Create it on the loop, then call ``start()``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        handler: Handler,
+        session: Any,
+        loop: asyncio.AbstractEventLoop,
+        close_timeout: float,
+        on_ended: Callable[[], None],
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._close_timeout = close_timeout
+        self._on_ended = on_ended
+        self.dispatcher = Dispatcher(handler, session, loop)
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._outbox: deque[Any] = deque()
+        self._queued_bytes = 0
+        self._writer_awake = False
+        self._wake_writer = asyncio.Event()
+        self._close_requested: tuple[int, str] | None = None
+        self._ended = False
+        self.ended = threading.Event()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._send_error: Exception | None = None
+        self._closing_transport = False
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._loop_thread = threading.current_thread()
+
+    def start(self) -> None:
+        self.dispatcher.push(Event("onopen"))
+        self._reader = self._loop.create_task(self._read_loop())
+        self._writer = self._loop.create_task(self._write_loop())
+
+    # -- any thread ------------------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        message = check_message(message)
+        size = len(message)
+        on_loop = threading.current_thread() is self._loop_thread
+        with self._lock:
+            while (
+                self._queued_bytes >= OUTBOX_HIGH
+                and not on_loop
+                and self._close_requested is None
+                and not self._ended
+            ):
+                self._room.wait()
+            if self._close_requested is not None or self._ended:
+                raise self._closed_error()
+            self._outbox.append(message)
+            self._queued_bytes += size
+            if self._writer_awake:
+                return
+            self._writer_awake = True
+        self._loop.call_soon_threadsafe(self._wake_writer.set)
+
+    def request_close(self, code: int = 1000, reason: str = "") -> bool:
+        """Queue the close after what was already sent; False if a close was already queued."""
+        check_close(code, reason)
+        with self._lock:
+            if self._close_requested is not None or self._ended:
+                return False
+            self._close_requested = (code, reason)
+            self._outbox.append(_CLOSE)
+            self._room.notify_all()
+            wake = not self._writer_awake
+            self._writer_awake = True
+        self._loop.call_soon_threadsafe(self._closing_started, wake)
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close and, unless on the loop thread, wait until the closing handshake is over."""
+        self.request_close(code, reason)
+        if threading.current_thread() is not self._loop_thread:
+            self.ended.wait(self._close_timeout + 2)
+
+    @property
+    def closed(self) -> bool:
+        return self._ended or self._close_requested is not None
+
+    def _closed_error(self) -> ConnectionClosedError:
+        if self._ended:
+            return ConnectionClosedError(
+                f"the connection is closed (code {self.close_code}"
+                f"{', ' + repr(self.close_reason) if self.close_reason else ''});"
+                " open a new one to send more",
+                code=self.close_code,
+                reason=self.close_reason or "",
+            )
+        return ConnectionClosedError(
+            "the connection is closing (close() was called); open a new one to send more"
+        )
+
+    # -- loop thread -----------------------------------------------------------------------
+
+    def _closing_started(self, wake: bool) -> None:
+        self.dispatcher.release()
+        if wake:
+            self._wake_writer.set()
+        self._loop.call_later(self._close_timeout + 1, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if not self._ended:
+            log.warning("closing handshake did not finish within close_timeout; aborting")
+            self._transport.abort()
+
+    async def _read_loop(self) -> None:
+        receive = self._transport.receive
+        dispatcher = self.dispatcher
+        push = dispatcher.push
+        try:
+            while True:
+                push(await receive())
+                if dispatcher.backlog > BACKLOG_HIGH and self._close_requested is None:
+                    await dispatcher.wait_for_backlog()
+        except TransportClosed as closed:
+            self._end(closed)
+        except Exception as exc:  # an engine bug: fail this connection, never the loop
+            log.exception("engine receive() failed")
+            self._transport.abort()
+            self._end(TransportClosed(ABNORMAL_CLOSURE, error=exc))
+
+    async def _write_loop(self) -> None:
+        send = self._transport.send
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while True:
+                with self._lock:
+                    if not self._outbox:
+                        self._writer_awake = False
+                        break
+                    batch = self._outbox
+                    self._outbox = deque()
+                sent = 0
+                try:
+                    for message in batch:
+                        if message is _CLOSE:
+                            self._closing_transport = True
+                            await self._close_transport()
+                            return
+                        await send(message)
+                        sent += len(message)
+                except TransportClosed:
+                    return
+                except Exception as exc:
+                    log.exception("engine send() failed; aborting the connection")
+                    self._transport.abort()
+                    self._send_error = exc
+                    return
+                finally:
+                    self._made_room(sent)
+
+    def _made_room(self, sent: int) -> None:
+        with self._lock:
+            self._queued_bytes -= sent
+            if self._queued_bytes < OUTBOX_LOW:
+                self._room.notify_all()
+
+    async def _close_transport(self) -> None:
+        code, reason = self._close_requested or (1000, "")
+        try:
+            await asyncio.wait_for(self._transport.close(code, reason), self._close_timeout)
+        except TransportClosed:
+            pass
+        except Exception as exc:
+            log.info("closing handshake failed (%s); aborting", exc)
+            self._transport.abort()
+
+    def _end(self, closed: TransportClosed) -> None:
+        code, reason = close_outcome(closed, self._close_requested)
+        with self._lock:
+            self._ended = True
+            self.close_code, self.close_reason = code, reason
+            self._outbox.clear()
+            self._room.notify_all()
+        # A writer in the middle of the closing handshake finishes on its own.
+        if self._writer is not None and not self._closing_transport:
+            self._writer.cancel()
+        self.ended.set()
+        self._on_ended()
+        error = closed.error or self._send_error
+        if error is not None:
+            self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))
+        self.dispatcher.push(Event("onclose", close_code=code, close_reason=reason))

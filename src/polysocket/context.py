@@ -1,0 +1,89 @@
+"""What a handler callback can ask about: ``getMessage()``, ``getMethod()``, ``getSession()``...
+
+One context variable holds the whole call, set for the duration of one callback, so callbacks
+running at the same time on other threads or tasks never see each other's values.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CallbackContext",
+    "get_close_code",
+    "get_close_reason",
+    "get_error",
+    "get_message",
+    "get_method",
+    "get_session",
+    "is_on_close",
+    "is_on_error",
+    "is_on_message",
+    "is_on_open",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackContext:
+    method: str  # "onopen", "onmessage", "onerror" or "onclose"
+    session: Any
+    message: Any = None
+    error: Any = None
+    close_code: int | None = None
+    close_reason: str | None = None
+
+
+current_call: ContextVar[CallbackContext | None] = ContextVar("polysocket_call", default=None)
+
+
+def _field(name: str) -> Any:
+    call = current_call.get()
+    return None if call is None else getattr(call, name)
+
+
+def get_message() -> str | bytes | None:
+    """In ``onMessage``: the message (``str`` for text, ``bytes`` for binary); else ``None``."""
+    return _field("message")
+
+
+def get_error() -> str | None:
+    """In ``onError``: the error text; else ``None``."""
+    return _field("error")
+
+
+def get_method() -> str | None:
+    """``"onopen"``, ``"onmessage"``, ``"onerror"`` or ``"onclose"`` in a callback; else ``None``."""
+    return _field("method")
+
+
+def get_session() -> Any:
+    """In a callback: the connection it belongs to (a client or a server session)."""
+    return _field("session")
+
+
+def get_close_code() -> int | None:
+    """In ``onClose``: the close code (1006 when the connection was lost)."""
+    return _field("close_code")
+
+
+def get_close_reason() -> str | None:
+    """In ``onClose``: the close reason."""
+    return _field("close_reason")
+
+
+def is_on_open() -> bool:
+    return get_method() == "onopen"
+
+
+def is_on_message() -> bool:
+    return get_method() == "onmessage"
+
+
+def is_on_error() -> bool:
+    return get_method() == "onerror"
+
+
+def is_on_close() -> bool:
+    return get_method() == "onclose"

@@ -1,0 +1,224 @@
+"""Running one connection's callbacks: in order, never two at once, in batches.
+
+The event-loop thread pushes events (received messages, open/error/close) into a per-connection
+queue. The first push of a burst wakes the consumer once; the consumer then takes everything
+queued in one go. Plain callbacks run on a handler thread, ``async def`` callbacks on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .context import CallbackContext, current_call
+from .handlers import Handler
+from .threads import handler_threads
+
+log = logging.getLogger("polysocket.dispatch")
+
+#: Received messages waiting for the handler before the reader stops reading (backpressure).
+BACKLOG_HIGH = 4096
+BACKLOG_LOW = 1024
+
+
+class ErrorText(str):
+    """The error text handed to ``onError``; ``.exception`` keeps the original exception."""
+
+    exception: BaseException | None
+
+    def __new__(cls, text: str, exception: BaseException | None = None) -> ErrorText:
+        self = super().__new__(cls, text)
+        self.exception = exception
+        return self
+
+    @classmethod
+    def of(cls, exception: BaseException) -> ErrorText:
+        text = str(exception) or type(exception).__name__
+        return cls(f"{type(exception).__name__}: {text}", exception)
+
+
+class Event:
+    """A non-message event; received messages travel as plain ``str``/``bytes``."""
+
+    __slots__ = ("close_code", "close_reason", "error", "method")
+
+    def __init__(
+        self,
+        method: str,
+        error: ErrorText | None = None,
+        close_code: int | None = None,
+        close_reason: str | None = None,
+    ) -> None:
+        self.method = method
+        self.error = error
+        self.close_code = close_code
+        self.close_reason = close_reason
+
+
+def _accepts_argument(callback: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return True
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            return True
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+    return False
+
+
+class Dispatcher:
+    """Delivers one connection's events to its handler.
+
+    ``push`` is called on the loop thread only. ``finished`` is set once ``onClose`` has run.
+    """
+
+    def __init__(self, handler: Handler, session: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._handler = handler
+        self._session = session
+        self._loop = loop
+        self._on_loop = handler.is_async
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._scheduled = False
+        self._resume: asyncio.Event | None = None
+        self.finished = threading.Event()
+        callbacks = handler.callbacks
+        self._on_message = callbacks.get("onmessage")
+        self._message_takes_arg = self._on_message is not None and _accepts_argument(
+            self._on_message
+        )
+
+    # -- loop side -------------------------------------------------------------------------
+
+    def push(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if self._on_loop:
+            self._loop.create_task(self._drain_on_loop())
+        else:
+            handler_threads.submit(self._drain_on_thread)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._items)
+
+    async def wait_for_backlog(self) -> None:
+        """Wait until the handler has caught up below the low-water mark."""
+        self._resume = asyncio.Event()
+        if len(self._items) > BACKLOG_LOW:
+            await self._resume.wait()
+        self._resume = None
+
+    def release(self) -> None:
+        """Stop holding the reader back (the connection is closing)."""
+        if self._resume is not None:
+            self._resume.set()
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def _take_batch(self) -> deque[Any] | None:
+        with self._lock:
+            if not self._items:
+                self._scheduled = False
+                return None
+            batch = self._items
+            self._items = deque()
+            return batch
+
+    def _caught_up(self) -> None:
+        resume = self._resume
+        if resume is not None and len(self._items) <= BACKLOG_LOW:
+            self._loop.call_soon_threadsafe(resume.set)
+
+    def _drain_on_thread(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            for item in batch:
+                self._run_on_thread(item)
+            self._caught_up()
+
+    async def _drain_on_loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            for item in batch:
+                await self._run_on_loop(item)
+            if self._resume is not None and len(self._items) <= BACKLOG_LOW:
+                self._resume.set()
+
+    def _call_for(self, item: Any) -> tuple[Callable[..., Any] | None, tuple[Any, ...], CallbackContext]:
+        if item.__class__ is not Event:
+            callback = self._on_message
+            args = (item,) if self._message_takes_arg else ()
+            return callback, args, CallbackContext("onmessage", self._session, message=item)
+        callback = self._handler.callbacks.get(item.method)
+        context = CallbackContext(
+            item.method,
+            self._session,
+            error=item.error,
+            close_code=item.close_code,
+            close_reason=item.close_reason,
+        )
+        args: tuple[Any, ...] = ()
+        if item.method == "onerror" and callback is not None and _accepts_argument(callback):
+            args = (item.error,)
+        return callback, args, context
+
+    def _run_on_thread(self, item: Any) -> None:
+        callback, args, context = self._call_for(item)
+        if callback is not None:
+            token = current_call.set(context)
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    asyncio.run_coroutine_threadsafe(
+                        _awaited_in(context, result), self._loop
+                    ).result()
+            except Exception as exc:
+                report = self._callback_failed(context, exc)
+                if report is not None:
+                    self._run_on_thread(report)
+            finally:
+                current_call.reset(token)
+        if context.method == "onclose":
+            self.finished.set()
+
+    async def _run_on_loop(self, item: Any) -> None:
+        callback, args, context = self._call_for(item)
+        if callback is not None:
+            token = current_call.set(context)
+            try:
+                await callback(*args)
+            except Exception as exc:
+                report = self._callback_failed(context, exc)
+                if report is not None:
+                    await self._run_on_loop(report)
+            finally:
+                current_call.reset(token)
+        if context.method == "onclose":
+            self.finished.set()
+
+    def _callback_failed(self, context: CallbackContext, exc: Exception) -> Event | None:
+        """Log a callback's exception; return the onError event that reports it, if any."""
+        log.error(
+            "%s of handler %s raised; the connection stays open",
+            context.method,
+            self._handler.source,
+            exc_info=exc,
+        )
+        # onError reports it, unless onError itself failed or onClose (which must stay last).
+        if context.method in ("onerror", "onclose") or "onerror" not in self._handler.callbacks:
+            return None
+        return Event("onerror", error=ErrorText.of(exc))
+
+
+async def _awaited_in(context: CallbackContext, awaitable: Any) -> Any:
+    current_call.set(context)
+    return await awaitable

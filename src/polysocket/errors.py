@@ -1,0 +1,58 @@
+"""The public exceptions: one hierarchy, every message says what happened and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectError",
+    "ConnectionClosedError",
+    "DescriptorError",
+    "EngineUnavailableError",
+    "HandlerNotFoundError",
+    "UnknownEngineError",
+    "UnsupportedOptionError",
+    "WebsocketError",
+]
+
+
+class WebsocketError(Exception):
+    """Base class of every exception polysocket raises on purpose."""
+
+
+class ConnectError(WebsocketError):
+    """The opening handshake did not complete: refused, DNS failure, rejected, or timed out.
+
+    ``status`` is the HTTP status of a rejected handshake, else ``None``.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectionClosedError(WebsocketError):
+    """The connection is closed (or closing); ``code`` and ``reason`` tell how it ended."""
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class HandlerNotFoundError(WebsocketError):
+    """A handler could not be found or loaded; the message names everything that was tried."""
+
+
+class UnknownEngineError(WebsocketError):
+    """No engine of that name is installed; the message lists the installed ones."""
+
+
+class EngineUnavailableError(WebsocketError):
+    """The engine is known but cannot run here (its library is missing or failed to load)."""
+
+
+class UnsupportedOptionError(WebsocketError):
+    """An option is unknown, or the chosen engine cannot honour it."""
+
+
+class DescriptorError(WebsocketError):
+    """A ``*.websocket`` endpoint descriptor is broken; the message names the file(s)."""

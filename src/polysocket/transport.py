@@ -1,0 +1,144 @@
+"""The engine contract: what an engine implements, and nothing more.
+
+An engine moves frames. It connects (client side), sends one whole text or binary message,
+receives one whole message, and closes with a code and reason. Everything else - handlers,
+threads, ordering, registries, close-code bookkeeping - lives in the core, once.
+
+Rules every ``Transport`` follows (the conformance suite checks each):
+
+- ``receive()`` returns ``str`` for a text message and ``bytes`` for a binary one, whole
+  (fragments reassembled). Pings and pongs are answered or ignored, never returned.
+- When the connection has ended, ``receive()`` raises :class:`TransportClosed` carrying the
+  code of the close frame the *peer* sent (``1005`` for a close frame without a code), or
+  ``None`` when no close frame arrived (connection lost). It keeps raising it afterwards.
+- A message longer than ``max_size`` makes the engine fail the connection with 1009 and raise
+  ``TransportClosed(1009, ..., error=MessageTooBigError(...))``.
+- ``send()`` waits while the peer is slow (the library's flow control) and raises
+  :class:`TransportClosed` once the connection is closed.
+- ``close(code, reason)`` runs the closing handshake, bounded by ``close_timeout``; it is
+  idempotent and makes a pending ``receive()`` raise :class:`TransportClosed`.
+- ``abort()`` drops the connection at once, without a handshake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "ClientOptions",
+    "Engine",
+    "Message",
+    "MessageTooBigError",
+    "Transport",
+    "TransportClosed",
+]
+
+Message = str | bytes
+
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+
+
+class TransportClosed(Exception):
+    """Raised by a transport once its connection has ended.
+
+    ``code`` is the code of the close frame received from the peer, or ``None`` when none
+    arrived. ``error`` is set when the connection failed on this side (an oversized message,
+    a protocol violation); the core reports it through ``onError`` before ``onClose``.
+    """
+
+    def __init__(
+        self, code: int | None, reason: str = "", *, error: BaseException | None = None
+    ) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.error = error
+
+
+class MessageTooBigError(Exception):
+    """A received message was longer than ``max_size``."""
+
+    def __init__(self, max_size: int, size: int | None = None) -> None:
+        got = f"a {size}-byte message" if size is not None else "a message"
+        super().__init__(
+            f"received {got} over max_size={max_size} bytes; the connection was closed with"
+            " 1009 (message too big). Raise max_size= if such messages are expected."
+        )
+        self.max_size = max_size
+        self.size = size
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Client options common to every engine; names and defaults are the same everywhere."""
+
+    open_timeout: float = 10.0
+    close_timeout: float = 10.0
+    max_size: int | None = DEFAULT_MAX_SIZE
+    headers: Mapping[str, str] = field(default_factory=dict)
+    subprotocols: Sequence[str] = ()
+
+    #: Options that need an engine capability of the same name when set to a non-default value.
+    CAPABILITY_OPTIONS: ClassVar[tuple[str, ...]] = ("headers", "subprotocols")
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One open WebSocket connection, as an engine hands it to the core."""
+
+    #: The subprotocol the server selected, or ``None``.
+    subprotocol: str | None
+
+    async def send(self, message: Message) -> None: ...
+
+    async def receive(self) -> Message: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Engine:
+    """Base class of an engine. Subclass it, fill in the class attributes, implement ``connect``.
+
+    The library is imported inside ``connect`` (not at module import), so that an engine whose
+    library is missing still loads and can say so.
+    """
+
+    #: The engine name users pass as ``engine=``.
+    name: ClassVar[str]
+    #: Import name of the library the engine wraps (checked by :meth:`is_available`).
+    library: ClassVar[str]
+    #: What to ``pip install`` when the library is missing.
+    install_hint: ClassVar[str]
+    #: What this engine can do beyond the required minimum (e.g. ``"headers"``).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def is_available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(self.library) is not None
+
+    def library_version(self) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(self.library)
+        except PackageNotFoundError:
+            return None
+
+    async def connect(self, uri: str, options: ClientOptions) -> Transport:
+        """Open a client connection; return once the opening handshake is complete.
+
+        Raise :class:`polysocket.ConnectError` for a rejected handshake (with ``status``);
+        any other exception is wrapped into one by the core. The core bounds this call
+        by ``open_timeout``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<engine {self.name!r}>"
+
