@@ -168,8 +168,7 @@ async def _open_client(
 def get_clients() -> list[dict[str, Any]]:
     """Open clients as ``{"id", "uri", "handler", "engine"}`` dicts, oldest first."""
     return [
-        {"id": c.id, "uri": c.uri, "handler": c.handler, "engine": c.engine}
-        for c in clients.all()
+        {"id": c.id, "uri": c.uri, "handler": c.handler, "engine": c.engine} for c in clients.all()
     ]
 
 

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .context import current_call
 from .dispatch import BACKLOG_HIGH, Dispatcher, ErrorText, Event
 from .errors import ConnectionClosedError
 from .handlers import Handler
@@ -55,9 +56,7 @@ def check_close(code: int, reason: str) -> None:
         raise ValueError("close reason is longer than 123 bytes (UTF-8); shorten it")
 
 
-def close_outcome(
-    closed: TransportClosed, requested: tuple[int, str] | None
-) -> tuple[int, str]:
+def close_outcome(closed: TransportClosed, requested: tuple[int, str] | None) -> tuple[int, str]:
     """The close code and reason to report, the same way on every engine.
 
     The initiator's code wins: when this side asked to close and the peer answered, the
@@ -152,10 +151,17 @@ class Connection:
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close and, unless on the loop thread, wait until the closing handshake is over."""
+        """Close, then wait for the closing handshake and, outside callbacks, for onClose.
+
+        On the loop thread it only starts the close. Inside a callback it does not wait for
+        ``onClose``, which runs on a handler thread after the current callback returns.
+        """
         self.request_close(code, reason)
-        if threading.current_thread() is not self._loop_thread:
-            self.ended.wait(self._close_timeout + 2)
+        if threading.current_thread() is self._loop_thread:
+            return
+        self.ended.wait(self._close_timeout + 2)
+        if current_call.get() is None:
+            self.dispatcher.finished.wait(self._close_timeout)
 
     @property
     def closed(self) -> bool:
@@ -260,8 +266,8 @@ class Connection:
         # A writer in the middle of the closing handshake finishes on its own.
         if self._writer is not None and not self._closing_transport:
             self._writer.cancel()
-        self.ended.set()
         self._on_ended()
+        self.ended.set()
         error = closed.error or self._send_error
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))

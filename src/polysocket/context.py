@@ -54,7 +54,7 @@ def get_error() -> str | None:
 
 
 def get_method() -> str | None:
-    """``"onopen"``, ``"onmessage"``, ``"onerror"`` or ``"onclose"`` in a callback; else ``None``."""
+    """In a callback: ``"onopen"``, ``"onmessage"``, ``"onerror"`` or ``"onclose"``."""
     return _field("method")
 
 

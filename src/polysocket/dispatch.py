@@ -153,7 +153,9 @@ class Dispatcher:
             if self._resume is not None and len(self._items) <= BACKLOG_LOW:
                 self._resume.set()
 
-    def _call_for(self, item: Any) -> tuple[Callable[..., Any] | None, tuple[Any, ...], CallbackContext]:
+    def _call_for(
+        self, item: Any
+    ) -> tuple[Callable[..., Any] | None, tuple[Any, ...], CallbackContext]:
         if item.__class__ is not Event:
             callback = self._on_message
             args = (item,) if self._message_takes_arg else ()

@@ -110,8 +110,7 @@ def _from_object(spec: Any, obj: Any, source: str) -> Handler:
             if callback is not None:
                 if not callable(callback):
                     raise HandlerNotFoundError(
-                        f"handler {source}: {name} is a {type(callback).__name__}, not a"
-                        " function"
+                        f"handler {source}: {name} is a {type(callback).__name__}, not a function"
                     )
                 callbacks[method] = callback
                 break

@@ -20,12 +20,6 @@ def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
             f"unknown option(s) {', '.join(map(repr, unknown))}; the options every engine"
             f" takes are: {', '.join(_NAMES)}"
         )
-    for name in ClientOptions.CAPABILITY_OPTIONS:
-        if options.get(name) and name not in engine.capabilities:
-            raise UnsupportedOptionError(
-                f"engine {engine.name!r} cannot honour {name}=; pick an engine that declares"
-                f" the {name!r} capability (see `polysocket engines`) or drop the option"
-            )
     for name in ("open_timeout", "close_timeout"):
         value = options.get(name, 10.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -43,6 +37,12 @@ def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
     subprotocols = options.get("subprotocols") or ()
     if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
         raise TypeError("subprotocols must be a list of str, e.g. ['chat']")
+    for name in ClientOptions.CAPABILITY_OPTIONS:
+        if options.get(name) and name not in engine.capabilities:
+            raise UnsupportedOptionError(
+                f"engine {engine.name!r} cannot honour {name}=; pick an engine that declares"
+                f" the {name!r} capability (see `polysocket engines`) or drop the option"
+            )
     values = dict(options)
     values["headers"] = dict(headers)
     values["subprotocols"] = tuple(subprotocols)

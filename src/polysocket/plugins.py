@@ -158,15 +158,11 @@ class EngineRegistry:
             else:
                 status, detail = "library missing", f"pip install {engine.install_hint}"
             rows.append(
-                EngineStatus(
-                    name, status, engine.library_version(), engine.capabilities, detail
-                )
+                EngineStatus(name, status, engine.library_version(), engine.capabilities, detail)
             )
         for name in sorted(self._failures):
             failure = self._failures[name]
-            rows.append(
-                EngineStatus(name, "failed to load", None, frozenset(), failure.summary)
-            )
+            rows.append(EngineStatus(name, "failed to load", None, frozenset(), failure.summary))
         return rows
 
 

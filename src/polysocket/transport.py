@@ -141,4 +141,3 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<engine {self.name!r}>"
-
