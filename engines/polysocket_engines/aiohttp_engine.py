@@ -19,6 +19,10 @@ _ABNORMAL = 1006
 
 
 class AiohttpTransport:
+    """aiohttp with ``autoclose=False``: aiohttp's own ``close()`` discards messages that
+    arrive between our close frame and the peer's, so this transport runs the closing
+    handshake itself and keeps delivering those messages."""
+
     def __init__(self, session: Any, ws: Any, options: ClientOptions) -> None:
         import aiohttp
 
@@ -26,13 +30,16 @@ class AiohttpTransport:
         self._session = session
         self._ws = ws
         self._max_size = options.max_size
-        self._close_task: asyncio.Future[None] | None = None
+        self._close_timeout = options.close_timeout
+        self._close_sent = False
+        self._receiving = False
         self._ended: TransportClosed | None = None
+        self._ended_event = asyncio.Event()
         self.subprotocol: str | None = ws.protocol
 
     async def send(self, message: Message) -> None:
-        if self._ended is not None or self._close_task is not None or self._ws.closed:
-            raise TransportClosed(self._ws.close_code)
+        if self._ended is not None or self._close_sent:
+            raise TransportClosed(self._ended.code if self._ended else None)
         try:
             if isinstance(message, str):
                 await self._ws.send_str(message)
@@ -44,18 +51,28 @@ class AiohttpTransport:
     async def receive(self) -> Message:
         if self._ended is not None:
             raise self._ended
-        msg = await self._ws.receive()
+        self._receiving = True
+        try:
+            msg = await self._ws.receive()
+        finally:
+            self._receiving = False
         kind = msg.type
         WSMsgType = self._aiohttp.WSMsgType
         if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
             return msg.data
-        self._ended = await self._ending(msg)
+        ended = await self._ending(msg)
+        self._ended = ended
+        self._ended_event.set()
         await self._session.close()
-        raise self._ended
+        raise ended
 
     async def _ending(self, msg: Any) -> TransportClosed:
         WSMsgType = self._aiohttp.WSMsgType
         if msg.type is WSMsgType.CLOSE:
+            if self._close_sent:  # the peer answered our close frame
+                self._ws._response.close()
+            else:  # the peer started the closing handshake: answer it
+                await self._ws.close(code=msg.data or 1000)
             return TransportClosed(msg.data or 1005, msg.extra or "")
         if msg.type is WSMsgType.ERROR:
             exc = msg.data
@@ -63,27 +80,36 @@ class AiohttpTransport:
             if code == _MESSAGE_TOO_BIG:
                 return TransportClosed(code, error=MessageTooBigError(self._max_size))
             return TransportClosed(code if isinstance(code, int) else _ABNORMAL, error=exc)
-        # CLOSING / CLOSED: either our own close() is under way, or the connection was lost
-        # (aiohttp reports a bare EOF as CLOSED with code 1000, so only trust our own close).
-        if self._close_task is not None:
-            await asyncio.shield(self._close_task)
-            return TransportClosed(self._ws.close_code)
+        # CLOSED without a close frame: aiohttp reports a bare EOF as code 1000; it is a
+        # lost connection.
         return TransportClosed(None)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close(code, reason))
-        await asyncio.shield(self._close_task)
-
-    async def _close(self, code: int, reason: str) -> None:
+        if self._ended is not None:
+            return
+        if not self._close_sent:
+            self._close_sent = True
+            try:
+                # aiohttp has no public "send the close frame, keep reading"
+                await self._ws._writer.close(code, reason.encode())
+            except Exception:
+                self.abort()
+                return
         try:
-            await self._ws.close(code=code, message=reason.encode())
-        finally:
-            await self._session.close()
+            async with asyncio.timeout(self._close_timeout):
+                if self._receiving:
+                    await self._ended_event.wait()
+                else:  # nobody reads: read until the peer's close frame ourselves
+                    while True:
+                        try:
+                            await self.receive()
+                        except TransportClosed:
+                            return
+        except TimeoutError:
+            self.abort()
 
     def abort(self) -> None:
-        # aiohttp has no public abort for a client websocket; closing the response drops
-        # the TCP connection without a closing handshake.
+        # closing the HTTP response drops the TCP connection without a closing handshake
         self._ws._response.close()
 
 
@@ -104,7 +130,7 @@ class AiohttpEngine(Engine):
                 headers=dict(options.headers),
                 max_msg_size=options.max_size or 0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=options.close_timeout),
-                autoclose=True,
+                autoclose=False,
                 autoping=True,
             )
         except aiohttp.WSServerHandshakeError as exc:

@@ -28,6 +28,13 @@ def _engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.getLogger("polysocket").setLevel(logging.INFO)
+    return run_demo(args.engine)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polysocket", description="The Dirigible WebSocket API over several engines."
@@ -37,12 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         "engines", help="list engines: library version, capabilities, status"
     )
     engines.set_defaults(run=_engines)
+    demo = commands.add_parser(
+        "demo", help="run the Dirigible seed's client example against a local echo peer"
+    )
+    demo.add_argument("--engine", help="engine to use (default: $POLYSOCKET_ENGINE or aiohttp)")
+    demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="polysocket: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     return int(args.run(args))
 
 

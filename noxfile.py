@@ -1,0 +1,60 @@
+"""Every session polysocket has. A bare ``nox`` runs what CI runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests", "conformance"]
+nox.options.error_on_missing_interpreters = True
+
+ENGINES = ["aiohttp", "websockets", "tornado"]
+PEERS = Path(__file__).parent / "conformance" / "polysocket_conformance" / "peers"
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The core's own tests, against the in-memory engine."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests", *session.posargs)
+
+
+def _install_node_peer(session: nox.Session) -> None:
+    if shutil.which("npm") is None:
+        session.warn("npm not found: the Node.js 'ws' peer tests will skip (or fail in CI)")
+        return
+    session.run("npm", "ci", "--silent", "--prefix", str(PEERS), external=True)
+
+
+@nox.session
+@nox.parametrize("engine", ENGINES)
+def conformance(session: nox.Session, engine: str) -> None:
+    """The conformance suite, installed as a pytest plugin, against one engine."""
+    session.install("-e", ".[dev]")
+    _install_node_peer(session)
+    session.run(
+        "pytest",
+        "-p",
+        "polysocket_conformance.plugin",
+        "--pyargs",
+        "polysocket_conformance",
+        f"--polysocket-engine={engine}",
+        *session.posargs,
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput of polysocket against the raw library it wraps (not run by CI)."""
+    session.install("-e", ".[all]")
+    session.run("python", "bench/throughput.py", *session.posargs)
