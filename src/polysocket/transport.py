@@ -7,17 +7,24 @@ threads, ordering, registries, close-code bookkeeping - lives in the core, once.
 Rules every ``Transport`` follows (the conformance suite checks each):
 
 - ``receive()`` returns ``str`` for a text message and ``bytes`` for a binary one, whole
-  (fragments reassembled). Pings and pongs are answered or ignored, never returned.
+  (fragments reassembled). Pings and pongs are answered or ignored, never returned. The core
+  calls it from one task at a time; ``send()`` and ``close()`` may run alongside it.
 - When the connection has ended, ``receive()`` raises :class:`TransportClosed` carrying the
-  code of the close frame the *peer* sent (``1005`` for a close frame without a code), or
-  ``None`` when no close frame arrived (connection lost). It keeps raising it afterwards.
-- A message longer than ``max_size`` makes the engine fail the connection with 1009 and raise
-  ``TransportClosed(1009, ..., error=MessageTooBigError(...))``.
+  code of the close frame the *peer* sent (``1005`` for a close frame without a code; after
+  our own ``close()``, the peer's answer), or ``None`` (or 1006) when no close frame arrived.
+  It keeps raising it afterwards.
+- When this side fails the connection (a message over ``max_size``, a protocol violation),
+  ``TransportClosed.error`` is set and ``code`` is the code this side closed with: 1009 with
+  a :class:`MessageTooBigError` for an oversized message, 1006 if no close frame was sent.
 - ``send()`` waits while the peer is slow (the library's flow control) and raises
   :class:`TransportClosed` once the connection is closed.
 - ``close(code, reason)`` runs the closing handshake, bounded by ``close_timeout``; it is
-  idempotent and makes a pending ``receive()`` raise :class:`TransportClosed`.
+  idempotent and makes a pending ``receive()`` raise :class:`TransportClosed`. Messages that
+  arrive before the peer's close frame are still returned to a pending ``receive()``; with no
+  reader, the engine reads and discards them itself so the handshake can finish. The core has
+  already checked ``code`` and ``reason`` (a sendable code, at most 123 bytes).
 - ``abort()`` drops the connection at once, without a handshake.
+- ``max_size=None`` means no limit.
 """
 
 from __future__ import annotations
