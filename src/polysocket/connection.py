@@ -106,7 +106,7 @@ class Connection:
         self._closing_transport = False
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._loop_thread = threading.current_thread()
+        self._loop_thread = threading.get_ident()
 
     def start(self) -> None:
         self.dispatcher.push(Event("onopen"))
@@ -118,7 +118,7 @@ class Connection:
     def send(self, message: Any) -> None:
         message = check_message(message)
         size = len(message)
-        on_loop = threading.current_thread() is self._loop_thread
+        on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
             while (
                 self._queued_bytes >= OUTBOX_HIGH
@@ -157,7 +157,7 @@ class Connection:
         ``onClose``, which runs on a handler thread after the current callback returns.
         """
         self.request_close(code, reason)
-        if threading.current_thread() is self._loop_thread:
+        if threading.get_ident() == self._loop_thread:
             return
         self.ended.wait(self._close_timeout + 2)
         if current_call.get() is None:

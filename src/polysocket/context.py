@@ -25,8 +25,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallbackContext:
+    """What one callback is about. The dispatcher reuses one per batch of messages on its own
+    thread (only ``message`` changes), so treat it as read-only."""
+
     method: str  # "onopen", "onmessage", "onerror" or "onclose"
     session: Any
     message: Any = None

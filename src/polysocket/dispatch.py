@@ -141,9 +141,31 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(resume.set)
 
     def _drain_on_thread(self) -> None:
+        # The hot path: one context for the whole drain, only its message changes.
+        on_message = self._on_message
+        takes_arg = self._message_takes_arg
+        context = CallbackContext("onmessage", self._session)
         while (batch := self._take_batch()) is not None:
             for item in batch:
-                self._run_on_thread(item)
+                if item.__class__ is Event:
+                    self._run_on_thread(item)
+                    continue
+                if on_message is None:
+                    continue
+                context.message = item
+                token = current_call.set(context)
+                try:
+                    result = on_message(item) if takes_arg else on_message()
+                    if result is not None and inspect.isawaitable(result):
+                        asyncio.run_coroutine_threadsafe(
+                            _awaited_in(context, result), self._loop
+                        ).result()
+                except Exception as exc:
+                    report = self._callback_failed(context, exc)
+                    if report is not None:
+                        self._run_on_thread(report)
+                finally:
+                    current_call.reset(token)
             self._caught_up()
 
     async def _drain_on_loop(self) -> None:
@@ -179,7 +201,7 @@ class Dispatcher:
             token = current_call.set(context)
             try:
                 result = callback(*args)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     asyncio.run_coroutine_threadsafe(
                         _awaited_in(context, result), self._loop
                     ).result()
