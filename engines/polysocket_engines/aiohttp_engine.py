@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    Accept,
     ClientOptions,
     Engine,
+    HttpRequest,
+    HttpResponse,
     Message,
     MessageTooBigError,
+    ServerApp,
+    ServerOptions,
     TransportClosed,
 )
 
@@ -21,21 +27,32 @@ _ABNORMAL = 1006
 class AiohttpTransport:
     """aiohttp with ``autoclose=False``: aiohttp's own ``close()`` discards messages that
     arrive between our close frame and the peer's, so this transport runs the closing
-    handshake itself and keeps delivering those messages."""
+    handshake itself and keeps delivering those messages. The same class serves both sides:
+    ``drop`` closes the TCP connection, ``release`` frees what the connection held."""
 
-    def __init__(self, session: Any, ws: Any, options: ClientOptions) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        options: ClientOptions | ServerOptions,
+        drop: Callable[[], None],
+        release: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
-        self._session = session
         self._ws = ws
+        self._drop = drop
+        self._release = release
         self._max_size = options.max_size
         self._close_timeout = options.close_timeout
         self._close_sent = False
         self._receiving = False
         self._ended: TransportClosed | None = None
         self._ended_event = asyncio.Event()
-        self.subprotocol: str | None = ws.protocol
+        # the client response calls it ``protocol``, the server one ``ws_protocol``
+        self.subprotocol: str | None = getattr(ws, "protocol", None) or getattr(
+            ws, "ws_protocol", None
+        )
 
     async def send(self, message: Message) -> None:
         if self._ended is not None or self._close_sent:
@@ -63,14 +80,14 @@ class AiohttpTransport:
         ended = await self._ending(msg)
         self._ended = ended
         self._ended_event.set()
-        await self._session.close()
+        await self._released()
         raise ended
 
     async def _ending(self, msg: Any) -> TransportClosed:
         WSMsgType = self._aiohttp.WSMsgType
         if msg.type is WSMsgType.CLOSE:
             if self._close_sent:  # the peer answered our close frame
-                self._ws._response.close()
+                self._drop()
             else:  # the peer started the closing handshake: answer it
                 await self._ws.close(code=msg.data or 1000)
             return TransportClosed(msg.data or 1005, msg.extra or "")
@@ -94,6 +111,7 @@ class AiohttpTransport:
                 await self._ws._writer.close(code, reason.encode())
             except Exception:
                 self.abort()
+                await self._released()
                 return
         try:
             async with asyncio.timeout(self._close_timeout):
@@ -107,17 +125,24 @@ class AiohttpTransport:
                             return
         except TimeoutError:
             self.abort()
+        await self._released()
 
     def abort(self) -> None:
-        # closing the HTTP response drops the TCP connection without a closing handshake
-        self._ws._response.close()
+        self._drop()
+        if self._release is not None:
+            asyncio.ensure_future(self._released())
+
+    async def _released(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
 
 
 class AiohttpEngine(Engine):
     name = "aiohttp"
     library = "aiohttp"
     install_hint = "aiohttp"
-    capabilities = frozenset({"client", "headers", "subprotocols"})
+    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
 
     async def connect(self, uri: str, options: ClientOptions) -> AiohttpTransport:
         import aiohttp
@@ -143,7 +168,71 @@ class AiohttpEngine(Engine):
         except BaseException:
             await session.close()
             raise
-        return AiohttpTransport(session, ws, options)
+        # closing the HTTP response drops the TCP connection without a closing handshake
+        return AiohttpTransport(ws, options, drop=ws._response.close, release=session.close)
+
+    async def serve(
+        self, host: str, port: int, app: ServerApp, options: ServerOptions
+    ) -> AiohttpServer:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            http_request = _http_request(request)
+            decision = await app.route(http_request)
+            if isinstance(decision, HttpResponse):
+                return web.Response(
+                    status=decision.status,
+                    body=decision.body,
+                    headers={"Content-Type": decision.content_type, **decision.headers},
+                )
+            assert isinstance(decision, Accept)
+            ws = web.WebSocketResponse(
+                protocols=(decision.subprotocol,) if decision.subprotocol else (),
+                max_msg_size=options.max_size or 0,
+                timeout=options.close_timeout,
+                autoclose=False,
+                autoping=True,
+            )
+            await ws.prepare(request)
+            tcp = request.transport
+
+            def drop() -> None:
+                if tcp is not None:
+                    tcp.abort()
+
+            await app.session(http_request, AiohttpTransport(ws, options, drop=drop))
+            return ws
+
+        server = web.Server(handle, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        return AiohttpServer(runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+def _http_request(request: Any) -> HttpRequest:
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    offered = headers.get("sec-websocket-protocol", "")
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return HttpRequest(
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        headers=headers,
+        remote_address=(peer[0], peer[1]) if peer else None,
+        upgrade=headers.get("upgrade", "").lower() == "websocket",
+        subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
+    )
+
+
+class AiohttpServer:
+    def __init__(self, runner: Any, port: int) -> None:
+        self._runner = runner
+        self.port = port
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
 
 
 @hookimpl

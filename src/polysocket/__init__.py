@@ -40,6 +40,7 @@ from .errors import (
     WebsocketError,
 )
 from .hookspecs import hookimpl
+from .server import EndpointServer, ServerSession, broadcast, get_sessions, run_server, serve
 
 __version__ = "0.1.0"
 
@@ -58,19 +59,24 @@ isOnClose = is_on_close
 getSession = get_session
 getCloseCode = get_close_code
 getCloseReason = get_close_reason
+getSessions = get_sessions
+runServer = run_server
 
 __all__ = [
     "AsyncConnection",
     "ConnectError",
     "ConnectionClosedError",
     "DescriptorError",
+    "EndpointServer",
     "EngineUnavailableError",
     "HandlerNotFoundError",
+    "ServerSession",
     "UnknownEngineError",
     "UnsupportedOptionError",
     "WebsocketClient",
     "WebsocketError",
     "__version__",
+    "broadcast",
     "connect",
     "createWebsocket",
     "create_websocket",
@@ -83,6 +89,7 @@ __all__ = [
     "getMessage",
     "getMethod",
     "getSession",
+    "getSessions",
     "get_client",
     "get_client_by_handler",
     "get_clients",
@@ -92,6 +99,7 @@ __all__ = [
     "get_message",
     "get_method",
     "get_session",
+    "get_sessions",
     "hookimpl",
     "isOnClose",
     "isOnError",
@@ -101,4 +109,7 @@ __all__ = [
     "is_on_error",
     "is_on_message",
     "is_on_open",
+    "runServer",
+    "run_server",
+    "serve",
 ]

@@ -85,12 +85,15 @@ class Connection:
         loop: asyncio.AbstractEventLoop,
         close_timeout: float,
         on_ended: Callable[[], None],
+        replies: bool = False,
     ) -> None:
         self._transport = transport
         self._loop = loop
         self._close_timeout = close_timeout
         self._on_ended = on_ended
-        self.dispatcher = Dispatcher(handler, session, loop)
+        self.dispatcher = Dispatcher(handler, session, loop, self._reply if replies else None)
+        #: Resolved on the loop when the connection has ended (for the server's session task).
+        self.ended_on_loop: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._outbox: deque[Any] = deque()
@@ -135,6 +138,14 @@ class Connection:
                 return
             self._writer_awake = True
         self._loop.call_soon_threadsafe(self._wake_writer.set)
+
+    def _reply(self, result: Any) -> None:
+        if not isinstance(result, str | bytes | bytearray | memoryview):
+            raise TypeError(
+                f"onMessage returned a {type(result).__name__}; return str or bytes to reply,"
+                " or None to send nothing"
+            )
+        self.send(result)
 
     def request_close(self, code: int = 1000, reason: str = "") -> bool:
         """Queue the close after what was already sent; False if a close was already queued."""
@@ -268,6 +279,7 @@ class Connection:
             self._writer.cancel()
         self._on_ended()
         self.ended.set()
+        self.ended_on_loop.set_result(None)
         error = closed.error or self._send_error
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))

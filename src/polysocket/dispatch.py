@@ -77,10 +77,19 @@ class Dispatcher:
     """Delivers one connection's events to its handler.
 
     ``push`` is called on the loop thread only. ``finished`` is set once ``onClose`` has run.
+    With ``reply`` (server sessions), a non-``None`` value returned by ``onMessage`` is
+    passed to it.
     """
 
-    def __init__(self, handler: Handler, session: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        session: Any,
+        loop: asyncio.AbstractEventLoop,
+        reply: Callable[[Any], None] | None = None,
+    ) -> None:
         self._handler = handler
+        self._reply = reply
         self._session = session
         self._loop = loop
         self._on_loop = handler.is_async
@@ -156,10 +165,8 @@ class Dispatcher:
                 token = current_call.set(context)
                 try:
                     result = on_message(item) if takes_arg else on_message()
-                    if result is not None and inspect.isawaitable(result):
-                        asyncio.run_coroutine_threadsafe(
-                            _awaited_in(context, result), self._loop
-                        ).result()
+                    if result is not None:
+                        self._returned(context, result)
                 except Exception as exc:
                     report = self._callback_failed(context, exc)
                     if report is not None:
@@ -201,10 +208,8 @@ class Dispatcher:
             token = current_call.set(context)
             try:
                 result = callback(*args)
-                if result is not None and inspect.isawaitable(result):
-                    asyncio.run_coroutine_threadsafe(
-                        _awaited_in(context, result), self._loop
-                    ).result()
+                if result is not None:
+                    self._returned(context, result)
             except Exception as exc:
                 report = self._callback_failed(context, exc)
                 if report is not None:
@@ -219,7 +224,9 @@ class Dispatcher:
         if callback is not None:
             token = current_call.set(context)
             try:
-                await callback(*args)
+                result = await callback(*args)
+                if result is not None and self._reply is not None and item.__class__ is not Event:
+                    self._reply(result)
             except Exception as exc:
                 report = self._callback_failed(context, exc)
                 if report is not None:
@@ -228,6 +235,15 @@ class Dispatcher:
                 current_call.reset(token)
         if context.method == "onclose":
             self.finished.set()
+
+    def _returned(self, context: CallbackContext, result: Any) -> None:
+        """Handle what a plain callback returned: await a coroutine, send a reply."""
+        if inspect.isawaitable(result):
+            result = asyncio.run_coroutine_threadsafe(
+                _awaited_in(context, result), self._loop
+            ).result()
+        if result is not None and self._reply is not None and context.method == "onmessage":
+            self._reply(result)
 
     def _callback_failed(self, context: CallbackContext, exc: Exception) -> Event | None:
         """Log a callback's exception; return the onError event that reports it, if any."""

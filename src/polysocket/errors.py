@@ -55,4 +55,11 @@ class UnsupportedOptionError(WebsocketError):
 
 
 class DescriptorError(WebsocketError):
-    """A ``*.websocket`` endpoint descriptor is broken; the message names the file(s)."""
+    """A ``*.websocket`` endpoint descriptor is broken; the message names the file(s).
+
+    ``files`` holds the paths of the descriptor(s) at fault.
+    """
+
+    def __init__(self, message: str, *, files: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.files = files

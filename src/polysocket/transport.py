@@ -35,10 +35,16 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "Accept",
     "ClientOptions",
     "Engine",
+    "HttpRequest",
+    "HttpResponse",
     "Message",
     "MessageTooBigError",
+    "Server",
+    "ServerApp",
+    "ServerOptions",
     "Transport",
     "TransportClosed",
 ]
@@ -92,6 +98,70 @@ class ClientOptions:
     CAPABILITY_OPTIONS: ClassVar[tuple[str, ...]] = ("headers", "subprotocols")
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """Server options common to every engine."""
+
+    close_timeout: float = 10.0
+    max_size: int | None = DEFAULT_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """An incoming HTTP request, as the engine hands it to the core before any handshake."""
+
+    method: str
+    path: str
+    query: str
+    #: Header names in lower case.
+    headers: Mapping[str, str]
+    remote_address: tuple[str, int] | None
+    #: True when the request asks for a WebSocket upgrade.
+    upgrade: bool
+    #: Subprotocols the client offered, in its order.
+    subprotocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A plain HTTP answer: a page, a JSON document, or a refusal (404, 426...)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Complete the WebSocket handshake, selecting ``subprotocol`` (or none)."""
+
+    subprotocol: str | None = None
+
+
+class ServerApp(Protocol):
+    """The core's side of a server; an engine calls it for every request."""
+
+    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        """Decide what to do with a request: answer it over HTTP, or accept the upgrade."""
+        ...
+
+    async def session(self, request: HttpRequest, transport: Transport) -> None:
+        """Run one accepted WebSocket session; returns once the connection has ended."""
+        ...
+
+
+class Server(Protocol):
+    """A listening server, as ``Engine.serve`` returns it."""
+
+    #: The port actually bound (useful with ``port=0``).
+    port: int
+
+    async def close(self) -> None:
+        """Stop listening and release the socket. The core has closed the sessions before."""
+        ...
+
+
 @runtime_checkable
 class Transport(Protocol):
     """One open WebSocket connection, as an engine hands it to the core."""
@@ -143,6 +213,17 @@ class Engine:
         Raise :class:`polysocket.ConnectError` for a rejected handshake (with ``status``);
         any other exception is wrapped into one by the core. The core bounds this call
         by ``open_timeout``.
+        """
+        raise NotImplementedError
+
+    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
+        """Listen on ``host:port``; hand every request to ``app`` (engines with ``"server"``).
+
+        For each HTTP request, build an :class:`HttpRequest` and ``await app.route(...)``.
+        An :class:`HttpResponse` is sent as is, whether or not the request asked for an
+        upgrade. On :class:`Accept`, complete the handshake and ``await app.session(request,
+        transport)`` with a server-side :class:`Transport` that follows the same rules as a
+        client one; keep the connection until it returns.
         """
         raise NotImplementedError
 

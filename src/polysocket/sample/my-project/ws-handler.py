@@ -1,4 +1,7 @@
-"""The Dirigible seed's handler, in Python: it logs every event of its connection."""
+"""The Dirigible seed's handler, in Python: it logs every event of its connection.
+
+Served as an endpoint it is an echo: what ``onMessage`` returns goes back to the sender.
+"""
 
 import logging
 
@@ -13,6 +16,7 @@ def onOpen():
 
 def onMessage(message):
     log.info("Message: %s", message)
+    return message
 
 
 def onError(error):

@@ -1,0 +1,130 @@
+"""The endpoint registry: a folder of ``*.websocket`` descriptors (SPEC section 4).
+
+A descriptor is JSON: ``{"handler": "my-project/ws-handler", "endpoint": "my-endpoint",
+"description": "My Websocket"}``. Handlers resolve against the registry folder. A broken
+descriptor is reported as a :class:`DescriptorError` naming its file; it never stops the
+others from being served. Of two descriptors claiming one endpoint name, the first in path
+order is served and both files are named in the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DescriptorError, HandlerNotFoundError
+from .handlers import Handler, resolve_handler
+
+log = logging.getLogger("polysocket.endpoints")
+
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9._-]+")
+DESCRIPTOR_SUFFIX = ".websocket"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    handler: Handler
+    description: str
+    file: Path
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One reading of the registry folder."""
+
+    root: Path
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    problems: list[DescriptorError] = field(default_factory=list)
+
+
+def descriptor_files(root: Path) -> list[Path]:
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [Path(folder) / f for f in files if f.endswith(DESCRIPTOR_SUFFIX)]
+    return sorted(found)
+
+
+def scan(root: str | os.PathLike[str]) -> Scan:
+    """Read every descriptor under ``root``; never raises for a bad descriptor."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DescriptorError(f"registry folder {root} does not exist or is not a folder")
+    result = Scan(root)
+    for path in descriptor_files(root):
+        try:
+            endpoint = _read(path, root)
+        except DescriptorError as problem:
+            log.error("%s", problem)
+            result.problems.append(problem)
+            continue
+        first = result.endpoints.get(endpoint.name)
+        if first is not None:
+            problem = DescriptorError(
+                f"endpoint {endpoint.name!r} is declared twice: in {_shown(first.file, root)}"
+                f" (served) and in {_shown(path, root)} (ignored); rename one of them",
+                files=(first.file, path),
+            )
+            log.error("%s", problem)
+            result.problems.append(problem)
+            continue
+        result.endpoints[endpoint.name] = endpoint
+    return result
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def _read(path: Path, root: Path) -> Endpoint:
+    shown = _shown(path, root)
+
+    def problem(text: str) -> DescriptorError:
+        return DescriptorError(f"{shown}: {text}", files=(path,))
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise problem(
+            f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise problem(f"cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise problem('must be a JSON object like {"handler": ..., "endpoint": ...}')
+    missing = [name for name in ("handler", "endpoint") if not data.get(name)]
+    if missing:
+        raise problem(f"missing field(s) {', '.join(missing)}")
+    name, handler_spec = data["endpoint"], data["handler"]
+    if not isinstance(name, str) or not ENDPOINT_NAME.fullmatch(name):
+        raise problem(f"endpoint name {name!r} must match [A-Za-z0-9._-]+")
+    if not isinstance(handler_spec, str):
+        raise problem("handler must be a path string such as 'my-project/ws-handler'")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise problem("description must be a string")
+    try:
+        handler = resolve_handler(handler_spec, root=root)
+    except HandlerNotFoundError as exc:
+        raise problem(str(exc)) from exc
+    return Endpoint(name, handler, description, path)
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """Modification times of every descriptor and Python file under ``root``."""
+    times = {}
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
+        for name in files:
+            if name.endswith((DESCRIPTOR_SUFFIX, ".py")):
+                path = os.path.join(folder, name)
+                try:
+                    times[path] = os.stat(path).st_mtime_ns
+                except OSError:
+                    continue
+    return times

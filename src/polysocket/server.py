@@ -1,0 +1,366 @@
+"""The endpoint server (SPEC section 4): routing, sessions, broadcast, live reload.
+
+The engine owns the sockets; everything else happens here, once for every engine: which
+request gets which answer, the session registry, dispatch to handlers, and reloading the
+registry folder while the server runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from . import endpoints as registry_folder
+from . import page
+from .connection import Connection
+from .errors import ConnectionClosedError, EngineUnavailableError, UnsupportedOptionError
+from .plugins import registry as engines
+from .transport import (
+    Accept,
+    Engine,
+    HttpRequest,
+    HttpResponse,
+    Server,
+    ServerOptions,
+    Transport,
+)
+
+log = logging.getLogger("polysocket.server")
+
+__all__ = [
+    "EndpointServer",
+    "ServerSession",
+    "broadcast",
+    "get_sessions",
+    "run_server",
+    "serve",
+]
+
+SAMPLE_ROOT = Path(__file__).parent / "sample"
+ENDPOINTS_PATH = "/websockets/v4/endpoints"
+RELOAD_INTERVAL = 0.5
+GOING_AWAY = 1001
+
+
+class ServerSession:
+    """One client connected to an endpoint; ``getSession()`` in a server callback."""
+
+    def __init__(self, endpoint: str, request: HttpRequest) -> None:
+        self.id = uuid.uuid4().hex
+        self.endpoint = endpoint
+        self.remote_address = request.remote_address
+        self.request_headers: Mapping[str, str] = request.headers
+        self._connection: Connection
+
+    def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send to this session; thread-safe, blocks while the client is slow."""
+        self._connection.send(message)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self._connection.close(code, reason)
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.closed
+
+    def __repr__(self) -> str:
+        return f"<ServerSession {self.id[:8]} endpoint={self.endpoint} {self.remote_address}>"
+
+
+class _Sessions:
+    """Open sessions of every server in this process, by endpoint, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_endpoint: dict[str, dict[str, ServerSession]] = {}
+
+    def add(self, session: ServerSession) -> None:
+        with self._lock:
+            self._by_endpoint.setdefault(session.endpoint, {})[session.id] = session
+
+    def remove(self, session: ServerSession) -> None:
+        with self._lock:
+            self._by_endpoint.get(session.endpoint, {}).pop(session.id, None)
+
+    def of(self, endpoint: str) -> list[ServerSession]:
+        with self._lock:
+            return list(self._by_endpoint.get(endpoint, {}).values())
+
+
+sessions = _Sessions()
+
+
+def get_sessions(endpoint: str) -> list[ServerSession]:
+    """The open sessions of ``endpoint``, oldest first."""
+    return sessions.of(endpoint)
+
+
+def broadcast(endpoint: str, message: str | bytes) -> int:
+    """Send ``message`` to every open session of ``endpoint``; return how many got it."""
+    reached = 0
+    for session in sessions.of(endpoint):
+        try:
+            session.send(message)
+        except ConnectionClosedError:
+            continue  # it closed while we were sending; the others still get it
+        reached += 1
+    return reached
+
+
+def server_options(
+    engine: Engine, options: Mapping[str, Any]
+) -> tuple[ServerOptions, tuple[str, ...]]:
+    """Check server options; ``subprotocols`` are the ones the server may select."""
+    known = [f.name for f in fields(ServerOptions)] + ["subprotocols"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UnsupportedOptionError(
+            f"unknown server option(s) {', '.join(map(repr, unknown))}; the options every"
+            f" engine takes are: {', '.join(known)}"
+        )
+    if "server" not in engine.capabilities:
+        capable = [row.name for row in engines.statuses() if "server" in row.capabilities]
+        raise EngineUnavailableError(
+            f"engine {engine.name!r} cannot serve; engines that can: {', '.join(capable)}"
+        )
+    values = dict(options)
+    subprotocols = tuple(values.pop("subprotocols", ()) or ())
+    if any(not isinstance(p, str) for p in subprotocols):
+        raise TypeError("subprotocols must be a list of str")
+    return ServerOptions(**values), subprotocols
+
+
+class EndpointServer:
+    """A running server: a registry folder served through one engine."""
+
+    def __init__(
+        self,
+        root: Path,
+        engine: Engine,
+        options: ServerOptions,
+        subprotocols: Sequence[str],
+        reload: bool,
+    ) -> None:
+        self.root = root
+        self.engine = engine
+        self._options = options
+        self._subprotocols = tuple(subprotocols)
+        self._reload = reload
+        self.scan = registry_folder.scan(root)
+        self._server: Server | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._connections: set[Connection] = set()
+        self.host = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not started"
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def start(self, host: str, port: int) -> None:
+        self.host = host
+        self._server = await self.engine.serve(host, port, self, self._options)
+        if self._reload:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        log.info(
+            "serving %d endpoint(s) from %s on %s with %s",
+            len(self.scan.endpoints),
+            self.root,
+            self.url,
+            self.engine.name,
+        )
+
+    # -- the ServerApp side of the engine contract -------------------------------------------
+
+    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        if request.path.startswith(page.SERVICE_PATH):
+            name = request.path[len(page.SERVICE_PATH) :]
+            if name not in self.scan.endpoints:
+                known = ", ".join(self.scan.endpoints) or "none"
+                return _text(404, f"no endpoint {name!r} here; known endpoints: {known}\n")
+            if not request.upgrade:
+                return _text(
+                    426,
+                    f"{request.path} is a WebSocket endpoint: connect with a WebSocket client"
+                    f" (ws://{request.headers.get('host', 'HOST')}{request.path}).\n",
+                    {"Upgrade": "websocket"},
+                )
+            chosen = next((p for p in request.subprotocols if p in self._subprotocols), None)
+            return Accept(chosen)
+        if request.method != "GET":
+            return _text(405, "only GET is served here\n", {"Allow": "GET"})
+        if request.path == "/":
+            return HttpResponse(200, page.render(self.scan), "text/html; charset=utf-8")
+        if request.path == ENDPOINTS_PATH:
+            return HttpResponse(200, self.listing(), "application/json")
+        return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
+
+    async def session(self, request: HttpRequest, transport: Transport) -> None:
+        name = request.path[len(page.SERVICE_PATH) :]
+        endpoint = self.scan.endpoints.get(name)
+        if endpoint is None:  # removed between the handshake and now
+            await transport.close(GOING_AWAY, "endpoint removed")
+            return
+        session = ServerSession(name, request)
+        connection = Connection(
+            transport,
+            endpoint.handler,
+            session,
+            asyncio.get_running_loop(),
+            self._options.close_timeout,
+            on_ended=lambda: (sessions.remove(session), self._connections.discard(connection)),
+            replies=True,
+        )
+        session._connection = connection
+        sessions.add(session)
+        self._connections.add(connection)
+        connection.start()
+        await connection.ended_on_loop
+
+    def listing(self) -> bytes:
+        return json.dumps(
+            {
+                "endpoints": [
+                    {
+                        "endpoint": e.name,
+                        "description": e.description,
+                        "handler": e.handler.spec,
+                        "path": page.SERVICE_PATH + e.name,
+                        "file": str(e.file.relative_to(self.scan.root)),
+                    }
+                    for e in self.scan.endpoints.values()
+                ],
+                "problems": [
+                    {
+                        "error": str(p),
+                        "files": [str(Path(f).relative_to(self.scan.root)) for f in p.files],
+                    }
+                    for p in self.scan.problems
+                ],
+            },
+            indent=2,
+        ).encode()
+
+    # -- live reload ---------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        seen = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            now = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
+            if now != seen:
+                seen = now
+                await self.reload()
+
+    async def reload(self) -> None:
+        """Read the registry folder again; close sessions of endpoints that disappeared."""
+        fresh = await asyncio.to_thread(registry_folder.scan, self.scan.root)
+        gone = set(self.scan.endpoints) - set(fresh.endpoints)
+        self.scan = fresh
+        log.info(
+            "registry reloaded: %d endpoint(s), %d problem(s)%s",
+            len(fresh.endpoints),
+            len(fresh.problems),
+            f"; removed {', '.join(sorted(gone))}" if gone else "",
+        )
+        for name in gone:
+            for session in sessions.of(name):
+                session._connection.request_close(GOING_AWAY, "endpoint removed")
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every session with 1001, let each ``onClose`` run, stop listening."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        open_connections = list(self._connections)
+        for connection in open_connections:
+            connection.request_close(GOING_AWAY, "server shutting down")
+        if open_connections:
+            await asyncio.wait(
+                [asyncio.ensure_future(asyncio.shield(c.ended_on_loop)) for c in open_connections],
+                timeout=self._options.close_timeout + 1,
+            )
+            await asyncio.to_thread(_wait_all, [c.dispatcher.finished for c in open_connections])
+        if self._server is not None:
+            await self._server.close()
+
+
+def _wait_all(events: list[threading.Event], timeout: float = 5.0) -> None:
+    for event in events:
+        event.wait(timeout)
+
+
+def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> HttpResponse:
+    return HttpResponse(status, text.encode(), "text/plain; charset=utf-8", dict(headers or {}))
+
+
+class serve:
+    """Serve a registry folder: ``async with polysocket.serve(root, port=0) as server``.
+
+    ``root=None`` serves the bundled sample (the seed's echo endpoint and a chat).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        engine: str | None = None,
+        reload: bool = True,
+        **options: Any,
+    ) -> None:
+        chosen = engines.get(engine)
+        checked, subprotocols = server_options(chosen, options)
+        folder = Path(root) if root is not None else SAMPLE_ROOT
+        self._server = EndpointServer(folder, chosen, checked, subprotocols, reload)
+        self._host, self._port = host, port
+
+    async def _start(self) -> EndpointServer:
+        await self._server.start(self._host, self._port)
+        return self._server
+
+    def __await__(self) -> Generator[Any, None, EndpointServer]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> EndpointServer:
+        return await self._start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._server.close()
+
+
+def run_server(
+    root: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    engine: str | None = None,
+    **options: Any,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then close every session with 1001 and return."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        async with serve(root, host, port, engine, **options):
+            await stop.wait()
+            log.info("shutting down: closing every session with 1001")
+
+    asyncio.run(main())
