@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .context import get_close_code, get_close_reason, get_session
+from .errors import WebsocketError
 from .plugins import registry
 
 
@@ -35,6 +37,49 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.engine)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_server
+
+    logging.getLogger("polysocket").setLevel(logging.INFO)
+    run_server(args.root, host=args.host, port=args.port, engine=args.engine)
+    return 0
+
+
+class _Printer:
+    """The handler of ``polysocket connect`` without ``--handler``: print what arrives."""
+
+    def onOpen(self) -> None:
+        print(f"connected (engine {get_session().engine}); type lines to send, Ctrl-D to close")
+
+    def onMessage(self, message: str | bytes) -> None:
+        print(f"< {message!r}" if isinstance(message, bytes) else f"< {message}", flush=True)
+
+    def onError(self, error: str) -> None:
+        print(f"! {error}", file=sys.stderr, flush=True)
+
+    def onClose(self) -> None:
+        print(f"closed: {get_close_code()} {get_close_reason() or ''}".rstrip(), flush=True)
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from .client import create_websocket
+
+    try:
+        client = create_websocket(args.uri, args.handler or _Printer(), args.engine)
+    except WebsocketError as exc:
+        print(f"polysocket: {exc}", file=sys.stderr)
+        return 1
+    try:
+        for line in sys.stdin:
+            if client.closed:
+                break
+            client.send(line.rstrip("\n"))
+    except (KeyboardInterrupt, WebsocketError):
+        pass
+    client.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polysocket", description="The Dirigible WebSocket API over several engines."
@@ -49,13 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--engine", help="engine to use (default: $POLYSOCKET_ENGINE or aiohttp)")
     demo.set_defaults(run=_demo)
+    serve = commands.add_parser("serve", help="serve a folder of *.websocket endpoint descriptors")
+    serve.add_argument(
+        "root", nargs="?", help="registry folder (default: the bundled sample registry)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--engine", help="engine to serve with (default: aiohttp)")
+    serve.set_defaults(run=_serve)
+    connect = commands.add_parser(
+        "connect", help="an interactive client: stdin lines are sent, messages printed"
+    )
+    connect.add_argument("uri")
+    connect.add_argument("--handler", help="a handler path or module instead of printing")
+    connect.add_argument("--engine", help="engine to connect with (default: aiohttp)")
+    connect.set_defaults(run=_connect)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except WebsocketError as exc:
+        print(f"polysocket: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
