@@ -1,0 +1,124 @@
+"""The registry folder: descriptors, their faults, routing decisions, live reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from polysocket import DescriptorError
+from polysocket.endpoints import scan
+from polysocket.plugins import registry
+from polysocket.server import EndpointServer
+from polysocket.transport import Accept, HttpRequest, HttpResponse, ServerOptions
+
+ECHO = "def onMessage(message):\n    return message\n"
+
+
+def descriptor(folder, file, **fields):
+    path = folder / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "my-project").mkdir()
+    (tmp_path / "my-project" / "ws-handler.py").write_text(ECHO)
+    descriptor(
+        tmp_path,
+        "my-endpoint.websocket",
+        handler="my-project/ws-handler",
+        endpoint="my-endpoint",
+        description="My Websocket",
+    )
+    return tmp_path
+
+
+def test_good_descriptors_are_found_recursively(root):
+    descriptor(root, "deep/er/other.websocket", handler="my-project/ws-handler", endpoint="o.t-1")
+    result = scan(root)
+    assert sorted(result.endpoints) == ["my-endpoint", "o.t-1"]
+    assert result.endpoints["my-endpoint"].description == "My Websocket"
+    assert result.problems == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        (json.dumps({"handler": "my-project/ws-handler"}), "missing field(s) endpoint"),
+        (json.dumps({"endpoint": "x"}), "missing field(s) handler"),
+        (json.dumps({"handler": "my-project/ws-handler", "endpoint": "a b"}), "must match"),
+        (json.dumps({"handler": "my-project/missing", "endpoint": "x"}), "not found"),
+        (json.dumps({"handler": "../escape", "endpoint": "x"}), "leaves the handler root"),
+    ],
+)
+def test_a_bad_descriptor_is_named_and_the_others_still_served(root, content, expected):
+    bad = root / "bad.websocket"
+    bad.write_text(content)
+    result = scan(root)
+    assert list(result.endpoints) == ["my-endpoint"]
+    [problem] = result.problems
+    assert isinstance(problem, DescriptorError)
+    assert "bad.websocket" in str(problem) and expected in str(problem)
+    assert problem.files == (bad,)
+
+
+def test_duplicate_endpoint_names_both_files(root):
+    descriptor(root, "z-copy.websocket", handler="my-project/ws-handler", endpoint="my-endpoint")
+    result = scan(root)
+    assert list(result.endpoints) == ["my-endpoint"]
+    assert result.endpoints["my-endpoint"].file.name == "my-endpoint.websocket"
+    [problem] = result.problems
+    assert "my-endpoint.websocket" in str(problem) and "z-copy.websocket" in str(problem)
+    assert len(problem.files) == 2
+
+
+def test_missing_registry_folder(tmp_path):
+    with pytest.raises(DescriptorError, match="does not exist"):
+        scan(tmp_path / "nope")
+
+
+def request(path, upgrade=True, subprotocols=(), method="GET"):
+    return HttpRequest(method, path, "", {"host": "h:1"}, ("127.0.0.1", 1), upgrade, subprotocols)
+
+
+def test_routing_decisions(root):
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), ["chat"], False)
+
+    def route(*args, **kwargs):
+        return asyncio.run(server.route(request(*args, **kwargs)))
+
+    assert route("/websockets/v4/service/my-endpoint") == Accept(None)
+    assert route("/websockets/v4/service/my-endpoint", subprotocols=("x", "chat")) == Accept("chat")
+    unknown = route("/websockets/v4/service/nope")
+    assert isinstance(unknown, HttpResponse) and unknown.status == 404
+    assert b"my-endpoint" in unknown.body
+    plain = route("/websockets/v4/service/my-endpoint", upgrade=False)
+    assert plain.status == 426 and plain.headers["Upgrade"] == "websocket"
+    page = route("/", upgrade=False)
+    assert page.status == 200 and b"new WebSocket(" in page.body and b"My Websocket" in page.body
+    listing = route("/websockets/v4/endpoints", upgrade=False)
+    assert json.loads(listing.body)["endpoints"][0]["endpoint"] == "my-endpoint"
+    assert route("/elsewhere", upgrade=False).status == 404
+    assert route("/", upgrade=False, method="POST").status == 405
+
+
+def test_listing_shows_descriptor_problems(root):
+    (root / "broken.websocket").write_text("{")
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+    listing = json.loads(server.listing())
+    assert listing["problems"][0]["files"] == ["broken.websocket"]
+    assert "not valid JSON" in listing["problems"][0]["error"]
+
+
+def test_reload_picks_up_added_and_removed_descriptors(root):
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+    descriptor(root, "new.websocket", handler="my-project/ws-handler", endpoint="new")
+    (root / "my-endpoint.websocket").unlink()
+    asyncio.run(server.reload())
+    assert list(server.scan.endpoints) == ["new"]
