@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from .context import get_close_code, get_close_reason, get_session
 from .errors import WebsocketError
 from .plugins import registry
+
+#: ``connect`` waits this long after the last reply before closing at the end of its input.
+REPLY_GRACE = 0.5
 
 
 def _engines(args: argparse.Namespace) -> int:
@@ -48,10 +52,14 @@ def _serve(args: argparse.Namespace) -> int:
 class _Printer:
     """The handler of ``polysocket connect`` without ``--handler``: print what arrives."""
 
+    def __init__(self) -> None:
+        self.last_message = time.monotonic()
+
     def onOpen(self) -> None:
         print(f"connected (engine {get_session().engine}); type lines to send, Ctrl-D to close")
 
     def onMessage(self, message: str | bytes) -> None:
+        self.last_message = time.monotonic()
         print(f"< {message!r}" if isinstance(message, bytes) else f"< {message}", flush=True)
 
     def onError(self, error: str) -> None:
@@ -64,8 +72,9 @@ class _Printer:
 def _connect(args: argparse.Namespace) -> int:
     from .client import create_websocket
 
+    printer = _Printer()
     try:
-        client = create_websocket(args.uri, args.handler or _Printer(), args.engine)
+        client = create_websocket(args.uri, args.handler or printer, args.engine)
     except WebsocketError as exc:
         print(f"polysocket: {exc}", file=sys.stderr)
         return 1
@@ -74,6 +83,9 @@ def _connect(args: argparse.Namespace) -> int:
             if client.closed:
                 break
             client.send(line.rstrip("\n"))
+        # At the end of the input, give the replies to the last lines a moment to arrive.
+        while not client.closed and time.monotonic() - printer.last_message < REPLY_GRACE:
+            time.sleep(0.05)
     except (KeyboardInterrupt, WebsocketError):
         pass
     client.close()
