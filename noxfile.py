@@ -44,8 +44,6 @@ def conformance(session: nox.Session, engine: str) -> None:
     _install_node_peer(session)
     session.run(
         "pytest",
-        "-p",
-        "polysocket_conformance.plugin",
         "--pyargs",
         "polysocket_conformance",
         f"--polysocket-engine={engine}",

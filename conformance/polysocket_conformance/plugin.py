@@ -1,1 +1,220 @@
-"""pytest plugin entry of the polysocket conformance suite."""
+"""pytest plugin entry of the polysocket conformance suite.
+
+Run the suite against any installed engine, without a copy of the polysocket repository::
+
+    pytest --pyargs polysocket_conformance --polysocket-engine=NAME
+
+Without ``--polysocket-engine`` every engine the registry reports as available is tested.
+Every conformance test that takes an ``engine`` argument runs once per engine; every test
+that takes ``peer`` runs once per echo peer (``websockets`` and ``node-ws``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .peer_processes import KINDS, Peer, PeerUnavailable, require_peers, start_peer
+
+PACKAGE = "polysocket_conformance"
+MARKER = "polysocket_conformance"
+
+_report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("polysocket", "polysocket conformance suite")
+    group.addoption(
+        "--polysocket-engine",
+        action="append",
+        dest="polysocket_engines",
+        default=None,
+        metavar="NAME",
+        help="engine to run the conformance suite against (repeatable); default: every"
+        " engine polysocket reports as available",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}: parametrize the test's `engine` argument over the selected polysocket"
+        " engines (automatic for the tests of the polysocket_conformance package)",
+    )
+    chosen = config.getoption("polysocket_engines")
+    if chosen:
+        _check_engines(chosen)
+
+
+def _check_engines(names: list[str]) -> None:
+    from polysocket.plugins import registry
+
+    statuses = {s.name: s for s in registry.statuses()}
+    for name in names:
+        status = statuses.get(name)
+        if status is None:
+            raise pytest.UsageError(
+                f"--polysocket-engine={name}: no such engine; installed engines:"
+                f" {', '.join(sorted(statuses)) or 'none'}"
+            )
+        if status.status != "available":
+            raise pytest.UsageError(
+                f"--polysocket-engine={name}: the engine is {status.status} ({status.detail})"
+            )
+
+
+def selected_engines(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("polysocket_engines")
+    if chosen:
+        return list(dict.fromkeys(chosen))
+    from polysocket.plugins import registry
+
+    return [s.name for s in registry.statuses() if s.status == "available"]
+
+
+def _is_conformance_module(module: Any) -> bool:
+    name = getattr(module, "__name__", "")
+    return name == PACKAGE or name.startswith(PACKAGE + ".")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    if not config.getoption("polysocket_engines"):
+        return None
+    return [f"polysocket engines: {', '.join(selected_engines(config))}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" not in metafunc.fixturenames and "peer" not in metafunc.fixturenames:
+        return
+    if not (
+        _is_conformance_module(metafunc.module)
+        or metafunc.definition.get_closest_marker(MARKER) is not None
+    ):
+        return
+    if "engine" in metafunc.fixturenames:
+        names = selected_engines(metafunc.config)
+        metafunc.parametrize("engine", names, ids=names)
+    if "peer" in metafunc.fixturenames:
+        metafunc.parametrize("peer", KINDS, ids=KINDS, indirect=True)
+
+
+#: Per-test limit when pytest-timeout is installed but not configured (a hung engine must
+#: fail its test, not stall the run).
+DEFAULT_TIMEOUT = 90
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    if config.getoption("timeout", None) or config.getini("timeout"):
+        return
+    for item in items:
+        module = getattr(item, "module", None)
+        if _is_conformance_module(module) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    item.stash.setdefault(_report_key, {})[report.when] = report
+    return report
+
+
+# -- peers ----------------------------------------------------------------------------------
+
+
+def _start_or_skip(kind: str, log_dir: Any) -> Peer:
+    try:
+        return start_peer(kind, log_dir)
+    except PeerUnavailable as exc:
+        if require_peers():
+            pytest.fail(f"{exc} (POLYSOCKET_REQUIRE_PEERS is set, so this is an error)")
+        pytest.skip(str(exc))
+
+
+def _session_peer(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    peer = _start_or_skip(kind, tmp_path_factory.mktemp(f"peer-{kind}"))
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def polysocket_peer_websockets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    """The shared ``websockets`` echo peer, started once per session."""
+    yield from _session_peer("websockets", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def polysocket_peer_node_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    """The shared Node.js ``ws`` echo peer, started once per session."""
+    yield from _session_peer("node-ws", tmp_path_factory)
+
+
+_SESSION_FIXTURES = {
+    "websockets": "polysocket_peer_websockets",
+    "node-ws": "polysocket_peer_node_ws",
+}
+
+
+@pytest.fixture
+def peer(request: pytest.FixtureRequest) -> Peer:
+    """A running echo peer that is not polysocket: ``.uri``, ``.kind``, ``.query()``...
+
+    Parametrized over both kinds by ``pytest_generate_tests`` (next to ``engine``, so test
+    ids read ``[ENGINE-PEER]``).
+    """
+    kind = getattr(request, "param", None)
+    if kind is None:
+        pytest.fail(
+            "the `peer` fixture is parametrized only for conformance tests; mark the test"
+            f" @pytest.mark.{MARKER} and give it an `engine` argument"
+        )
+    shared: Peer = request.getfixturevalue(_SESSION_FIXTURES[kind])
+    shared.check_alive()
+    return shared
+
+
+@pytest.fixture
+def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
+    """Factory: start a fresh peer process of a kind, only for this test (it may kill it)."""
+    started: list[Peer] = []
+
+    def start(kind: str) -> Peer:
+        peer = _start_or_skip(kind, tmp_path)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()
+
+
+# -- every conformance test leaves no client behind -----------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _polysocket_no_leftover_clients(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not (
+        _is_conformance_module(request.node.module)
+        or request.node.get_closest_marker(MARKER) is not None
+    ):
+        yield
+        return
+    import polysocket
+
+    yield
+    leftovers = polysocket.getClients()
+    for info in leftovers:
+        client = polysocket.getClient(info["id"])
+        if client is not None:
+            client.close()
+    remaining = polysocket.getClients()
+    assert not remaining, f"clients still registered after close(): {remaining}"
+    reports = request.node.stash.get(_report_key, {})
+    if leftovers and "call" in reports and reports["call"].passed:
+        pytest.fail(f"the test left clients open (closed them now): {leftovers}")

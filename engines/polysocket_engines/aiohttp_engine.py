@@ -24,6 +24,11 @@ _MESSAGE_TOO_BIG = 1009
 _ABNORMAL = 1006
 
 
+def _limit(max_size: int | None) -> int:
+    # aiohttp refuses a message of exactly max_msg_size bytes; max_size allows it. 0 = none.
+    return max_size + 1 if max_size else 0
+
+
 class AiohttpTransport:
     """aiohttp with ``autoclose=False``: aiohttp's own ``close()`` discards messages that
     arrive between our close frame and the peer's, so this transport runs the closing
@@ -43,6 +48,7 @@ class AiohttpTransport:
         self._ws = ws
         self._drop = drop
         self._release = release
+        self._release_task: asyncio.Future[None] | None = None
         self._max_size = options.max_size
         self._close_timeout = options.close_timeout
         self._close_sent = False
@@ -130,7 +136,7 @@ class AiohttpTransport:
     def abort(self) -> None:
         self._drop()
         if self._release is not None:
-            asyncio.ensure_future(self._released())
+            self._release_task = asyncio.ensure_future(self._released())
 
     async def _released(self) -> None:
         release, self._release = self._release, None
@@ -153,7 +159,7 @@ class AiohttpEngine(Engine):
                 uri,
                 protocols=tuple(options.subprotocols),
                 headers=dict(options.headers),
-                max_msg_size=options.max_size or 0,
+                max_msg_size=_limit(options.max_size),
                 timeout=aiohttp.ClientWSTimeout(ws_close=options.close_timeout),
                 autoclose=False,
                 autoping=True,
@@ -188,7 +194,7 @@ class AiohttpEngine(Engine):
             assert isinstance(decision, Accept)
             ws = web.WebSocketResponse(
                 protocols=(decision.subprotocol,) if decision.subprotocol else (),
-                max_msg_size=options.max_size or 0,
+                max_msg_size=_limit(options.max_size),
                 timeout=options.close_timeout,
                 autoclose=False,
                 autoping=True,

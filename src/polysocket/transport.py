@@ -66,7 +66,8 @@ class TransportClosed(Exception):
         self, code: int | None, reason: str = "", *, error: BaseException | None = None
     ) -> None:
         super().__init__(code, reason)
-        self.code = code
+        # libraries hand out their own IntEnums; users get plain ints
+        self.code = None if code is None else int(code)
         self.reason = reason
         self.error = error
 
