@@ -17,7 +17,7 @@ PEERS = Path(__file__).parent / "conformance" / "polysocket_conformance" / "peer
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.5")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
