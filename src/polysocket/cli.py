@@ -84,6 +84,7 @@ def _connect(args: argparse.Namespace) -> int:
                 break
             client.send(line.rstrip("\n"))
         # At the end of the input, give the replies to the last lines a moment to arrive.
+        printer.last_message = time.monotonic()
         while not client.closed and time.monotonic() - printer.last_message < REPLY_GRACE:
             time.sleep(0.05)
     except (KeyboardInterrupt, WebsocketError):
