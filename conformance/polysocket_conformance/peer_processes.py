@@ -34,7 +34,7 @@ def require_peers() -> bool:
     return os.environ.get("POLYSOCKET_REQUIRE_PEERS", "").strip() not in ("", "0", "false", "no")
 
 
-def _node_ws_location() -> tuple[str, Path]:
+def node_ws_location() -> tuple[str, Path]:
     """(node executable, ws package dir), or raise PeerUnavailable saying what is missing."""
     install = f"run `npm install --prefix {PEERS_DIR}`"
     node = shutil.which("node")
@@ -69,7 +69,7 @@ def peer_command(kind: str) -> tuple[list[str], dict[str, str]]:
             ) from None
         return [sys.executable, str(PEERS_DIR / "websockets_peer.py")], env
     if kind == "node-ws":
-        node, ws_dir = _node_ws_location()
+        node, ws_dir = node_ws_location()
         env["POLYSOCKET_WS_PATH"] = str(ws_dir)
         return [node, str(PEERS_DIR / "ws_peer.js")], env
     raise ValueError(f"unknown peer kind {kind!r}; known: {', '.join(KINDS)}")

@@ -69,6 +69,10 @@ def selected_engines(config: pytest.Config) -> list[str]:
     chosen = config.getoption("polysocket_engines")
     if chosen:
         return list(dict.fromkeys(chosen))
+    return available_engines()
+
+
+def available_engines() -> list[str]:
     from polysocket.plugins import registry
 
     return [s.name for s in registry.statuses() if s.status == "available"]
@@ -86,7 +90,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "engine" not in metafunc.fixturenames and "peer" not in metafunc.fixturenames:
+    if not {"engine", "peer", "other_engine"} & set(metafunc.fixturenames):
         return
     if not (
         _is_conformance_module(metafunc.module)
@@ -96,6 +100,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         names = selected_engines(metafunc.config)
         metafunc.parametrize("engine", names, ids=names)
+    if "other_engine" in metafunc.fixturenames:
+        # the interop partner: every available engine, whichever ones are under test
+        others = available_engines()
+        metafunc.parametrize("other_engine", others, ids=[f"with-{n}" for n in others])
     if "peer" in metafunc.fixturenames:
         metafunc.parametrize("peer", KINDS, ids=KINDS, indirect=True)
 
