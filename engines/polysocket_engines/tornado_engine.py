@@ -1,4 +1,5 @@
-"""The tornado engine, on ``tornado.websocket.websocket_connect``.
+"""The tornado engine: ``tornado.websocket.websocket_connect`` (client) and a
+``tornado.web.Application`` with one ``WebSocketHandler`` for every path (server).
 
 Tornado's client hides how a connection ended: ``read_message()`` just returns ``None``,
 ``close_code`` is ``None`` both for a lost connection and for an empty close frame, a message
@@ -6,26 +7,40 @@ over ``max_message_size`` is answered with a local ``close(1009)`` and a dropped
 leave no trace, and ``close()`` is fire-and-forget. This engine watches three points of the
 connection's protocol object (its ``close``, its ``_abort`` and the end of its frame loop) to
 tell those cases apart and to let ``close()`` wait for the end of the closing handshake.
+
+The server side reuses the same transport: the request handler offers the few members of the
+client connection that the transport uses (``protocol``, ``read_message``, ``read_queue``,
+``write_message``, ``close``, ``selected_subprotocol``, ``on_ws_connection_close``), and the
+protocol object and its frame loop are the same class on both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    Accept,
     ClientOptions,
     Engine,
+    HttpRequest,
+    HttpResponse,
     Message,
     MessageTooBigError,
+    ServerApp,
+    ServerOptions,
     TransportClosed,
 )
 
 _NO_STATUS = 1005
 _ABNORMAL = 1006
 _MESSAGE_TOO_BIG = 1009
+_INTERNAL_ERROR = 1011
 _NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
 
 # How the frame loop ended without a close frame from the peer (see _on_abort).
@@ -34,7 +49,9 @@ _VIOLATION = "violation"
 
 
 class TornadoTransport:
-    def __init__(self, ws: Any, options: ClientOptions) -> None:
+    """A client ``WebSocketClientConnection`` or a server request handler (see the module doc)."""
+
+    def __init__(self, ws: Any, options: ClientOptions | ServerOptions) -> None:
         import tornado.iostream
         import tornado.websocket
 
@@ -60,8 +77,9 @@ class TornadoTransport:
         self._ended: TransportClosed | None = None
 
         # websocket_connect() schedules the frame loop before resolving its future, and the
-        # loop's first step runs only after connect() resumes; so these hooks are in place
-        # before the first frame is read.
+        # loop's first step runs only after connect() resumes; on the server, the handler's
+        # open() builds the transport and the frame loop starts when open() returns. So these
+        # hooks are in place before the first frame is read.
         proto = self._proto
         orig_close, orig_abort = proto.close, proto._abort
         orig_conn_closed = ws.on_ws_connection_close
@@ -200,11 +218,247 @@ class TornadoTransport:
         self._proto.stream.close()
 
 
+# --- server side ---------------------------------------------------------------------------
+
+_log = logging.getLogger(__name__)
+
+# Unread messages a server connection buffers before tornado stops reading its socket (the
+# frame loop waits for on_message's future); it reads again once the reader caught up.
+_QUEUE_HIGH = 256
+_QUEUE_HIGH_BYTES = 4 * 1024 * 1024
+# Framing headers belong to tornado.
+_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
+_TORNADO_MAX_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size / max_body_size
+
+
+def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in headers:
+            value = headers[key] + ("; " if key == "cookie" else ", ") + value
+        headers[key] = value
+    return headers
+
+
+def _http_request(
+    method: str, path: str, query: str, headers: Mapping[str, str], peer: Any
+) -> HttpRequest:
+    upgrade = any(t.strip().lower() == "websocket" for t in headers.get("upgrade", "").split(","))
+    offered = headers.get("sec-websocket-protocol", "").split(",")
+    return HttpRequest(
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        remote_address=(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None,
+        upgrade=upgrade,
+        subprotocols=tuple(p.strip() for p in offered if p.strip()),
+    )
+
+
+class _AnyMethod(tuple):  # type: ignore[type-arg]
+    """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+class TornadoServer:
+    def __init__(self, app: ServerApp, options: ServerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.port = 0
+        self._http: Any = None
+        self._sessions: set[asyncio.Future[None]] = set()
+        self._transports: set[TornadoTransport] = set()
+        self._routing: set[asyncio.Future[Any]] = set()  # app.route() calls in progress
+
+    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        # In a task of its own: close() cancels it, not tornado's request task (which
+        # tornado < 6.5 logs as an error).
+        call = asyncio.ensure_future(self.app.route(request))
+        self._routing.add(call)
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                call.cancel()
+                raise
+            return HttpResponse(503, b"server shutting down\n")
+        finally:
+            self._routing.discard(call)
+
+    def start_session(self, request: HttpRequest, transport: TornadoTransport) -> None:
+        self._transports.add(transport)
+        task = asyncio.ensure_future(self._session(request, transport))
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _session(self, request: HttpRequest, transport: TornadoTransport) -> None:
+        code = 1000
+        try:
+            await self.app.session(request, transport)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception:
+            _log.exception("session %s failed", request.path)
+            code = _INTERNAL_ERROR
+        try:
+            # The connection lives as long as the session: close it if the core did not.
+            await transport.close(code)
+        finally:
+            self._transports.discard(transport)
+
+    async def close(self) -> None:
+        timeout = self.options.close_timeout
+        self._http.stop()  # stop listening; closes the listening sockets
+        # The core has closed the sessions; drop whatever is left. An answer being computed
+        # for a dropped connection is not needed any more.
+        for call in list(self._routing):
+            call.cancel()
+        for transport in list(self._transports):
+            transport.abort()
+        try:
+            # HTTP connections: idle keep-alive ones, requests being answered, handshakes.
+            await asyncio.wait_for(self._http.close_all_connections(), timeout)
+        except TimeoutError:
+            _log.warning("tornado server connections did not close in %ss", timeout)
+        if self._sessions:
+            _, pending = await asyncio.wait(set(self._sessions), timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+
+@functools.cache
+def _handler_class() -> type:
+    import tornado.queues
+    import tornado.web
+    import tornado.websocket
+
+    class Handler(tornado.websocket.WebSocketHandler):
+        """Every request, any path and method: the core routes it in ``prepare()``."""
+
+        SUPPORTED_METHODS = _AnyMethod(tornado.web.RequestHandler.SUPPORTED_METHODS)
+
+        def initialize(self, server: TornadoServer) -> None:
+            self._server = server
+            self._http_request: HttpRequest | None = None
+            self._subprotocol: str | None = None
+            self.read_queue: tornado.queues.Queue[Message | None] = tornado.queues.Queue()
+            self._queued_bytes = 0
+            self._room: asyncio.Future[None] | None = None
+
+        async def prepare(self) -> None:
+            request = self.request
+            context = getattr(request.connection, "context", None)
+            http_request = _http_request(
+                request.method or "GET",
+                request.path,
+                request.query,
+                _header_map(request.headers.get_all()),
+                getattr(context, "address", None),
+            )
+            self._http_request = http_request
+            decision = await self._server.route(http_request)
+            if isinstance(decision, Accept):
+                if request.method == "GET":
+                    # get() (WebSocketHandler's) runs next and completes the handshake.
+                    self._subprotocol = decision.subprotocol
+                    return
+                decision = HttpResponse(400, b"a WebSocket handshake is a GET request\n")
+            self._respond(decision)
+
+        def _respond(self, answer: HttpResponse) -> None:
+            self.set_status(answer.status)
+            self.set_header("Content-Type", answer.content_type)
+            for name, value in answer.headers.items():
+                if name.lower() not in _ENGINE_HEADERS:
+                    self.set_header(name, value)
+            if answer.status < 200 or answer.status in (204, 304):
+                self.finish()  # tornado refuses a body (even b"") for these
+            else:
+                self.finish(bytes(answer.body))
+
+        def compute_etag(self) -> str | None:
+            return None  # no ETag, no 304: the core's answer is sent as is
+
+        def check_origin(self, origin: str) -> bool:
+            return True  # pages on other origins, and the page the core serves
+
+        def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+            return self._subprotocol
+
+        def open(self, *args: str, **kwargs: str) -> None:
+            # The frame loop starts once this returns: the transport's hooks are in place.
+            assert self._http_request is not None
+            assert self.ws_connection is not None
+            stream = self.ws_connection.stream
+            if stream is not None:
+                # An aborted connection whose reader has stopped must still end.
+                stream.set_close_callback(self._make_room)
+            self._server.start_session(
+                self._http_request, TornadoTransport(self, self._server.options)
+            )
+
+        # -- what TornadoTransport uses of a client connection --------------------------
+
+        @property
+        def protocol(self) -> Any:
+            return self.ws_connection
+
+        def on_message(self, message: Message) -> asyncio.Future[None] | None:
+            self.read_queue.put_nowait(message)
+            self._queued_bytes += len(message)
+            if self._room is None and (
+                self.read_queue.qsize() >= _QUEUE_HIGH or self._queued_bytes >= _QUEUE_HIGH_BYTES
+            ):
+                # Returning a future makes tornado's frame loop wait before the next frame.
+                self._room = asyncio.get_running_loop().create_future()
+            return self._room
+
+        async def read_message(self) -> Message | None:
+            message = await self.read_queue.get()
+            if message is not None:
+                self._queued_bytes -= len(message)
+            if (
+                self._room is not None
+                and self.read_queue.qsize() <= _QUEUE_HIGH // 2
+                and self._queued_bytes <= _QUEUE_HIGH_BYTES // 2
+            ):
+                self._make_room()
+            return message
+
+        def _make_room(self) -> None:
+            if self._room is not None:
+                if not self._room.done():
+                    self._room.set_result(None)
+                self._room = None
+
+        def on_close(self) -> None:
+            self._make_room()
+            self.read_queue.put_nowait(None)  # the end marker, after the unread messages
+
+    return Handler
+
+
+def _log_request(handler: Any) -> None:
+    # The core's refusals (404, 426) are ordinary answers: no warnings for them.
+    _log.info(
+        "%d %s %.2fms",
+        handler.get_status(),
+        handler._request_summary(),
+        1000.0 * handler.request.request_time(),
+    )
+
+
 class TornadoEngine(Engine):
     name = "tornado"
     library = "tornado"
     install_hint = "polysocket[tornado]"
-    capabilities = frozenset({"client", "headers", "subprotocols"})
+    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
 
     async def connect(self, uri: str, options: ClientOptions) -> TornadoTransport:
         from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -235,6 +489,35 @@ class TornadoEngine(Engine):
             ) from exc
         # No await between here and the hooks in TornadoTransport (see its __init__).
         return TornadoTransport(ws, options)
+
+    async def serve(
+        self, host: str, port: int, app: ServerApp, options: ServerOptions
+    ) -> TornadoServer:
+        import tornado.httpserver
+        import tornado.netutil
+        import tornado.web
+
+        server = TornadoServer(app, options)
+        application = tornado.web.Application(
+            [(r".*", _handler_class(), {"server": server})],
+            websocket_max_message_size=options.max_size or sys.maxsize,
+            websocket_ping_interval=None,
+            log_function=_log_request,
+        )
+        # One frame is read into the stream's buffer whole: let it hold max_size.
+        limit = options.max_size
+        server._http = tornado.httpserver.HTTPServer(
+            application,
+            max_buffer_size=sys.maxsize
+            if limit is None
+            else max(_TORNADO_MAX_BUFFER, limit + 1024),
+            max_body_size=_TORNADO_MAX_BUFFER,
+        )
+        # bind_sockets gives every address of host (127.0.0.1 and ::1) the same port.
+        sockets = tornado.netutil.bind_sockets(port, host or None)
+        server._http.add_sockets(sockets)
+        server.port = sockets[0].getsockname()[1]
+        return server
 
 
 @hookimpl

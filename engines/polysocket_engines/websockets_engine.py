@@ -1,25 +1,44 @@
-"""The websockets engine, on the library's asyncio API (``websockets.asyncio.client``)."""
+"""The websockets engine, on the library's asyncio API (``websockets.asyncio.client`` and
+``websockets.asyncio.server``). One transport class serves both sides: a server connection has
+the same ``recv``/``send``/``close`` API as a client one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import errno
+import http
 import inspect
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    Accept,
     ClientOptions,
     Engine,
+    HttpRequest,
+    HttpResponse,
     Message,
     MessageTooBigError,
+    ServerApp,
+    ServerOptions,
     TransportClosed,
 )
 
 _MESSAGE_TOO_BIG = 1009
 
+_log = logging.getLogger(__name__)
+
 
 class WebsocketsTransport:
-    def __init__(self, ws: Any, options: ClientOptions) -> None:
+    """A client ``ClientConnection`` or a server ``ServerConnection``, same rules on both sides."""
+
+    def __init__(self, ws: Any, options: ClientOptions | ServerOptions) -> None:
         import websockets.exceptions
 
         self._exceptions = websockets.exceptions
@@ -132,11 +151,160 @@ def _connect_kwargs(connect: Any) -> dict[str, Any]:
     return {"proxy": None} if "proxy" in params else {}
 
 
+# --- server side ---------------------------------------------------------------------------
+
+
+def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in headers:
+            value = headers[key] + ("; " if key == "cookie" else ", ") + value
+        headers[key] = value
+    return headers
+
+
+def _http_request(method: str, target: str, headers: Mapping[str, str], peer: Any) -> HttpRequest:
+    path, _, query = target.partition("?")
+    upgrade = any(t.strip().lower() == "websocket" for t in headers.get("upgrade", "").split(","))
+    offered = headers.get("sec-websocket-protocol", "").split(",")
+    return HttpRequest(
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        remote_address=(str(peer[0]), int(peer[1])) if peer else None,
+        upgrade=upgrade,
+        subprotocols=tuple(p.strip() for p in offered if p.strip()),
+    )
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+# Framing headers belong to the engine: websockets answers one request per connection.
+_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
+
+
+def _response(answer: HttpResponse, method: str) -> Any:
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    status = answer.status
+    no_body = status < 200 or status in (204, 304)
+    headers = Headers()
+    headers["Date"] = email.utils.formatdate(usegmt=True)
+    headers["Connection"] = "close"
+    if not no_body:
+        headers["Content-Length"] = str(len(answer.body))
+    headers["Content-Type"] = answer.content_type
+    for name, value in answer.headers.items():
+        if name.lower() in _ENGINE_HEADERS:
+            continue
+        if name in headers:
+            del headers[name]
+        headers[name] = value
+    body = b"" if no_body or method == "HEAD" else bytes(answer.body)
+    return Response(status, _reason(status), headers, body)
+
+
+def _bind_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, all on the same port.
+
+    ``loop.create_server(host, 0)`` would give each address (127.0.0.1 and ::1 for
+    "localhost") its own ephemeral port; ``Server.port`` must be the one port of them all.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str]] = set()
+    error: OSError | None = None
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address[0]) in seen:
+                continue
+            seen.add((family, address[0]))
+            if sockets and port == 0:  # the other addresses on the port the first one got
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock = socket.socket(family, kind, proto)
+            try:
+                if os.name != "nt":  # as asyncio does: rebind at once after close()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    error = exc  # no IPv6 on this host: serve the other addresses
+                    continue
+                raise
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise error or OSError(f"cannot listen on {host}:{port}")
+    return sockets
+
+
+class WebsocketsServer:
+    """One websockets server per listening socket (see ``_bind_sockets``)."""
+
+    def __init__(
+        self,
+        servers: list[Any],
+        connections: set[Any],
+        routing: set[asyncio.Task[Any]],
+        port: int,
+        close_timeout: float,
+    ) -> None:
+        self._servers = servers
+        self._connections = connections
+        self._routing = routing
+        self._close_timeout = close_timeout
+        self.port = port
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.server.close()  # stop listening; closes the listening socket
+        # The core has closed the sessions; drop whatever is left (half-done handshakes,
+        # plain HTTP requests, sessions the core did not close). An answer being computed
+        # for a dropped connection is not needed any more.
+        for task in list(self._routing):
+            task.cancel()
+        for connection in list(self._connections):
+            connection.transport.abort()
+        tasks: set[asyncio.Task[None]] = set()
+        for server in self._servers:
+            # websockets >= 14: handler_tasks (a set); 13: handlers (connection -> task)
+            handlers = getattr(server, "handler_tasks", None)
+            tasks.update(handlers if handlers is not None else server.handlers.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
+            for task in pending:
+                task.cancel()
+        for server in self._servers:
+            server.close(close_connections=False)
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await asyncio.gather(*(server.wait_closed() for server in self._servers))
+        except TimeoutError:
+            _log.warning("websockets server did not finish closing in %ss", self._close_timeout)
+
+
 class WebsocketsEngine(Engine):
     name = "websockets"
     library = "websockets"
     install_hint = "polysocket[websockets]"
-    capabilities = frozenset({"client", "headers", "subprotocols"})
+    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
 
     async def connect(self, uri: str, options: ClientOptions) -> WebsocketsTransport:
         from websockets.asyncio.client import connect
@@ -162,6 +330,109 @@ class WebsocketsEngine(Engine):
                 status=response.status_code,
             ) from exc
         return WebsocketsTransport(ws, options)
+
+    async def serve(
+        self, host: str, port: int, app: ServerApp, options: ServerOptions
+    ) -> WebsocketsServer:
+        from websockets.asyncio.server import ServerConnection, serve
+        from websockets.http11 import SERVER
+        from websockets.protocol import State
+
+        connections: set[Any] = set()
+        routing: set[asyncio.Task[Any]] = set()  # handshakes waiting for app.route()
+
+        class Connection(ServerConnection):
+            """Tracks every TCP connection (``Server.close`` drops them) and carries the
+            core's decision from ``process_request`` to ``select_subprotocol`` and the handler.
+            """
+
+            polysocket_request: HttpRequest | None = None
+            polysocket_subprotocol: str | None = None
+            polysocket_deadline: asyncio.TimerHandle | None = None
+
+            def connection_made(self, transport: Any) -> None:
+                connections.add(self)
+                super().connection_made(transport)
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                if self.polysocket_deadline is None and self.protocol.state is State.CLOSING:
+                    # Close frames exchanged: the client is to close the TCP connection now.
+                    # websockets enforces close_timeout on that only inside close(), so a
+                    # session waiting in recv() after the peer's close frame would wait for
+                    # as long as a client keeps the socket open.
+                    self.polysocket_deadline = asyncio.get_running_loop().call_later(
+                        options.close_timeout, self.transport.abort
+                    )
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                connections.discard(self)
+                if self.polysocket_deadline is not None:
+                    self.polysocket_deadline.cancel()
+                super().connection_lost(exc)
+
+        async def process_request(connection: Connection, request: Any) -> Any:
+            # Called for every request, upgrade or not: websockets parses any GET (and any
+            # method without a body, in recent versions) before deciding on the handshake.
+            headers = _header_map(request.headers.raw_items())
+            method = getattr(request, "method", "GET")
+            http_request = _http_request(method, request.path, headers, connection.remote_address)
+            connection.polysocket_request = http_request
+            task = asyncio.current_task()
+            assert task is not None
+            routing.add(task)
+            try:
+                decision = await app.route(http_request)
+            finally:
+                routing.discard(task)
+            if isinstance(decision, Accept):
+                connection.polysocket_subprotocol = decision.subprotocol
+                return None  # websockets validates the upgrade request and completes it
+            return _response(decision, method)
+
+        def process_response(connection: Connection, request: Any, response: Any) -> None:
+            # server_header=None: the core's own Server header (if any) is not duplicated.
+            if "Server" not in response.headers:
+                response.headers["Server"] = SERVER
+
+        def select_subprotocol(connection: Connection, offered: Any) -> str | None:
+            return connection.polysocket_subprotocol
+
+        async def handler(connection: Connection) -> None:
+            if connection.protocol.state is not State.OPEN or connection.polysocket_request is None:
+                return  # websockets 13 calls the handler after an HTTP answer as well
+            transport = WebsocketsTransport(connection, options)
+            # On return websockets closes the connection (1000; 1011 if this raised).
+            await app.session(connection.polysocket_request, transport)
+
+        sockets = _bind_sockets(host, port)
+        servers: list[Any] = []
+        try:
+            for sock in sockets:
+                servers.append(
+                    await serve(
+                        handler,
+                        sock=sock,
+                        create_connection=Connection,
+                        process_request=process_request,
+                        process_response=process_response,
+                        server_header=None,
+                        select_subprotocol=select_subprotocol,
+                        max_size=options.max_size or None,
+                        compression=None,
+                        ping_interval=None,
+                        close_timeout=options.close_timeout,
+                    )
+                )
+        except BaseException:
+            for server in servers:
+                server.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        return WebsocketsServer(
+            servers, connections, routing, sockets[0].getsockname()[1], options.close_timeout
+        )
 
 
 @hookimpl
