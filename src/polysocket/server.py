@@ -156,6 +156,8 @@ class EndpointServer:
         self._options = options
         self._subprotocols = tuple(subprotocols)
         self._reload = reload
+        # the snapshot comes first: a file changed while scanning shows up as a change
+        self._seen = registry_folder.snapshot(root.resolve()) if root.is_dir() else {}
         self.scan = registry_folder.scan(root)
         self._server: Server | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -258,13 +260,15 @@ class EndpointServer:
     # -- live reload ---------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        seen = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             now = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
-            if now != seen:
-                seen = now
-                await self.reload()
+            if now != self._seen:
+                self._seen = now
+                try:
+                    await self.reload()
+                except Exception:  # the watcher must outlive a bad moment on disk
+                    log.exception("reloading the registry failed; serving the previous one")
 
     async def reload(self) -> None:
         """Read the registry folder again; close sessions of endpoints that disappeared."""
