@@ -38,7 +38,7 @@ from polysocket.transport import (
 )
 
 _NO_STATUS = 1005
-_ABNORMAL = 1006
+_PROTOCOL_ERROR = 1002
 _MESSAGE_TOO_BIG = 1009
 _INTERNAL_ERROR = 1011
 _NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
@@ -162,8 +162,10 @@ class TornadoTransport:
                 ),
             )
         if self._abort_kind == _VIOLATION:
+            # tornado drops the TCP connection without telling which rule was broken; the
+            # other engines fail such a connection with 1002 (1007 for bad UTF-8).
             return TransportClosed(
-                _ABNORMAL,
+                _PROTOCOL_ERROR,
                 error=self._websocket.WebSocketError(
                     "the server violated the WebSocket protocol (e.g. invalid UTF-8 in a text"
                     " message or a malformed frame); tornado dropped the connection"

@@ -144,6 +144,34 @@ class WebsocketsTransport:
         self._ws.transport.abort()
 
 
+def _with_closing_deadline(base: type, close_timeout: float) -> Any:
+    """``base`` (a websockets connection class) that drops TCP ``close_timeout`` after the
+    closing handshake started, however it started.
+
+    websockets enforces close_timeout only inside close(): after the peer's close frame, or
+    after the library itself failed the connection (a protocol error), a recv() would wait
+    for as long as the peer keeps the socket open.
+    """
+    from websockets.protocol import State
+
+    class WithClosingDeadline(base):  # type: ignore[valid-type, misc]
+        polysocket_deadline: asyncio.TimerHandle | None = None
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.polysocket_deadline is None and self.protocol.state is State.CLOSING:
+                self.polysocket_deadline = asyncio.get_running_loop().call_later(
+                    close_timeout, self.transport.abort
+                )
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.polysocket_deadline is not None:
+                self.polysocket_deadline.cancel()
+            super().connection_lost(exc)
+
+    return WithClosingDeadline
+
+
 def _connect_kwargs(connect: Any) -> dict[str, Any]:
     """Keyword arguments only some supported websockets versions accept."""
     params = inspect.signature(connect).parameters
@@ -307,7 +335,7 @@ class WebsocketsEngine(Engine):
     capabilities = frozenset({"client", "server", "headers", "subprotocols"})
 
     async def connect(self, uri: str, options: ClientOptions) -> WebsocketsTransport:
-        from websockets.asyncio.client import connect
+        from websockets.asyncio.client import ClientConnection, connect
         from websockets.exceptions import InvalidStatus
 
         try:
@@ -320,6 +348,7 @@ class WebsocketsEngine(Engine):
                 open_timeout=None,  # the core bounds connect()
                 close_timeout=options.close_timeout,
                 ping_interval=None,
+                create_connection=_with_closing_deadline(ClientConnection, options.close_timeout),
                 **_connect_kwargs(connect),
             )
         except InvalidStatus as exc:
@@ -341,34 +370,20 @@ class WebsocketsEngine(Engine):
         connections: set[Any] = set()
         routing: set[asyncio.Task[Any]] = set()  # handshakes waiting for app.route()
 
-        class Connection(ServerConnection):
+        class Connection(_with_closing_deadline(ServerConnection, options.close_timeout)):
             """Tracks every TCP connection (``Server.close`` drops them) and carries the
             core's decision from ``process_request`` to ``select_subprotocol`` and the handler.
             """
 
             polysocket_request: HttpRequest | None = None
             polysocket_subprotocol: str | None = None
-            polysocket_deadline: asyncio.TimerHandle | None = None
 
             def connection_made(self, transport: Any) -> None:
                 connections.add(self)
                 super().connection_made(transport)
 
-            def data_received(self, data: bytes) -> None:
-                super().data_received(data)
-                if self.polysocket_deadline is None and self.protocol.state is State.CLOSING:
-                    # Close frames exchanged: the client is to close the TCP connection now.
-                    # websockets enforces close_timeout on that only inside close(), so a
-                    # session waiting in recv() after the peer's close frame would wait for
-                    # as long as a client keeps the socket open.
-                    self.polysocket_deadline = asyncio.get_running_loop().call_later(
-                        options.close_timeout, self.transport.abort
-                    )
-
             def connection_lost(self, exc: Exception | None) -> None:
                 connections.discard(self)
-                if self.polysocket_deadline is not None:
-                    self.polysocket_deadline.cancel()
                 super().connection_lost(exc)
 
         async def process_request(connection: Connection, request: Any) -> Any:

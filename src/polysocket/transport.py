@@ -14,8 +14,9 @@ Rules every ``Transport`` follows (the conformance suite checks each):
   our own ``close()``, the peer's answer), or ``None`` (or 1006) when no close frame arrived.
   It keeps raising it afterwards.
 - When this side fails the connection (a message over ``max_size``, a protocol violation),
-  ``TransportClosed.error`` is set and ``code`` is the code this side closed with: 1009 with
-  a :class:`MessageTooBigError` for an oversized message, 1006 if no close frame was sent.
+  ``TransportClosed.error`` is set and ``code`` is the code this side failed it with: 1009
+  with a :class:`MessageTooBigError` for an oversized message, 1002 for a protocol violation
+  (1007 for invalid UTF-8 where the library tells them apart).
 - ``send()`` waits while the peer is slow (the library's flow control) and raises
   :class:`TransportClosed` once the connection is closed.
 - ``close(code, reason)`` runs the closing handshake, bounded by ``close_timeout``; it is
