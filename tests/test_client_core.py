@@ -147,6 +147,17 @@ def test_options_are_checked_before_connecting(recorder):
             open_client(recorder, subprotocols="chat")
         with pytest.raises(ConnectError, match="ws://"):
             polysocket.createWebsocket("http://x/", recorder, engine="memory")
+        with pytest.raises(UnsupportedOptionError, match="'tls'"):
+            polysocket.createWebsocket("wss://x/", recorder, engine="memory")
+        for option, value in [("compression", "deflate"), ("ping_interval", 1.0)]:
+            with pytest.raises(UnsupportedOptionError, match=option):
+                open_client(recorder, **{option: value})
+        with pytest.raises(UnsupportedOptionError, match="'deflate'"):
+            open_client(recorder, compression="gzip")
+        with pytest.raises(TypeError, match="ping_timeout"):
+            open_client(recorder, ping_timeout=0)
+        with pytest.raises(TypeError, match="SSLContext"):
+            open_client(recorder, ssl=True)
     assert bare.peers == [] and recorder.calls == []
 
 

@@ -51,6 +51,10 @@ class AiohttpTransport:
         self._release_task: asyncio.Future[None] | None = None
         self._max_size = options.max_size
         self._close_timeout = options.close_timeout
+        self._keepalive_timeout = options.keepalive_timeout
+        if options.ping_interval is not None:
+            # aiohttp waits heartbeat/2 for the pong and has no public setting for it
+            ws._pong_heartbeat = options.keepalive_timeout
         self._close_sent = False
         self._receiving = False
         self._ended: TransportClosed | None = None
@@ -102,6 +106,13 @@ class AiohttpTransport:
             code = getattr(exc, "code", None)
             if code == _MESSAGE_TOO_BIG:
                 return TransportClosed(code, error=MessageTooBigError(self._max_size))
+            if isinstance(exc, self._aiohttp.ServerTimeoutError):  # the heartbeat's pong
+                return TransportClosed(
+                    None,
+                    error=TimeoutError(
+                        f"keepalive ping timeout: no pong within {self._keepalive_timeout} s"
+                    ),
+                )
             return TransportClosed(code if isinstance(code, int) else _ABNORMAL, error=exc)
         # CLOSED without a close frame: aiohttp reports a bare EOF as code 1000; it is a
         # lost connection.
@@ -148,7 +159,9 @@ class AiohttpEngine(Engine):
     name = "aiohttp"
     library = "aiohttp"
     install_hint = "aiohttp"
-    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
+    capabilities = frozenset(
+        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    )
 
     async def connect(self, uri: str, options: ClientOptions) -> AiohttpTransport:
         import aiohttp
@@ -163,6 +176,9 @@ class AiohttpEngine(Engine):
                 timeout=aiohttp.ClientWSTimeout(ws_close=options.close_timeout),
                 autoclose=False,
                 autoping=True,
+                heartbeat=options.ping_interval,
+                compress=15 if options.compression else 0,
+                ssl=options.ssl if options.ssl is not None else True,
             )
         except aiohttp.WSServerHandshakeError as exc:
             await session.close()
@@ -198,6 +214,8 @@ class AiohttpEngine(Engine):
                 timeout=options.close_timeout,
                 autoclose=False,
                 autoping=True,
+                heartbeat=options.ping_interval,
+                compress=bool(options.compression),
             )
             await ws.prepare(request)
             tcp = request.transport
@@ -212,7 +230,7 @@ class AiohttpEngine(Engine):
         server = web.Server(handle, access_log=None)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=options.ssl)
         await site.start()
         return AiohttpServer(runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 

@@ -97,7 +97,7 @@ class connect:
     def __init__(self, uri: str, engine: str | None = None, **options: Any) -> None:
         self._engine = engines.get(engine)
         self._options = client_options(self._engine, options)
-        check_uri(uri)
+        check_uri(uri, self._engine)
         self._uri = uri
         self._connection: AsyncConnection | None = None
 

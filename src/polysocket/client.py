@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .connection import Connection
-from .errors import ConnectError
+from .errors import ConnectError, UnsupportedOptionError
 from .handlers import Handler, resolve_handler
 from .options import client_options
 from .plugins import registry as engines
@@ -28,9 +28,15 @@ __all__ = [
 ]
 
 
-def check_uri(uri: str) -> None:
-    if not isinstance(uri, str) or urlsplit(uri).scheme not in ("ws", "wss"):
+def check_uri(uri: str, engine: Engine) -> None:
+    scheme = urlsplit(uri).scheme if isinstance(uri, str) else None
+    if scheme not in ("ws", "wss"):
         raise ConnectError(f"{uri!r} is not a WebSocket URI; it must start with ws:// or wss://")
+    if scheme == "wss" and "tls" not in engine.capabilities:
+        raise UnsupportedOptionError(
+            f"engine {engine.name!r} cannot connect to wss:// URIs (it lacks the 'tls'"
+            " capability; see `polysocket engines`)"
+        )
 
 
 async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Transport:
@@ -142,7 +148,7 @@ def create_websocket(
     resolved = resolve_handler(handler)
     chosen = engines.get(engine)
     checked = client_options(chosen, options)
-    check_uri(uri)
+    check_uri(uri, chosen)
     return background.run(_open_client(uri, resolved, chosen, checked), "createWebsocket()")
 
 

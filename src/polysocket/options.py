@@ -2,48 +2,87 @@
 
 from __future__ import annotations
 
+import ssl as ssl_module
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import UnsupportedOptionError
-from .transport import ClientOptions, Engine
+from .transport import CAPABILITY_OF_OPTION, ClientOptions, Engine, ServerOptions
 
-_NAMES = tuple(f.name for f in fields(ClientOptions))
+Options = TypeVar("Options", ClientOptions, ServerOptions)
 
 
 def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
     """Build :class:`ClientOptions` or raise :class:`UnsupportedOptionError` / ``TypeError``."""
-    unknown = sorted(set(options) - set(_NAMES))
+    values = _checked(engine, ClientOptions, options, ())
+    headers = values.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise TypeError("headers must be a mapping of str to str")
+    values["headers"] = dict(headers)
+    values["subprotocols"] = _strings("subprotocols", values.get("subprotocols"))
+    _check_capabilities(engine, values)
+    return ClientOptions(**values)
+
+
+def server_options(
+    engine: Engine, options: Mapping[str, Any]
+) -> tuple[ServerOptions, tuple[str, ...]]:
+    """Build :class:`ServerOptions`; ``subprotocols`` are the ones the server may select."""
+    values = _checked(engine, ServerOptions, options, ("subprotocols",))
+    subprotocols = _strings("subprotocols", values.pop("subprotocols", None))
+    _check_capabilities(engine, values)
+    return ServerOptions(**values), subprotocols
+
+
+def _check_capabilities(engine: Engine, options: Mapping[str, Any]) -> None:
+    for name, capability in CAPABILITY_OF_OPTION.items():
+        if options.get(name) and capability not in engine.capabilities:
+            raise UnsupportedOptionError(
+                f"engine {engine.name!r} cannot honour {name}= (it lacks the {capability!r}"
+                " capability; see `polysocket engines`); pick another engine or drop it"
+            )
+
+
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    value = value or ()
+    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+        raise TypeError(f"{name} must be a list of str, e.g. ['chat']")
+    return tuple(value)
+
+
+def _checked(
+    engine: Engine, kind: type[Options], options: Mapping[str, Any], extra: tuple[str, ...]
+) -> dict[str, Any]:
+    names = [f.name for f in fields(kind)] + list(extra)
+    unknown = sorted(set(options) - set(names))
     if unknown:
         raise UnsupportedOptionError(
             f"unknown option(s) {', '.join(map(repr, unknown))}; the options every engine"
-            f" takes are: {', '.join(_NAMES)}"
+            f" takes are: {', '.join(names)}"
         )
     for name in ("open_timeout", "close_timeout"):
         value = options.get(name, 10.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise TypeError(f"{name} must be a positive number of seconds, not {value!r}")
+    for name in ("ping_interval", "ping_timeout"):
+        value = options.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise TypeError(f"{name} must be a positive number of seconds or None, not {value!r}")
     max_size = options.get("max_size", 1)
     if max_size is not None and (
         isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0
     ):
         raise TypeError(f"max_size must be a positive number of bytes or None, not {max_size!r}")
-    headers = options.get("headers") or {}
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise TypeError("headers must be a mapping of str to str")
-    subprotocols = options.get("subprotocols") or ()
-    if isinstance(subprotocols, str) or not all(isinstance(p, str) for p in subprotocols):
-        raise TypeError("subprotocols must be a list of str, e.g. ['chat']")
-    for name in ClientOptions.CAPABILITY_OPTIONS:
-        if options.get(name) and name not in engine.capabilities:
-            raise UnsupportedOptionError(
-                f"engine {engine.name!r} cannot honour {name}=; pick an engine that declares"
-                f" the {name!r} capability (see `polysocket engines`) or drop the option"
-            )
-    values = dict(options)
-    values["headers"] = dict(headers)
-    values["subprotocols"] = tuple(subprotocols)
-    return ClientOptions(**values)
+    if options.get("compression") not in (None, "deflate"):
+        raise UnsupportedOptionError(
+            f"compression={options['compression']!r}: use 'deflate' (permessage-deflate) or None"
+        )
+    tls = options.get("ssl")
+    if tls is not None and not isinstance(tls, ssl_module.SSLContext):
+        raise TypeError("ssl must be an ssl.SSLContext")
+    return dict(options)

@@ -16,14 +16,14 @@ import signal
 import threading
 import uuid
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from . import endpoints as registry_folder
 from . import page
 from .connection import Connection
-from .errors import ConnectionClosedError, EngineUnavailableError, UnsupportedOptionError
+from .errors import ConnectionClosedError, EngineUnavailableError
+from .options import server_options
 from .plugins import registry as engines
 from .transport import (
     Accept,
@@ -115,29 +115,6 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
             continue  # it closed while we were sending; the others still get it
         reached += 1
     return reached
-
-
-def server_options(
-    engine: Engine, options: Mapping[str, Any]
-) -> tuple[ServerOptions, tuple[str, ...]]:
-    """Check server options; ``subprotocols`` are the ones the server may select."""
-    known = [f.name for f in fields(ServerOptions)] + ["subprotocols"]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise UnsupportedOptionError(
-            f"unknown server option(s) {', '.join(map(repr, unknown))}; the options every"
-            f" engine takes are: {', '.join(known)}"
-        )
-    if "server" not in engine.capabilities:
-        capable = [row.name for row in engines.statuses() if "server" in row.capabilities]
-        raise EngineUnavailableError(
-            f"engine {engine.name!r} cannot serve; engines that can: {', '.join(capable)}"
-        )
-    values = dict(options)
-    subprotocols = tuple(values.pop("subprotocols", ()) or ())
-    if any(not isinstance(p, str) for p in subprotocols):
-        raise TypeError("subprotocols must be a list of str")
-    return ServerOptions(**values), subprotocols
 
 
 class EndpointServer:
@@ -329,6 +306,11 @@ class serve:
         **options: Any,
     ) -> None:
         chosen = engines.get(engine)
+        if "server" not in chosen.capabilities:
+            capable = [row.name for row in engines.statuses() if "server" in row.capabilities]
+            raise EngineUnavailableError(
+                f"engine {chosen.name!r} cannot serve; engines that can: {', '.join(capable)}"
+            )
         checked, subprotocols = server_options(chosen, options)
         folder = Path(root) if root is not None else SAMPLE_ROOT
         self._server = EndpointServer(folder, chosen, checked, subprotocols, reload)

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
+    "CAPABILITY_OF_OPTION",
     "DEFAULT_MAX_SIZE",
     "Accept",
     "ClientOptions",
+    "ConnectionOptions",
     "Engine",
     "HttpRequest",
     "HttpResponse",
@@ -87,25 +89,55 @@ class MessageTooBigError(Exception):
 
 
 @dataclass(frozen=True)
-class ClientOptions:
-    """Client options common to every engine; names and defaults are the same everywhere."""
+class ConnectionOptions:
+    """Options of every connection, client or server; the same names and defaults everywhere.
 
-    open_timeout: float = 10.0
+    - ``compression``: ``"deflate"`` (permessage-deflate) or ``None`` (off, the default).
+    - ``ping_interval``: seconds between keepalive pings, or ``None`` (no pings, the default).
+    - ``ping_timeout``: seconds to wait for the pong before the connection counts as lost
+      (default: ``ping_interval``). A lost connection ends with ``TransportClosed(None)``.
+    - ``ssl``: an :class:`ssl.SSLContext` (client: to verify the server, e.g. one that trusts
+      a private CA; server: the certificate to serve ``wss://`` with).
+    """
+
     close_timeout: float = 10.0
     max_size: int | None = DEFAULT_MAX_SIZE
-    headers: Mapping[str, str] = field(default_factory=dict)
-    subprotocols: Sequence[str] = ()
+    compression: str | None = None
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    ssl: Any = None
 
-    #: Options that need an engine capability of the same name when set to a non-default value.
-    CAPABILITY_OPTIONS: ClassVar[tuple[str, ...]] = ("headers", "subprotocols")
+    @property
+    def keepalive_timeout(self) -> float | None:
+        """``ping_timeout``, or ``ping_interval`` when only that was given."""
+        if self.ping_interval is None:
+            return None
+        return self.ping_timeout if self.ping_timeout is not None else self.ping_interval
 
 
 @dataclass(frozen=True)
-class ServerOptions:
-    """Server options common to every engine."""
+class ClientOptions(ConnectionOptions):
+    """Client options: the common ones plus the handshake's."""
 
-    close_timeout: float = 10.0
-    max_size: int | None = DEFAULT_MAX_SIZE
+    open_timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    subprotocols: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class ServerOptions(ConnectionOptions):
+    """Server options: the common ones (which subprotocols to accept is the core's choice)."""
+
+
+#: Option -> the engine capability it needs when set to something other than its default.
+CAPABILITY_OF_OPTION: dict[str, str] = {
+    "headers": "headers",
+    "subprotocols": "subprotocols",
+    "compression": "deflate",
+    "ping_interval": "keepalive",
+    "ping_timeout": "keepalive",
+    "ssl": "tls",
+}
 
 
 @dataclass(frozen=True)

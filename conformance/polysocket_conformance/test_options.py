@@ -1,0 +1,232 @@
+"""Option parity (issue 4): TLS, subprotocols, compression and keepalive, on every engine
+that declares the capability, against peers that are not polysocket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import polysocket
+
+from .server_support import ServerThread, events, write_registry
+from .support import WAIT, RawServer, Recorder, require_capability
+
+
+@pytest.fixture(scope="module")
+def tls() -> Any:
+    trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
+class RawWebsocketsServer:
+    """The ``websockets`` library's own echo server, on a thread, with any server options."""
+
+    def __init__(self, **options: Any) -> None:
+        from websockets.asyncio.server import serve
+
+        self.requests: list[Any] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def echo(ws: Any) -> None:
+            self.requests.append(ws.request)
+            async for message in ws:
+                await ws.send(message)
+
+        async def start() -> Any:
+            return await serve(echo, "127.0.0.1", 0, max_size=None, **options)
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(WAIT)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(WAIT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(WAIT)
+
+
+@pytest.fixture
+def raw_server_with() -> Iterator[Any]:
+    started: list[RawWebsocketsServer] = []
+
+    def start(**options: Any) -> RawWebsocketsServer:
+        started.append(RawWebsocketsServer(**options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_registry(tmp_path) -> Iterator[Any]:
+    started: list[ServerThread] = []
+
+    def start(engine: str, **options: Any) -> ServerThread:
+        require_capability(engine, "server")
+        events.clear()
+        started.append(
+            ServerThread(write_registry(tmp_path / str(len(started))), engine, **options)
+        )
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def echo_once(uri: str, engine: str, message: Any = "hello", **options: Any) -> Any:
+    recorder = Recorder()
+    client = polysocket.createWebsocket(uri, recorder, engine, **options)
+    try:
+        client.send(message)
+        return recorder.wait_messages(1)[0]
+    finally:
+        client.close()
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
+    require_capability(engine, "tls")
+    server_context, client_context = tls
+    peer = raw_server_with(ssl=server_context)
+    uri = f"wss://localhost:{peer.port}/"
+    assert echo_once(uri, engine, "over TLS", ssl=client_context) == "over TLS"
+    with pytest.raises(polysocket.ConnectError):
+        polysocket.createWebsocket(uri, Recorder(), engine)  # the CA is not trusted by default
+    assert polysocket.getClients() == []
+
+
+def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
+    require_capability(engine, "tls")
+    server_context, client_context = tls
+    server = serve_registry(engine, ssl=server_context)
+    from websockets.sync.client import connect
+
+    uri = f"wss://localhost:{server.port}/websockets/v4/service/echo"
+    with connect(uri, ssl=client_context) as ws:
+        ws.send("raw client over TLS")
+        assert ws.recv(timeout=WAIT) == "raw client over TLS"
+    assert echo_once(uri, engine, "polysocket over TLS", ssl=client_context) == (
+        "polysocket over TLS"
+    )
+
+
+# -- subprotocols -------------------------------------------------------------------------
+
+
+def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
+    require_capability(engine, "subprotocols")
+    server = serve_registry(engine, subprotocols=["chat", "superchat"])
+    from websockets.sync.client import connect
+
+    uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
+    with connect(uri, subprotocols=["other", "superchat"]) as ws:
+        assert ws.subprotocol == "superchat"
+
+    async def polysocket_client() -> str | None:
+        async with polysocket.connect(uri, engine=engine, subprotocols=["chat"]) as ws:
+            return ws.subprotocol
+
+    assert asyncio.run(polysocket_client()) == "chat"
+
+
+# -- compression --------------------------------------------------------------------------
+
+
+def test_deflate_client_negotiates_and_round_trips(engine, raw_server_with):
+    require_capability(engine, "deflate")
+    peer = raw_server_with(compression="deflate")
+    big = "compressible " * 80_000
+    uri = f"ws://127.0.0.1:{peer.port}/"
+    assert echo_once(uri, engine, big, compression="deflate") == big
+    offered = peer.requests[-1].headers.get("Sec-WebSocket-Extensions", "")
+    assert "permessage-deflate" in offered
+    assert echo_once(uri, engine, "plain") == "plain"
+    assert "Sec-WebSocket-Extensions" not in peer.requests[-1].headers, (
+        "compression is off by default, on every engine"
+    )
+
+
+def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
+    require_capability(engine, "deflate")
+    from websockets.sync.client import connect
+
+    for compression in ("deflate", None):
+        server = serve_registry(engine, compression=compression)
+        uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
+        with connect(uri, compression="deflate") as ws:
+            accepted = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            big = os.urandom(8).hex() + "z" * 500_000
+            ws.send(big)
+            assert ws.recv(timeout=WAIT) == big
+        assert ("permessage-deflate" in accepted) is (compression == "deflate"), accepted
+
+
+# -- keepalive ----------------------------------------------------------------------------
+
+
+def test_keepalive_detects_a_peer_that_stopped_answering(engine):
+    require_capability(engine, "keepalive")
+    silent = RawServer("silent")
+    try:
+        recorder = Recorder()
+        polysocket.createWebsocket(
+            silent.uri, recorder, engine, ping_interval=0.2, ping_timeout=0.3
+        )
+        assert recorder.wait_closed(timeout=5), "no onClose although no pong ever came"
+        assert recorder.of("onclose")[0].close_code == 1006
+        assert any("keepalive" in error for error in recorder.errors), recorder.errors
+    finally:
+        silent.close()
+
+
+def test_keepalive_keeps_a_live_connection_open(engine, peer):
+    require_capability(engine, "keepalive")
+    recorder = Recorder()
+    client = polysocket.createWebsocket(peer.uri, recorder, engine, ping_interval=0.1)
+    try:
+        assert not recorder.wait_closed(timeout=1.0), "keepalive closed a healthy connection"
+        client.send("still here")
+        assert recorder.wait_messages(1) == ["still here"]
+    finally:
+        client.close()
+
+
+def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
+    require_capability(engine, "keepalive")
+    server = serve_registry(engine, ping_interval=0.2, ping_timeout=0.3)
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as raw:
+        raw.sendall(
+            (
+                "GET /websockets/v4/service/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+        # never read again, never answer a ping
+        closed = events.wait("onclose", "echo", timeout=5)
+    assert closed.close_code == 1006
