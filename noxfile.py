@@ -8,7 +8,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "tests", "conformance"]
+nox.options.sessions = ["lint", "tests", "conformance", "interop"]
 nox.options.error_on_missing_interpreters = True
 
 ENGINES = ["aiohttp", "websockets", "tornado"]
@@ -47,7 +47,19 @@ def conformance(session: nox.Session, engine: str) -> None:
         "--pyargs",
         "polysocket_conformance",
         f"--polysocket-engine={engine}",
+        "-m",
+        "not polysocket_interop",
         *session.posargs,
+    )
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Every engine against every other: clients x servers, and the property tests."""
+    session.install("-e", ".[dev]")
+    _install_node_peer(session)
+    session.run(
+        "pytest", "--pyargs", "polysocket_conformance", "-m", "polysocket_interop", *session.posargs
     )
 
 

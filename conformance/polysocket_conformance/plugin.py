@@ -43,6 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}: parametrize the test's `engine` argument over the selected polysocket"
         " engines (automatic for the tests of the polysocket_conformance package)",
     )
+    config.addinivalue_line(
+        "markers",
+        "polysocket_interop: the test pairs the engine under test with every available engine"
+        " (automatic for tests that take `other_engine`)",
+    )
     chosen = config.getoption("polysocket_engines")
     if chosen:
         _check_engines(chosen)
@@ -114,6 +119,9 @@ DEFAULT_TIMEOUT = 90
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "other_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.polysocket_interop)
     if not config.pluginmanager.hasplugin("timeout"):
         return
     if config.getoption("timeout", None) or config.getini("timeout"):
