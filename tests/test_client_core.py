@@ -346,3 +346,34 @@ def test_registry_lookups(memory, recorder):
     assert polysocket.getClientByHandler(recorder) is second
     second.close()
     assert polysocket.getClient(second.id) is None
+
+
+def test_open_clients_are_closed_with_1001_at_interpreter_exit():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import polysocket
+        from polysocket.testing import MemoryEngine, install
+
+        async def silent(end):
+            async for _ in end:
+                pass
+
+        class Handler:
+            def onClose(self):
+                print("onClose", polysocket.getCloseCode(), flush=True)
+
+        installed = install(MemoryEngine(silent))
+        installed.__enter__()
+        polysocket.createWebsocket("ws://memory.test/", Handler(), engine="memory")
+        print("exiting", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["exiting", "onClose", "1001"]
