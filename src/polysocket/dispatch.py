@@ -162,17 +162,7 @@ class Dispatcher:
                 if on_message is None:
                     continue
                 context.message = item
-                token = current_call.set(context)
-                try:
-                    result = on_message(item) if takes_arg else on_message()
-                    if result is not None:
-                        self._returned(context, result)
-                except Exception as exc:
-                    report = self._callback_failed(context, exc)
-                    if report is not None:
-                        self._run_on_thread(report)
-                finally:
-                    current_call.reset(token)
+                self._invoke(on_message, (item,) if takes_arg else (), context)
             self._caught_up()
 
     async def _drain_on_loop(self) -> None:
@@ -205,19 +195,25 @@ class Dispatcher:
     def _run_on_thread(self, item: Any) -> None:
         callback, args, context = self._call_for(item)
         if callback is not None:
-            token = current_call.set(context)
-            try:
-                result = callback(*args)
-                if result is not None:
-                    self._returned(context, result)
-            except Exception as exc:
-                report = self._callback_failed(context, exc)
-                if report is not None:
-                    self._run_on_thread(report)
-            finally:
-                current_call.reset(token)
+            self._invoke(callback, args, context)
         if context.method == "onclose":
             self.finished.set()
+
+    def _invoke(
+        self, callback: Callable[..., Any], args: tuple[Any, ...], context: CallbackContext
+    ) -> None:
+        """Run one plain callback on this handler thread, with its context set."""
+        token = current_call.set(context)
+        try:
+            result = callback(*args)
+            if result is not None:
+                self._returned(context, result)
+        except Exception as exc:
+            report = self._callback_failed(context, exc)
+            if report is not None:
+                self._run_on_thread(report)
+        finally:
+            current_call.reset(token)
 
     async def _run_on_loop(self, item: Any) -> None:
         callback, args, context = self._call_for(item)
