@@ -230,3 +230,4 @@ def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
         # never read again, never answer a ping
         closed = events.wait("onclose", "echo", timeout=5)
     assert closed.close_code == 1006
+    assert "keepalive" in events.wait("onerror", "echo").payload

@@ -106,7 +106,8 @@ class AiohttpTransport:
             code = getattr(exc, "code", None)
             if code == _MESSAGE_TOO_BIG:
                 return TransportClosed(code, error=MessageTooBigError(self._max_size))
-            if isinstance(exc, self._aiohttp.ServerTimeoutError):  # the heartbeat's pong
+            # the heartbeat's missing pong: ServerTimeoutError (client), TimeoutError (server)
+            if isinstance(exc, self._aiohttp.ServerTimeoutError | TimeoutError):
                 return TransportClosed(
                     None,
                     error=TimeoutError(

@@ -12,6 +12,14 @@ The server side reuses the same transport: the request handler offers the few me
 client connection that the transport uses (``protocol``, ``read_message``, ``read_queue``,
 ``write_message``, ``close``, ``selected_subprotocol``, ``on_ws_connection_close``), and the
 protocol object and its frame loop are the same class on both sides.
+
+The common options: ``ssl`` is the client request's ``ssl_options`` (``wss://`` only) and the
+HTTP server's; ``compression="deflate"`` is ``compression_options={}`` on the client and
+``get_compression_options()`` returning ``{}`` on the server. Keepalive is the transport's own
+(``_keepalive``), not tornado's ``ping_interval``/``websocket_ping_interval``: tornado >= 6.5
+clamps ``ping_timeout`` to ``ping_interval`` (with a logged warning), tornado < 6.5 checks the
+pong only at the next ping, and both end a timed-out connection with a close frame that looks
+like a normal closure and then wait up to 5 s more for the peer that stopped answering.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
@@ -75,6 +84,8 @@ class TornadoTransport:
         self._drainer: asyncio.Future[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._ended: TransportClosed | None = None
+        self._pong = asyncio.Event()
+        self._keepalive_error: TimeoutError | None = None
 
         # websocket_connect() schedules the frame loop before resolving its future, and the
         # loop's first step runs only after connect() resumes; on the server, the handler's
@@ -111,9 +122,20 @@ class TornadoTransport:
                 if not self._done.done():
                     self._done.set_result(None)
 
+        def pong_hook(data: bytes) -> None:
+            self._pong.set()
+
         proto.close = close_hook
         proto._abort = abort_hook
         ws.on_ws_connection_close = conn_closed_hook
+        # The frame loop calls handler.on_pong for every pong; handler is ws on both sides.
+        ws.on_pong = pong_hook
+
+        if options.ping_interval is not None and options.keepalive_timeout is not None:
+            keepalive = asyncio.ensure_future(
+                self._keepalive(options.ping_interval, options.keepalive_timeout)
+            )
+            self._done.add_done_callback(lambda _: keepalive.cancel())
 
     async def send(self, message: Message) -> None:
         if self._ended is not None or self._close_task is not None or self._done.done():
@@ -152,6 +174,8 @@ class TornadoTransport:
         raise self._ended
 
     def _ending(self) -> TransportClosed:
+        if self._keepalive_error is not None:
+            return TransportClosed(None, error=self._keepalive_error)
         if self._failed_code == _MESSAGE_TOO_BIG:
             return TransportClosed(_MESSAGE_TOO_BIG, error=MessageTooBigError(self._max_size))
         if self._failed_code is not None:
@@ -177,6 +201,37 @@ class TornadoTransport:
                 _NO_STATUS if code is None else code, self._proto.close_reason or ""
             )
         return TransportClosed(None)
+
+    async def _keepalive(self, interval: float, timeout: float) -> None:
+        """A ping every ``interval`` seconds; no pong within ``timeout``: drop the connection.
+
+        Any pong counts (these pings carry no payload to match). Once the closing
+        handshake has begun, close_timeout bounds the rest and no more pings are sent.
+        """
+        loop = asyncio.get_running_loop()
+        proto = self._proto
+        next_ping = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_ping - loop.time()))
+            if self._closing or proto.is_closing():
+                return
+            next_ping = loop.time() + interval
+            self._pong.clear()
+            try:
+                proto.write_ping(b"")
+            except self._closed_errors:
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._pong.wait()
+            except TimeoutError:
+                if self._closing or proto.is_closing():
+                    return
+                self._keepalive_error = TimeoutError(
+                    f"keepalive ping timeout: no pong within {timeout} s"
+                )
+                self.abort()  # the frame loop ends as for a lost connection
+                return
 
     def _start_drain(self) -> None:
         if self._drainer is None:
@@ -390,6 +445,10 @@ def _handler_class() -> type:
         def check_origin(self, origin: str) -> bool:
             return True  # pages on other origins, and the page the core serves
 
+        def get_compression_options(self) -> dict[str, Any] | None:
+            # {}: accept permessage-deflate when the client offers it; None: never.
+            return {} if self._server.options.compression == "deflate" else None
+
         def select_subprotocol(self, subprotocols: list[str]) -> str | None:
             return self._subprotocol
 
@@ -460,7 +519,9 @@ class TornadoEngine(Engine):
     name = "tornado"
     library = "tornado"
     install_hint = "polysocket[tornado]"
-    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
+    capabilities = frozenset(
+        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    )
 
     async def connect(self, uri: str, options: ClientOptions) -> TornadoTransport:
         from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -473,13 +534,17 @@ class TornadoEngine(Engine):
             # has given up on instead of letting it linger.
             connect_timeout=options.open_timeout,
             request_timeout=options.open_timeout,
+            # None: tornado's default context for wss:// (system CAs, hostname checked)
+            ssl_options=options.ssl if urlsplit(uri).scheme == "wss" else None,
         )
         try:
             ws = await websocket_connect(
                 request,
                 subprotocols=list(options.subprotocols) or None,
                 max_message_size=options.max_size or sys.maxsize,
-                ping_interval=None,
+                # {}: offer permessage-deflate; None: offer nothing
+                compression_options={} if options.compression == "deflate" else None,
+                ping_interval=None,  # the transport's own keepalive (see the module doc)
             )
         except HTTPClientError as exc:
             if exc.code == _NO_HTTP_RESPONSE:
@@ -503,7 +568,7 @@ class TornadoEngine(Engine):
         application = tornado.web.Application(
             [(r".*", _handler_class(), {"server": server})],
             websocket_max_message_size=options.max_size or sys.maxsize,
-            websocket_ping_interval=None,
+            websocket_ping_interval=None,  # the transport's own keepalive (see the module doc)
             log_function=_log_request,
         )
         # One frame is read into the stream's buffer whole: let it hold max_size.
@@ -514,6 +579,7 @@ class TornadoEngine(Engine):
             if limit is None
             else max(_TORNADO_MAX_BUFFER, limit + 1024),
             max_body_size=_TORNADO_MAX_BUFFER,
+            ssl_options=options.ssl,
         )
         # bind_sockets gives every address of host (127.0.0.1 and ::1) the same port.
         sockets = tornado.netutil.bind_sockets(port, host or None)

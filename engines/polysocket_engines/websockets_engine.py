@@ -1,6 +1,10 @@
 """The websockets engine, on the library's asyncio API (``websockets.asyncio.client`` and
 ``websockets.asyncio.server``). One transport class serves both sides: a server connection has
 the same ``recv``/``send``/``close`` API as a client one.
+
+The common options map onto the library's own: ``ssl`` (client: for ``wss://`` URIs only),
+``compression="deflate"``, and ``ping_interval``/``ping_timeout`` (websockets' keepalive, whose
+timeout the transport reports as a lost connection; see ``_polysocket_connection``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
@@ -31,6 +36,7 @@ from polysocket.transport import (
 )
 
 _MESSAGE_TOO_BIG = 1009
+_INTERNAL_ERROR = 1011  # what websockets' keepalive fails the connection with
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ class WebsocketsTransport:
         self._exceptions = websockets.exceptions
         self._ws = ws
         self._max_size = options.max_size
+        self._keepalive_timeout = options.keepalive_timeout
         self._close_task: asyncio.Future[None] | None = None
         # True once close() sent the close frame itself (rather than finding one already sent
         # because the library failed the connection, or because it echoed the peer's).
@@ -88,6 +95,15 @@ class WebsocketsTransport:
 
     def _ending(self, exc: Any) -> TransportClosed:
         """Map websockets' ConnectionClosed (close frames received and sent) to the contract."""
+        if self._ws.polysocket_keepalive_failed:
+            # No pong within ping_timeout: websockets sent 1011 "keepalive ping timeout" and
+            # the connection was dropped; the peer is gone, as far as this side can tell.
+            return TransportClosed(
+                None,
+                error=TimeoutError(
+                    f"keepalive ping timeout: no pong within {self._keepalive_timeout} s"
+                ),
+            )
         rcvd, sent = exc.rcvd, exc.sent
         echoed = rcvd is not None and exc.rcvd_then_sent and sent == rcvd
         if sent is not None and not self._initiated and not echoed:
@@ -144,18 +160,45 @@ class WebsocketsTransport:
         self._ws.transport.abort()
 
 
-def _with_closing_deadline(base: type, close_timeout: float) -> Any:
-    """``base`` (a websockets connection class) that drops TCP ``close_timeout`` after the
-    closing handshake started, however it started.
+def _polysocket_connection(base: type, close_timeout: float) -> Any:
+    """``base`` (a websockets connection class) that does not wait for a silent peer.
 
-    websockets enforces close_timeout only inside close(): after the peer's close frame, or
-    after the library itself failed the connection (a protocol error), a recv() would wait
-    for as long as the peer keeps the socket open.
+    - It drops TCP ``close_timeout`` after the closing handshake started, however it started.
+      websockets enforces close_timeout only inside close(): after the peer's close frame, or
+      after the library itself failed the connection (a protocol error), a recv() would wait
+      for as long as the peer keeps the socket open.
+    - When the keepalive gets no pong within ``ping_timeout``, websockets sends a 1011 close
+      frame and then waits up to close_timeout for a peer that has stopped answering; this
+      drops TCP right after that close frame and flags the connection, so the transport
+      reports a lost connection at once.
     """
     from websockets.protocol import State
 
-    class WithClosingDeadline(base):  # type: ignore[valid-type, misc]
+    class PolysocketConnection(base):  # type: ignore[valid-type, misc]
         polysocket_deadline: asyncio.TimerHandle | None = None
+        polysocket_keepalive_failed = False
+
+        def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(protocol, *args, **kwargs)
+            fail = protocol.fail
+
+            def fail_hook(code: int, reason: str = "") -> None:
+                fail(code, reason)
+                # websockets >= 13 fails the connection from its keepalive task only when the
+                # pong did not come in time (with 1011 "keepalive ping timeout").
+                task = self.keepalive_task
+                if (
+                    code == _INTERNAL_ERROR
+                    and task is not None
+                    and task is asyncio.current_task()
+                    and not self.polysocket_keepalive_failed
+                ):
+                    self.polysocket_keepalive_failed = True
+                    # After the close frame fail() queued is written out (the keepalive task
+                    # writes it as soon as this returns).
+                    self.loop.call_soon(self.transport.abort)
+
+            protocol.fail = fail_hook
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -169,7 +212,7 @@ def _with_closing_deadline(base: type, close_timeout: float) -> Any:
                 self.polysocket_deadline.cancel()
             super().connection_lost(exc)
 
-    return WithClosingDeadline
+    return PolysocketConnection
 
 
 def _connect_kwargs(connect: Any) -> dict[str, Any]:
@@ -332,24 +375,32 @@ class WebsocketsEngine(Engine):
     name = "websockets"
     library = "websockets"
     install_hint = "polysocket[websockets]"
-    capabilities = frozenset({"client", "server", "headers", "subprotocols"})
+    capabilities = frozenset(
+        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    )
 
     async def connect(self, uri: str, options: ClientOptions) -> WebsocketsTransport:
         from websockets.asyncio.client import ClientConnection, connect
         from websockets.exceptions import InvalidStatus
 
+        extra = _connect_kwargs(connect)
+        if options.ssl is not None and urlsplit(uri).scheme == "wss":
+            # Otherwise websockets uses ssl.create_default_context() for wss:// (and refuses
+            # an ssl argument with a ws:// URI).
+            extra["ssl"] = options.ssl
         try:
             ws = await connect(
                 uri,
                 additional_headers=dict(options.headers) or None,
                 subprotocols=list(options.subprotocols) or None,
                 max_size=options.max_size or None,
-                compression=None,
+                compression="deflate" if options.compression == "deflate" else None,
                 open_timeout=None,  # the core bounds connect()
                 close_timeout=options.close_timeout,
-                ping_interval=None,
-                create_connection=_with_closing_deadline(ClientConnection, options.close_timeout),
-                **_connect_kwargs(connect),
+                ping_interval=options.ping_interval,
+                ping_timeout=options.keepalive_timeout,
+                create_connection=_polysocket_connection(ClientConnection, options.close_timeout),
+                **extra,
             )
         except InvalidStatus as exc:
             response = exc.response
@@ -370,7 +421,7 @@ class WebsocketsEngine(Engine):
         connections: set[Any] = set()
         routing: set[asyncio.Task[Any]] = set()  # handshakes waiting for app.route()
 
-        class Connection(_with_closing_deadline(ServerConnection, options.close_timeout)):
+        class Connection(_polysocket_connection(ServerConnection, options.close_timeout)):
             """Tracks every TCP connection (``Server.close`` drops them) and carries the
             core's decision from ``process_request`` to ``select_subprotocol`` and the handler.
             """
@@ -434,9 +485,12 @@ class WebsocketsEngine(Engine):
                         server_header=None,
                         select_subprotocol=select_subprotocol,
                         max_size=options.max_size or None,
-                        compression=None,
-                        ping_interval=None,
+                        # accepted when the client offers it; never offered otherwise
+                        compression="deflate" if options.compression == "deflate" else None,
+                        ping_interval=options.ping_interval,
+                        ping_timeout=options.keepalive_timeout,
                         close_timeout=options.close_timeout,
+                        ssl=options.ssl,
                     )
                 )
         except BaseException:
