@@ -183,11 +183,7 @@ class AiohttpEngine(Engine):
             )
         except aiohttp.WSServerHandshakeError as exc:
             await session.close()
-            raise ConnectError(
-                f"{uri} rejected the WebSocket handshake with HTTP {exc.status}"
-                f" ({exc.message}); check the URI path and the server's logs.",
-                status=exc.status,
-            ) from exc
+            raise ConnectError.rejected(uri, exc.status, exc.message) from exc
         except BaseException:
             await session.close()
             raise

@@ -549,11 +549,7 @@ class TornadoEngine(Engine):
         except HTTPClientError as exc:
             if exc.code == _NO_HTTP_RESPONSE:
                 raise
-            raise ConnectError(
-                f"{uri} rejected the WebSocket handshake with HTTP {exc.code}"
-                f" ({exc.message}); check the URI path and the server's logs.",
-                status=exc.code,
-            ) from exc
+            raise ConnectError.rejected(uri, exc.code, exc.message) from exc
         # No await between here and the hooks in TornadoTransport (see its __init__).
         return TornadoTransport(ws, options)
 

@@ -404,11 +404,7 @@ class WebsocketsEngine(Engine):
             )
         except InvalidStatus as exc:
             response = exc.response
-            raise ConnectError(
-                f"{uri} rejected the WebSocket handshake with HTTP {response.status_code}"
-                f" ({response.reason_phrase}); check the URI path and the server's logs.",
-                status=response.status_code,
-            ) from exc
+            raise ConnectError.rejected(uri, response.status_code, response.reason_phrase) from exc
         return WebsocketsTransport(ws, options)
 
     async def serve(

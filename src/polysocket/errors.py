@@ -28,6 +28,16 @@ class ConnectError(WebsocketError):
         super().__init__(message)
         self.status = status
 
+    @classmethod
+    def rejected(cls, uri: str, status: int, detail: str = "") -> ConnectError:
+        """The server answered the handshake with HTTP ``status`` instead of 101."""
+        said = f" ({detail})" if detail else ""
+        return cls(
+            f"{uri} rejected the WebSocket handshake with HTTP {status}{said}; check the URI"
+            " path and the server's logs.",
+            status=status,
+        )
+
 
 class ConnectionClosedError(WebsocketError):
     """The connection is closed (or closing); ``code`` and ``reason`` tell how it ended."""
