@@ -8,11 +8,12 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "tests", "conformance", "interop"]
+nox.options.sessions = ["lint", "tests", "conformance", "conformance_picows", "interop"]
 nox.options.error_on_missing_interpreters = True
 
 ENGINES = ["aiohttp", "websockets", "tornado"]
 PEERS = Path(__file__).parent / "conformance" / "polysocket_conformance" / "peers"
+PICOWS = "engines/polysocket-picows"
 
 
 @nox.session
@@ -54,9 +55,30 @@ def conformance(session: nox.Session, engine: str) -> None:
 
 
 @nox.session
-def interop(session: nox.Session) -> None:
-    """Every engine against every other: clients x servers, and the property tests."""
+def conformance_picows(session: nox.Session) -> None:
+    """The suite against the third-party picows engine, installed through its entry point
+    like any outside package, then the engine's own tests."""
     session.install("-e", ".[dev]")
+    session.install("-e", PICOWS)
+    _install_node_peer(session)
+    session.run(
+        "pytest",
+        "--pyargs",
+        "polysocket_conformance",
+        "--polysocket-engine=picows",
+        "-m",
+        "not polysocket_interop",
+        *session.posargs,
+    )
+    session.run("pytest", f"{PICOWS}/tests", "--polysocket-engine=picows", *session.posargs)
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Every engine, picows included, against every other: clients x servers, and the
+    property tests."""
+    session.install("-e", ".[dev]")
+    session.install("-e", PICOWS)
     _install_node_peer(session)
     session.run(
         "pytest", "--pyargs", "polysocket_conformance", "-m", "polysocket_interop", *session.posargs

@@ -1,0 +1,467 @@
+"""The server side: an HTTP/1.1 front that asks the core, then picows for the WebSocket.
+
+Why not ``picows.ws_create_server`` alone: its listener factory is a plain function, called
+inside the protocol's ``buffer_updated``, and it must return the answer (a listener, a
+``WSUpgradeResponseWithListener`` or ``None``) there and then, while the engine contract
+says to ``await app.route(request)``. Its request parser also refuses every method but GET
+(and HTTP/1.0, and requests with a body) with its own 400 before the factory is called, so
+those requests would never reach the core.
+
+So the listening socket is served by :class:`_HttpFront`, an ``asyncio.Protocol`` that reads
+one request, pauses reading and awaits ``app.route``. An :class:`HttpResponse` is written by
+the front itself (``Connection: close``). On :class:`Accept` the connection is handed to
+picows' own server protocol (``picows.picows.WSProtocol``, built with the arguments
+``ws_create_server`` gives it) exactly as picows' ``ws_connect`` hands a connection over
+after a proxy's CONNECT: ``transport.set_protocol(protocol)``, ``connection_made``, then the
+request's bytes are fed to it. picows then parses and validates the upgrade request itself,
+calls the listener factory (which returns the 101 response with the chosen subprotocol and
+the transport's listener), writes the 101 and reads the frames that follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import http
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from picows import (
+    WSAutoPingStrategy,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+from picows.picows import WSProtocol
+from polysocket.transport import (
+    Accept,
+    HttpRequest,
+    HttpResponse,
+    ServerApp,
+    ServerOptions,
+)
+
+from ._transport import PicowsTransport, frame_limit
+
+_log = logging.getLogger("polysocket_picows.server")
+_picows_log = logging.getLogger("picows.server")
+
+_INTERNAL_ERROR = 1011
+
+#: picows refuses an upgrade request whose head reaches 16 KiB; so does the front.
+MAX_HEAD = 16 * 1024 - 1
+#: Bodies the front reads (and discards: ``HttpRequest`` has none) before answering.
+MAX_BODY = 1024 * 1024
+#: Time a client gets to send its request.
+REQUEST_TIMEOUT = 10.0
+
+# Framing headers belong to the engine.
+_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "date"})
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+def _tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+
+def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in headers:
+            value = headers[key] + ("; " if key == "cookie" else ", ") + value
+        headers[key] = value
+    return headers
+
+
+def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
+    """Request line and header fields of ``head`` (without the blank line); BadRequest."""
+    try:
+        text = head.decode("latin-1")
+        lines = text.split("\r\n")
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        raise BadRequest(400, "malformed request line") from None
+    if not method or not set(method) <= _TOKEN or not target:
+        raise BadRequest(400, "malformed request line")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(505, f"{version} is not served here; use HTTP/1.1")
+    fields: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or not set(name) <= _TOKEN:
+            raise BadRequest(400, "malformed header field")
+        value = value.strip(" \t")
+        if any(c in value for c in "\r\n\x00"):
+            raise BadRequest(400, "malformed header field")
+        fields.append((name, value))
+    return method, target, version, fields
+
+
+def http_request(method: str, target: str, headers: Mapping[str, str], peer: Any) -> HttpRequest:
+    if target.startswith("/") or target == "*":
+        path, _, query = target.partition("?")
+    else:  # absolute-form
+        parts = urlsplit(target)
+        path, query = parts.path or "/", parts.query
+    offered = headers.get("sec-websocket-protocol", "")
+    return HttpRequest(
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        remote_address=(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None,
+        upgrade="websocket" in _tokens(headers.get("upgrade", "")),
+        subprotocols=tuple(_tokens_keep_case(offered)),
+    )
+
+
+def _tokens_keep_case(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def render_response(answer: HttpResponse, method: str) -> bytes:
+    status = answer.status
+    no_body = status < 200 or status in (204, 304)
+    headers: dict[str, tuple[str, str]] = {}
+
+    def put(name: str, value: str) -> None:
+        if any(c in value for c in "\r\n") or not set(name) <= _TOKEN:
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        headers[name.lower()] = (name, value)
+
+    put("Date", email.utils.formatdate(usegmt=True))
+    put("Server", "polysocket-picows")
+    put("Content-Type", answer.content_type)
+    for name, value in answer.headers.items():
+        if name.lower() not in _ENGINE_HEADERS:
+            put(name, value)
+    if not no_body:
+        put("Content-Length", str(len(answer.body)))
+    put("Connection", "close")
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
+    lines += [f"{name}: {value}" for name, value in headers.values()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if no_body or method == "HEAD" else head + bytes(answer.body)
+
+
+def picows_head(method: str, target: str, version: str, fields: list[tuple[str, str]]) -> bytes:
+    """The request as picows will parse it.
+
+    picows requires ``Connection`` to be exactly ``Upgrade`` and ``Upgrade`` exactly
+    ``websocket``; RFC 7230 makes both token lists (Firefox sends ``Connection: keep-alive,
+    Upgrade``). The front has checked the tokens; picows gets the single values.
+    """
+    lines = [f"{method} {target} {version}"]  # picows refuses all but GET and HTTP/1.1
+    for name, value in fields:
+        key = name.lower()
+        if key == "connection" and "upgrade" in _tokens(value):
+            value = "Upgrade"
+        elif key == "upgrade" and "websocket" in _tokens(value):
+            value = "websocket"
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# --- the connection before (and instead of) the WebSocket ----------------------------------
+
+
+class _HttpFront(asyncio.Protocol):
+    """One TCP connection until the core has decided; then picows' or closed."""
+
+    def __init__(self, server: PicowsServer) -> None:
+        self._server = server
+        self._transport: Any = None
+        self._buffer = bytearray()
+        self._head: tuple[str, str, str, list[tuple[str, str]]] | None = None
+        self._body_left = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._answered = False
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._server.fronts.add(self)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.fronts.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _timeout(self) -> None:
+        if self._task is None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return
+        self._buffer += data
+        if self._task is not None:
+            return  # the request is complete; this is what follows it (early frames)
+        try:
+            self._parse()
+        except BadRequest as exc:
+            self._answer(HttpResponse(exc.status, f"{exc}\n".encode()), "GET")
+
+    def _parse(self) -> None:
+        if self._head is None:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD:
+                    raise BadRequest(431, "request header fields too large")
+                return
+            if end > MAX_HEAD:
+                raise BadRequest(431, "request header fields too large")
+            self._head = parse_head(bytes(self._buffer[:end]))
+            del self._buffer[: end + 4]
+            headers = _header_map(self._head[3])
+            if "transfer-encoding" in headers:
+                raise BadRequest(501, "request bodies in Transfer-Encoding are not read here")
+            length = headers.get("content-length", "0").strip()
+            if not length.isdigit():
+                raise BadRequest(400, "invalid Content-Length")
+            self._body_left = int(length)
+            if self._body_left > MAX_BODY:
+                raise BadRequest(413, "request body too large")
+        if self._body_left:
+            taken = min(self._body_left, len(self._buffer))
+            del self._buffer[:taken]  # the core never sees a body
+            self._body_left -= taken
+            if self._body_left:
+                return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport.pause_reading()
+        self._task = asyncio.ensure_future(self._route())
+
+    async def _route(self) -> None:
+        assert self._head is not None
+        method, target, version, fields = self._head
+        headers = _header_map(fields)
+        peer = self._transport.get_extra_info("peername")
+        request = http_request(method, target, headers, peer)
+        try:
+            decision = await self._server.app.route(request)
+        except Exception:
+            _log.exception("app.route() failed for %s %s", method, request.path)
+            decision = HttpResponse(500, b"internal server error\n")
+        if self._transport.is_closing():
+            return
+        if isinstance(decision, Accept):
+            self._hand_over(request, decision, picows_head(method, target, version, fields))
+        else:
+            self._answer(decision, method)
+
+    def _answer(self, answer: HttpResponse, method: str) -> None:
+        try:
+            data = render_response(answer, method)
+        except ValueError:
+            _log.exception("cannot send the answer to %s", method)
+            data = render_response(HttpResponse(500, b"internal server error\n"), method)
+        self._answered = True
+        self._transport.write(data)
+        self._transport.close()
+
+    def _hand_over(self, request: HttpRequest, accept: Accept, head: bytes) -> None:
+        server = self._server
+        transport = self._transport
+        ws = PicowsTransport(server.options, client=False)
+        ws.subprotocol = accept.subprotocol
+        ws.on_open = lambda: server.start_session(request, ws)
+        extra = {"Sec-WebSocket-Protocol": accept.subprotocol} if accept.subprotocol else None
+        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
+
+        def listener_factory(upgrade_request: Any) -> Any:
+            return WSUpgradeResponseWithListener(response, ws.listener)
+
+        protocol = server.picows_protocol(listener_factory)
+        server.fronts.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        # picows parses the upgrade request from its own read buffer: feed it the request,
+        # then whatever arrived after it.
+        _feed(protocol, head + bytes(self._buffer))
+        self._buffer.clear()
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def abort(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._transport.abort()
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        buffer = protocol.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
+
+
+# --- the listening server ------------------------------------------------------------------
+
+
+def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, all on the same port.
+
+    ``loop.create_server(host, 0)`` would give each address (127.0.0.1 and ::1 for
+    "localhost") its own ephemeral port; ``Server.port`` must be the one port of them all.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, str]] = set()
+    error: OSError | None = None
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address[0]) in seen:
+                continue
+            seen.add((family, address[0]))
+            if sockets and port == 0:  # the other addresses on the port the first one got
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock = socket.socket(family, kind, proto)
+            try:
+                if os.name != "nt":  # as asyncio does: rebind at once after close()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    error = exc  # no IPv6 on this host: serve the other addresses
+                    continue
+                raise
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise error or OSError(f"cannot listen on {host}:{port}")
+    return sockets
+
+
+class PicowsServer:
+    """What ``PicowsEngine.serve`` returns: the listening sockets and every connection."""
+
+    def __init__(self, app: ServerApp, options: ServerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.port = 0
+        self.fronts: set[_HttpFront] = set()  # connections still in their HTTP phase
+        self.transports: set[PicowsTransport] = set()
+        self.sessions: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        sockets = bind_sockets(host, port)
+        try:
+            for sock in sockets:
+                self._servers.append(
+                    await loop.create_server(
+                        lambda: _HttpFront(self), sock=sock, ssl=self.options.ssl
+                    )
+                )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        self.port = sockets[0].getsockname()[1]
+
+    def picows_protocol(self, listener_factory: Any) -> Any:
+        """picows' server protocol, as ``ws_create_server`` builds it, for one connection."""
+        options = self.options
+        return WSProtocol(
+            host_port=None,
+            ws_path=None,
+            is_client_side=False,
+            ws_listener_factory=listener_factory,
+            logger=_picows_log,
+            disconnect_on_exception=True,
+            websocket_handshake_timeout=None,  # the request is complete already
+            enable_auto_ping=False,  # the transport's own keepalive
+            auto_ping_idle_timeout=20,
+            auto_ping_reply_timeout=20,
+            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+            enable_auto_pong=True,
+            max_frame_size=frame_limit(options.max_size),
+            extra_headers=None,
+            read_buffer_init_size=16 * 1024,
+        )
+
+    def start_session(self, request: HttpRequest, transport: PicowsTransport) -> None:
+        self.transports.add(transport)
+        task = asyncio.ensure_future(self._session(request, transport))
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)
+
+    async def _session(self, request: HttpRequest, transport: PicowsTransport) -> None:
+        code = 1000
+        try:
+            await self.app.session(request, transport)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception:
+            _log.exception("session %s failed", request.path)
+            code = _INTERNAL_ERROR
+        try:
+            # The connection lives as long as the session: close it if the core did not.
+            await transport.close(code)
+        finally:
+            self.transports.discard(transport)
+
+    async def close(self) -> None:
+        timeout = self.options.close_timeout
+        for server in self._servers:
+            server.close()  # stop listening
+        # The core has closed the sessions; drop whatever is left (requests being routed,
+        # half-read requests, sessions the core did not close).
+        for front in list(self.fronts):
+            front.abort()
+        for transport in list(self.transports):
+            transport.abort()
+        if self.sessions:
+            _, pending = await asyncio.wait(set(self.sessions), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        for server in self._servers:
+            try:
+                async with asyncio.timeout(timeout):
+                    await server.wait_closed()
+            except TimeoutError:
+                _log.warning("picows server did not finish closing in %ss", timeout)

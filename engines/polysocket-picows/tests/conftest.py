@@ -1,0 +1,11 @@
+"""These tests use the conformance plugin's fixtures (``engine``, ``peer``) and run against
+picows unless ``--polysocket-engine`` names other engines."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("polysocket_engines", None):
+        config.option.polysocket_engines = ["picows"]

@@ -1,0 +1,178 @@
+"""Hand-made WebSocket frames, both ways: what well-behaved peers never send.
+
+``RawClient`` completes a handshake with a server and then writes whatever frames a test
+builds; ``RawFrameServer`` answers one handshake and writes a fixed list of frames to the
+client. Both read the other side's frames and report its close frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import socket
+import struct
+import threading
+
+from polysocket_conformance.support import WAIT
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+
+
+def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, mask: bool = True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    size = len(payload)
+    flag = 0x80 if mask else 0
+    if size < 126:
+        head += bytes([flag | size])
+    elif size < 1 << 16:
+        head += bytes([flag | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([flag | 127]) + struct.pack("!Q", size)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_frame(code: int, reason: str = "", *, mask: bool = True) -> bytes:
+    return frame(CLOSE, struct.pack("!H", code) + reason.encode(), mask=mask)
+
+
+class _Reader:
+    def __init__(self, sock: socket.socket, pending: bytes = b"") -> None:
+        self.sock = sock
+        self.buffer = bytearray(pending)
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the connection was closed")
+            self.buffer += chunk
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    def frame(self) -> tuple[int, bool, bytes]:
+        first, second = self.exact(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", self.exact(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", self.exact(8))
+        key = self.exact(4) if second & 0x80 else None
+        payload = self.exact(size)
+        if key is not None:
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        return first & 0x0F, bool(first & 0x80), payload
+
+    def until_close(self) -> tuple[int | None, str, list[tuple[int, bytes]]]:
+        """Frames up to the close frame: (its code or None, its reason, the others)."""
+        seen: list[tuple[int, bytes]] = []
+        while True:
+            opcode, _, payload = self.frame()
+            if opcode == CLOSE:
+                if len(payload) < 2:
+                    return None, "", seen
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode(), seen
+            seen.append((opcode, payload))
+
+
+class RawClient:
+    """A client socket past the opening handshake, for frames no library would send."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"no handshake response: {response!r}")
+            response += chunk
+        head, _, rest = response.partition(b"\r\n\r\n")
+        self.status_line = head.split(b"\r\n")[0].decode()
+        self.reader = _Reader(self.sock, rest)
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def recv_frame(self) -> tuple[int, bool, bytes]:
+        return self.reader.frame()
+
+    def until_close(self) -> tuple[int | None, str, list[tuple[int, bytes]]]:
+        code, reason, seen = self.reader.until_close()
+        with contextlib.suppress(OSError):
+            self.sock.sendall(close_frame(code or 1000))
+        return code, reason, seen
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawFrameServer:
+    """Answers one handshake, writes ``frames`` (unmasked), then reads the client's frames."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.received: list[tuple[int, bytes]] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/raw"
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                key = ""
+                for line in request.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "sec-websocket-key":
+                        key = value.strip()
+                accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+                )
+                conn.sendall(b"".join(self.frames))
+                code, reason, seen = _Reader(conn).until_close()
+                self.close_code, self.close_reason, self.received = code, reason, seen
+                conn.sendall(close_frame(code or 1000, mask=False))
+            except OSError:
+                pass
+            finally:
+                self.done.set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
+        self._sock.close()
+        self._thread.join(WAIT)

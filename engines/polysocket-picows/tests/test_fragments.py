@@ -1,0 +1,250 @@
+"""Fragmented messages on both sides of an engine, in the conformance suite's spirit.
+
+The shared suite sends a fragmented message only from a peer to a client (``cmd:frag``).
+These add what an engine built on a frame-level library (picows) must do itself: reassemble
+fragments a client sends to the *server*, with control frames between them; count
+``max_size`` over the whole message, not one frame; check UTF-8 across fragment boundaries;
+and fail the connection for continuation frames out of place. They take the plugin's
+``engine`` fixture, so ``--polysocket-engine=NAME`` runs them against any engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import polysocket
+import pytest
+from polysocket_conformance.server_support import ServerThread, events, write_registry
+from polysocket_conformance.support import WAIT, Recorder, require_capability
+
+from rawframes import (
+    BINARY,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    RawClient,
+    RawFrameServer,
+    close_frame,
+    frame,
+)
+
+pytestmark = pytest.mark.polysocket_conformance
+
+SERVER_MAX_SIZE = 1024
+ECHO = "/websockets/v4/service/echo"
+
+
+@pytest.fixture
+def server(engine: str, tmp_path) -> Iterator[ServerThread]:
+    require_capability(engine, "server")
+    events.clear()
+    running = ServerThread(write_registry(tmp_path), engine, max_size=SERVER_MAX_SIZE)
+    yield running
+    running.stop()
+
+
+def received_by_server() -> list[object]:
+    return [e.payload for e in events.items if e.name == "onmessage"]
+
+
+# -- client -> server -----------------------------------------------------------------------
+
+
+def test_fragmented_messages_reach_the_server_whole(server):
+    from websockets.sync.client import connect
+
+    with connect(server.uri("echo")) as ws:
+        ws.send(["frag", "ment", "ed ✓"])  # websockets sends a list as fragments
+        assert ws.recv(timeout=WAIT) == "fragmented ✓"
+        ws.send([b"\x00\x01", b"", b"\xff"])
+        assert ws.recv(timeout=WAIT) == b"\x00\x01\xff"
+    assert events.wait("onclose", "echo").close_code == 1000
+    assert received_by_server() == ["fragmented ✓", b"\x00\x01\xff"]
+
+
+def test_control_frames_between_fragments(server):
+    client = RawClient(server.port, ECHO)
+    try:
+        assert client.status_line.startswith("HTTP/1.1 101")
+        client.send(
+            frame(TEXT, b"a", fin=False),
+            frame(PING, b"are you there"),
+            frame(CONTINUATION, b"b", fin=False),
+            frame(PONG, b"unsolicited"),  # allowed, and ignored
+            frame(CONTINUATION, b"c"),
+            frame(BINARY, b"\x01", fin=False),
+            frame(CONTINUATION, b"\x02"),
+        )
+        # The pong is written while the frames are read; the echoes after onMessage ran.
+        assert client.recv_frame() == (PONG, True, b"are you there")
+        assert client.recv_frame() == (TEXT, True, b"abc")
+        assert client.recv_frame() == (BINARY, True, b"\x01\x02")
+        client.send(close_frame(1000, "done"))
+        code, _, _ = client.until_close()
+        assert code == 1000
+    finally:
+        client.close()
+    assert events.wait("onclose", "echo").close_code == 1000
+    assert received_by_server() == ["abc", b"\x01\x02"]
+
+
+def test_character_split_across_fragments_is_accepted(server):
+    client = RawClient(server.port, ECHO)
+    try:
+        # "é" is C3 A9: each fragment alone is not valid UTF-8, the message is.
+        client.send(frame(TEXT, b"caf\xc3", fin=False), frame(CONTINUATION, b"\xa9"))
+        assert client.recv_frame() == (TEXT, True, "café".encode())
+        client.send(close_frame(1000))
+        assert client.until_close()[0] == 1000
+    finally:
+        client.close()
+    assert received_by_server() == ["café"]
+
+
+def test_server_max_size_counts_the_whole_message(server):
+    """Two 600-byte fragments: each under max_size=1024, the message over it: 1009."""
+    client = RawClient(server.port, ECHO)
+    try:
+        client.send(frame(BINARY, b"x" * 600, fin=False), frame(CONTINUATION, b"y" * 600))
+        code, _, seen = client.until_close()
+    finally:
+        client.close()
+    assert code == 1009
+    assert seen == []
+    error = events.wait("onerror", "echo")
+    assert "max_size" in error.payload
+    assert events.wait("onclose", "echo").close_code == 1009
+    assert received_by_server() == []
+
+
+def test_server_message_at_max_size_in_fragments_is_accepted(server):
+    client = RawClient(server.port, ECHO)
+    try:
+        half = SERVER_MAX_SIZE // 2
+        client.send(frame(BINARY, b"x" * half, fin=False), frame(CONTINUATION, b"y" * half))
+        assert client.recv_frame() == (BINARY, True, b"x" * half + b"y" * half)
+        client.send(close_frame(1000))
+        assert client.until_close()[0] == 1000
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [frame(TEXT, b"bad \xff")],
+        [frame(TEXT, b"ok ", fin=False), frame(CONTINUATION, b"\xc3\x28")],
+        [frame(TEXT, b"ok ", fin=False), frame(CONTINUATION, b"\xed\xa0\x80")],  # a surrogate
+    ],
+    ids=["one-frame", "in-a-fragment", "surrogate"],
+)
+def test_server_invalid_utf8_fails_with_1007(server, frames):
+    client = RawClient(server.port, ECHO)
+    try:
+        client.send(*frames)
+        code, _, seen = client.until_close()
+    finally:
+        client.close()
+    assert code == 1007
+    assert seen == []
+    assert events.wait("onclose", "echo").close_code == 1007
+    assert received_by_server() == []
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [frame(CONTINUATION, b"nothing to continue")],
+        [frame(TEXT, b"first", fin=False), frame(TEXT, b"second")],
+        [frame(BINARY, b"first", fin=False), frame(BINARY, b"second")],
+    ],
+    ids=["lone-continuation", "text-inside-fragments", "binary-inside-fragments"],
+)
+def test_server_continuation_out_of_place_fails_with_1002(server, frames):
+    client = RawClient(server.port, ECHO)
+    try:
+        client.send(*frames)
+        code, _, seen = client.until_close()
+    finally:
+        client.close()
+    assert code == 1002
+    assert seen == []
+    assert events.wait("onclose", "echo").close_code == 1002
+    assert received_by_server() == []
+
+
+# -- server (a peer) -> client --------------------------------------------------------------
+
+
+def test_client_max_size_counts_the_whole_message(engine, peer):
+    """cmd:frag:50 is 140 bytes in 50 fragments of at most 3: over max_size=100 as a whole."""
+    recorder = Recorder()
+    client = polysocket.createWebsocket(peer.uri, recorder, engine, max_size=100)
+    client.send("cmd:frag:50")
+    assert recorder.wait_closed(), "onClose did not run after an oversized fragmented message"
+    assert recorder.names == ["onopen", "onerror", "onclose"]
+    assert "100" in recorder.errors[0]
+    assert recorder.of("onclose")[0].close_code == 1009
+    assert peer.last_close()["code"] == 1009
+    recorder.assert_well_formed()
+
+
+@pytest.fixture
+def frame_server() -> Iterator[object]:
+    started: list[RawFrameServer] = []
+
+    def start(frames: list[bytes]) -> RawFrameServer:
+        started.append(RawFrameServer(frames))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def test_client_reassembles_fragments_around_control_frames(engine, frame_server):
+    server = frame_server(
+        [
+            frame(TEXT, b"caf\xc3", fin=False, mask=False),
+            frame(PING, b"ping", mask=False),
+            frame(CONTINUATION, b"\xa9 ", fin=False, mask=False),
+            frame(CONTINUATION, b"ok", mask=False),
+            frame(BINARY, b"", fin=False, mask=False),
+            frame(CONTINUATION, b"\x00", mask=False),
+        ]
+    )
+    recorder = Recorder()
+    client = polysocket.createWebsocket(server.uri, recorder, engine)
+    assert recorder.wait_messages(2) == ["café ok", b"\x00"]
+    client.close()
+    assert recorder.wait_closed()
+    assert server.done.wait(WAIT)
+    assert server.close_code == 1000
+    assert (PONG, b"ping") in server.received
+    recorder.assert_well_formed()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([frame(TEXT, b"\xff", mask=False)], 1007),
+        (
+            [frame(TEXT, b"a", fin=False, mask=False), frame(CONTINUATION, b"\xc0", mask=False)],
+            1007,
+        ),
+        ([frame(CONTINUATION, b"x", mask=False)], 1002),
+        ([frame(TEXT, b"a", fin=False, mask=False), frame(TEXT, b"b", mask=False)], 1002),
+    ],
+    ids=["utf8", "utf8-in-a-fragment", "lone-continuation", "text-inside-fragments"],
+)
+def test_client_fails_a_broken_message(engine, frame_server, frames, code):
+    server = frame_server(frames)
+    recorder = Recorder()
+    polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=2)
+    assert recorder.wait_closed(), "onClose did not run after a broken message"
+    assert recorder.names == ["onopen", "onerror", "onclose"]
+    assert recorder.of("onclose")[0].close_code == code
+    assert server.done.wait(WAIT)
+    assert server.close_code == code, "the server did not get the failing close frame"
+    recorder.assert_well_formed()
