@@ -52,9 +52,6 @@ class Handler:
             inspect.iscoroutinefunction(cb) for cb in self.callbacks.values()
         )
 
-    def matches(self, spec: Any) -> bool:
-        return spec is self.spec or (isinstance(spec, str) and spec == self.spec)
-
 
 def handler_root() -> Path:
     return Path(os.environ.get("POLYSOCKET_ROOT") or os.getcwd())

@@ -92,11 +92,6 @@ class EngineRegistry:
             }
             self._failures.pop(name, None)
 
-    def record_failure(self, name: str, error: BaseException) -> None:
-        """Record a plugin that could not be imported (as ``load`` does for entry points)."""
-        with self._lock:
-            self._failures[name] = PluginFailure(name, error)
-
     def _add_plugin_locked(self, plugin: Any, name: str) -> None:
         try:
             self._pm.register(plugin, name=name)
