@@ -229,7 +229,7 @@ class AiohttpEngine(Engine):
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=options.ssl)
         await site.start()
-        return AiohttpServer(runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return AiohttpServer(runner, runner.addresses[0][1])
 
 
 def _http_request(request: Any) -> HttpRequest:
