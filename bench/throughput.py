@@ -104,7 +104,7 @@ def main() -> None:
         text=True,
     )
     try:
-        uri = f"ws://127.0.0.1:{server.stdout.readline().strip()}/"  # type: ignore[union-attr]
+        uri = f"ws://127.0.0.1:{server.stdout.readline().strip()}/echo"  # type: ignore[union-attr]
         payload, count = "x" * args.size, args.messages
         print(f"{count} echoed messages of {args.size} bytes, best of {args.repeat}")
         print(f"{'engine':<11} {'variant':<18} {'msg/s':>10} {'vs raw':>7}")
