@@ -8,7 +8,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "tests", "conformance", "conformance_picows", "interop"]
+nox.options.sessions = ["lint", "tests", "conformance", "conformance_picows", "interop", "autobahn"]
 nox.options.error_on_missing_interpreters = True
 
 ENGINES = ["aiohttp", "websockets", "tornado"]
@@ -90,3 +90,45 @@ def bench(session: nox.Session) -> None:
     """Throughput of polysocket against the raw library it wraps (not run by CI)."""
     session.install("-e", ".[all]")
     session.run("python", "bench/throughput.py", *session.posargs)
+
+
+AUTOBAHN = ["autobahn/run.py", "--allow", "autobahn/allowed-failures.toml"]
+
+
+@nox.session
+@nox.parametrize("side", ["server", "client"])
+@nox.parametrize("engine", ENGINES)
+def autobahn(session: nox.Session, engine: str, side: str) -> None:
+    """The Autobahn TestSuite (through kosoku) on one engine and side, without the 9.* cases.
+
+    Reports go to autobahn/reports/ENGINE-SIDE/; `python autobahn/run.py --summarize
+    autobahn/reports > docs/conformance.md` renders the summary.
+    """
+    session.install("-e", ".[dev]")
+    session.run(
+        "python",
+        *AUTOBAHN,
+        f"--engine={engine}",
+        f"--side={side}",
+        "--exclude=9.*",
+        "--report-dir=autobahn/reports",
+        *session.posargs,
+    )
+
+
+@nox.session
+@nox.parametrize("side", ["server", "client"])
+@nox.parametrize("engine", ENGINES)
+def autobahn_performance(session: nox.Session, engine: str, side: str) -> None:
+    """Only the Autobahn 9.* cases (limits and performance: up to 16 MiB messages)."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "python",
+        *AUTOBAHN,
+        f"--engine={engine}",
+        f"--side={side}",
+        "--cases=9.*",
+        "--report-dir=autobahn/reports-performance",
+        "--case-timeout=120",
+        *session.posargs,
+    )
