@@ -110,8 +110,10 @@ def echo_once(uri: str, engine: str, message: Any = "hello", **options: Any) -> 
 def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
     require_capability(engine, "tls")
     server_context, client_context = tls
+    # 127.0.0.1, not localhost: the servers listen on IPv4 only, and "localhost" may first
+    # reach whatever else listens on [::1] at that port
     peer = raw_server_with(ssl=server_context)
-    uri = f"wss://localhost:{peer.port}/"
+    uri = f"wss://127.0.0.1:{peer.port}/"
     assert echo_once(uri, engine, "over TLS", ssl=client_context) == "over TLS"
     with pytest.raises(polysocket.ConnectError):
         polysocket.createWebsocket(uri, Recorder(), engine)  # the CA is not trusted by default
@@ -124,7 +126,7 @@ def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     server = serve_registry(engine, ssl=server_context)
     from websockets.sync.client import connect
 
-    uri = f"wss://localhost:{server.port}/websockets/v4/service/echo"
+    uri = f"wss://127.0.0.1:{server.port}/websockets/v4/service/echo"
     with connect(uri, ssl=client_context) as ws:
         ws.send("raw client over TLS")
         assert ws.recv(timeout=WAIT) == "raw client over TLS"
