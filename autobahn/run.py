@@ -22,7 +22,6 @@ import datetime
 import fnmatch
 import importlib.metadata
 import json
-import os
 import platform
 import re
 import shlex
@@ -94,11 +93,10 @@ def selection_args(cases: Sequence[str], exclude: Sequence[str]) -> list[str]:
 class LogPump(threading.Thread):
     """Copy a child's stream to a file line by line, and hand lines to a watcher."""
 
-    def __init__(self, stream: Any, path: Path, echo_prefix: str | None = None) -> None:
+    def __init__(self, stream: Any, path: Path) -> None:
         super().__init__(daemon=True)
         self._stream = stream
         self._file = path.open("w", encoding="utf-8", errors="replace")
-        self._echo_prefix = echo_prefix
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.lines: list[str] = []
@@ -194,9 +192,10 @@ def run_server_side(engine: str, cases: Sequence[str], exclude: Sequence[str], o
             notes["server_exit"] = stop_process(server)
             pump.join(5)
     if notes["server_exit"] != 0:
-        notes["warning"] = (
-            f"`polysocket serve` exited with {notes['server_exit']} on SIGTERM (expected 0)"
-        )
+        notes["problems"] = [
+            f"`polysocket serve` exited with {notes['server_exit']} on SIGTERM (expected 0);"
+            f" see {out / 'server.log'}"
+        ]
     return notes
 
 
@@ -459,7 +458,10 @@ def run(args: argparse.Namespace) -> int:
     import polysocket
     from polysocket.plugins import registry
 
-    chosen = registry.get(engine)  # unknown / unavailable engines fail here, clearly
+    try:
+        chosen = registry.get(engine)
+    except polysocket.WebsocketError as exc:  # unknown engine, library missing
+        sys.exit(f"autobahn: {exc}")
     started = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
     if side == "server":
@@ -470,6 +472,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = summarize_report(out, engine, side, entries)
     problems = [*summary.pop("problems"), *notes.pop("problems", [])]
+    expected = notes.get("case_count")
+    if expected is not None and expected != len(summary["cases"]):
+        problems.append(f"kosoku served {expected} cases but reported {len(summary['cases'])}")
     unexplained = [f for f in summary["failures"] if not f["allowed"]]
     failed_cases = [f["case"] for f in summary["failures"]]
     stale = [
@@ -477,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
         for e in entries
         if e["engine"] == engine
         and e["side"] == side
+        and any(fnmatch.fnmatchcase(c, e["case"]) for c in summary["cases"])
         and not any(fnmatch.fnmatchcase(c, e["case"]) for c in failed_cases)
     ]
     record = {
@@ -517,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
     for failure in unexplained:
         print(
             f"  not allow-listed: {failure['case']} {failure['behavior']}/"
-            f"{failure['behaviorClose']} (peer close code {failure['remoteCloseCode']}):"
+            f"{failure['behaviorClose']} (polysocket's close code {failure['remoteCloseCode']}):"
             f" {failure['resultClose'] or failure['result']}",
             file=sys.stderr,
         )
@@ -534,5 +540,4 @@ def argv_is_ours() -> bool:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -145,7 +145,10 @@ class Connection:
                 f"onMessage returned a {type(result).__name__}; return str or bytes to reply,"
                 " or None to send nothing"
             )
-        self.send(result)
+        try:
+            self.send(result)
+        except ConnectionClosedError:  # the peer left first: nobody to reply to, no fault
+            log.info("dropped onMessage's reply: the connection is already closed")
 
     def request_close(self, code: int = 1000, reason: str = "") -> bool:
         """Queue the close after what was already sent; False if a close was already queued."""
