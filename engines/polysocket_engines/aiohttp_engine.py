@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,11 +17,14 @@ from polysocket.transport import (
     HttpResponse,
     Message,
     MessageTooBigError,
+    ProtocolViolation,
     ServerApp,
     ServerOptions,
     TransportClosed,
+    valid_close_code,
 )
 
+_PROTOCOL_ERROR = 1002
 _MESSAGE_TOO_BIG = 1009
 _ABNORMAL = 1006
 
@@ -27,6 +32,44 @@ _ABNORMAL = 1006
 def _limit(max_size: int | None) -> int:
     # aiohttp refuses a message of exactly max_msg_size bytes; max_size allows it. 0 = none.
     return max_size + 1 if max_size else 0
+
+
+def _close_after_peer(tcp: Any, ws: Any, timeout: float) -> None:
+    """Make aiohttp's way of failing a connection wait for the peer before closing.
+
+    aiohttp fails a connection (a message over max_size, a protocol error) with its close
+    frame and then closes the socket at once. A peer still sending then gets a TCP reset,
+    and a reset can destroy our close frame before the peer reads it: it sees 1006 instead
+    of 1009. So while the peer's close frame has not arrived, closing half-closes the
+    socket (the peer reads the close frame, then EOF) and the socket closes at the peer's
+    EOF (asyncio does that when the protocol's ``eof_received`` returns None; aiohttp's do)
+    or after ``close_timeout``. Incoming data meanwhile is dropped by aiohttp's parser.
+    """
+    close = tcp.close
+
+    def close_after_peer() -> None:
+        # asyncio itself calls close() at the peer's EOF: then it closes at once.
+        if ws._closing or tcp.is_closing() or not tcp.can_write_eof() or _at_eof(tcp):
+            close()  # the peer has finished (or TLS, which cannot half-close)
+            return
+        tcp.write_eof()
+        asyncio.get_running_loop().call_later(timeout, tcp.abort)
+
+    tcp.close = close_after_peer
+
+
+def _at_eof(tcp: Any) -> bool:
+    """Whether the peer has closed its side and everything it sent has been read."""
+    sock = tcp.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # nothing to read: the peer's side is still open
+    except OSError:
+        return True
 
 
 class AiohttpTransport:
@@ -96,11 +139,21 @@ class AiohttpTransport:
     async def _ending(self, msg: Any) -> TransportClosed:
         WSMsgType = self._aiohttp.WSMsgType
         if msg.type is WSMsgType.CLOSE:
+            code = msg.data  # 0: a close frame without a code
+            # aiohttp lets 1006 and codes from 5000 up through (its check covers < 3000 only,
+            # and counts 1006 as allowed).
+            violation = None
+            if code and not valid_close_code(code):
+                violation = ProtocolViolation(
+                    _PROTOCOL_ERROR, f"the peer sent the invalid close code {code}"
+                )
             if self._close_sent:  # the peer answered our close frame
                 self._drop()
             else:  # the peer started the closing handshake: answer it
-                await self._ws.close(code=msg.data or 1000)
-            return TransportClosed(msg.data or 1005, msg.extra or "")
+                await self._ws.close(code=_PROTOCOL_ERROR if violation else code or 1000)
+            if violation is not None:
+                return TransportClosed(_PROTOCOL_ERROR, error=violation)
+            return TransportClosed(code or 1005, msg.extra or "")
         if msg.type is WSMsgType.ERROR:
             exc = msg.data
             code = getattr(exc, "code", None)
@@ -187,8 +240,14 @@ class AiohttpEngine(Engine):
         except BaseException:
             await session.close()
             raise
-        # closing the HTTP response drops the TCP connection without a closing handshake
-        return AiohttpTransport(ws, options, drop=ws._response.close, release=session.close)
+        tcp = ws._response.connection.transport
+        _close_after_peer(tcp, ws, options.close_timeout)
+
+        def drop() -> None:
+            tcp.abort()
+            ws._response.close()  # releases the connection
+
+        return AiohttpTransport(ws, options, drop=drop, release=session.close)
 
     async def serve(
         self, host: str, port: int, app: ServerApp, options: ServerOptions
@@ -216,6 +275,8 @@ class AiohttpEngine(Engine):
             )
             await ws.prepare(request)
             tcp = request.transport
+            if tcp is not None:
+                _close_after_peer(tcp, ws, options.close_timeout)
 
             def drop() -> None:
                 if tcp is not None:

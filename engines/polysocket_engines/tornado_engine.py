@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -41,20 +42,39 @@ from polysocket.transport import (
     HttpResponse,
     Message,
     MessageTooBigError,
+    ProtocolViolation,
     ServerApp,
     ServerOptions,
     TransportClosed,
+    valid_close_code,
 )
 
 _NO_STATUS = 1005
 _PROTOCOL_ERROR = 1002
+_INVALID_DATA = 1007
 _MESSAGE_TOO_BIG = 1009
 _INTERNAL_ERROR = 1011
 _NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
 
-# How the frame loop ended without a close frame from the peer (see _on_abort).
-_LOST = "lost"
-_VIOLATION = "violation"
+_OP_TEXT = 0x1
+_OP_CLOSE = 0x8
+
+
+def _close_frame_problem(payload: bytes) -> ProtocolViolation | None:
+    """What is wrong with a received close frame's payload, which tornado takes as it is."""
+    if len(payload) == 1:
+        return ProtocolViolation(_PROTOCOL_ERROR, "the peer sent a close frame of one byte")
+    if len(payload) >= 2:
+        code = int.from_bytes(payload[:2], "big")
+        if not valid_close_code(code):
+            return ProtocolViolation(
+                _PROTOCOL_ERROR, f"the peer sent the invalid close code {code}"
+            )
+        try:
+            payload[2:].decode()
+        except UnicodeDecodeError:
+            return ProtocolViolation(_INVALID_DATA, "the peer's close reason is not valid UTF-8")
+    return None
 
 
 class TornadoTransport:
@@ -78,8 +98,12 @@ class TornadoTransport:
 
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False  # close() was called (its close frame is ours, not a failure)
-        self._failed_code: int | None = None  # close frame tornado sent on its own (1009)
-        self._abort_kind: str | None = None  # None: the peer's close frame ended the loop
+        self._failed_code: int | None = None  # close frame sent on failing the connection
+        self._failure: ProtocolViolation | None = None  # the peer broke the protocol
+        self._dropped = False  # the frame loop ended without the peer's close frame
+        self._decoding_text = False  # inside tornado's handling of a text message
+        self._discarding = False  # failed: reading (and dropping) what comes until EOF
+        self._ssl_stream = tornado.iostream.SSLIOStream
         self._receiving = False
         self._drainer: asyncio.Future[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
@@ -93,23 +117,83 @@ class TornadoTransport:
         # hooks are in place before the first frame is read.
         proto = self._proto
         orig_close, orig_abort = proto.close, proto._abort
+        orig_handle = proto._handle_message
         orig_conn_closed = ws.on_ws_connection_close
 
         def close_hook(code: int | None = None, reason: str | None = None) -> None:
-            # Neither side has sent a close frame and close() was not called: tornado is
-            # failing the connection itself (only ever with 1009, "message too big").
+            # Neither side has sent a close frame and close() was not called: the
+            # connection is being failed (by tornado itself only ever with 1009).
             if not (proto.server_terminated or proto.client_terminated or self._closing):
                 self._failed_code = code
             orig_close(code, reason)
 
+        def fail(violation: ProtocolViolation) -> None:
+            self._failure = violation
+            close_hook(violation.code)
+            self._failed_code = violation.code
+            discard_until_eof()
+
+        def discard_until_eof() -> None:
+            # RFC 6455 7.1.7, after the close frame: read no more frames, wait for the peer
+            # to close (tornado's own 5 s close timer, set by close(), bounds the wait).
+            # Dropping at once, as tornado does, resets the connection while the peer is
+            # still sending, and the reset can destroy the close frame before it is read.
+            if self._discarding:
+                return
+            self._discarding = True
+            stream = proto.stream
+            half_close = not isinstance(stream, self._ssl_stream)  # TLS cannot half-close
+
+            async def discard() -> None:
+                nonlocal half_close
+                if half_close:
+                    half_close = False
+                    await stream.write(b"")  # resolves once the close frame is out
+                    stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
+                await stream.read_bytes(65536, partial=True)  # EOF ends the frame loop
+
+            proto._receive_frame = discard
+
         def abort_hook() -> None:
-            # _abort() before any close frame arrived: either the stream is already closed
-            # (connection lost, abort(), close timeout) or tornado drops a live connection
-            # because the peer broke the protocol (bad UTF-8, reserved bits, bad opcode).
-            if not proto.client_terminated and self._abort_kind is None:
-                live = not proto.server_terminated and not proto.stream.closed()
-                self._abort_kind = _VIOLATION if live else _LOST
+            if not (self._discarding or proto.client_terminated or proto.stream.closed()):
+                if not proto.server_terminated:
+                    # tornado found a broken frame and would drop the connection without
+                    # the close frame RFC 6455 asks for: fail it with the code the other
+                    # engines use instead.
+                    fail(
+                        ProtocolViolation(
+                            _INVALID_DATA, "the peer sent a text message that is not valid UTF-8"
+                        )
+                        if self._decoding_text
+                        else ProtocolViolation(
+                            _PROTOCOL_ERROR,
+                            "the peer broke the WebSocket protocol (reserved bits, an unknown"
+                            " opcode, a fragmented or oversized control frame, or a fragment"
+                            " out of place)",
+                        )
+                    )
+                    return
+                if self._failed_code is not None:  # tornado's close(1009), then _abort()
+                    discard_until_eof()
+                    return
+            if not proto.client_terminated:
+                # The stream is closed (connection lost, abort(), a close timeout) or gets
+                # closed now, before the peer's close frame arrived.
+                self._dropped = True
             orig_abort()
+
+        def handle_hook(opcode: int, data: bytes) -> Any:
+            # tornado takes any close frame as it is and echoes its code.
+            if opcode == _OP_CLOSE and not proto.client_terminated:
+                violation = _close_frame_problem(data)
+                if violation is not None:
+                    fail(violation)
+                    return None
+            self._decoding_text = opcode == _OP_TEXT  # its only _abort() is for bad UTF-8
+            try:
+                return orig_handle(opcode, data)
+            finally:
+                self._decoding_text = False
 
         def conn_closed_hook(
             close_code: int | None = None, close_reason: str | None = None
@@ -127,6 +211,7 @@ class TornadoTransport:
 
         proto.close = close_hook
         proto._abort = abort_hook
+        proto._handle_message = handle_hook
         ws.on_ws_connection_close = conn_closed_hook
         # The frame loop calls handler.on_pong for every pong; handler is ws on both sides.
         ws.on_pong = pong_hook
@@ -178,6 +263,8 @@ class TornadoTransport:
             return TransportClosed(None, error=self._keepalive_error)
         if self._failed_code == _MESSAGE_TOO_BIG:
             return TransportClosed(_MESSAGE_TOO_BIG, error=MessageTooBigError(self._max_size))
+        if self._failure is not None:
+            return TransportClosed(self._failure.code, error=self._failure)
         if self._failed_code is not None:
             return TransportClosed(
                 self._failed_code,
@@ -185,17 +272,7 @@ class TornadoTransport:
                     f"tornado failed the connection with close code {self._failed_code}"
                 ),
             )
-        if self._abort_kind == _VIOLATION:
-            # tornado drops the TCP connection without telling which rule was broken; the
-            # other engines fail such a connection with 1002 (1007 for bad UTF-8).
-            return TransportClosed(
-                _PROTOCOL_ERROR,
-                error=self._websocket.WebSocketError(
-                    "the server violated the WebSocket protocol (e.g. invalid UTF-8 in a text"
-                    " message or a malformed frame); tornado dropped the connection"
-                ),
-            )
-        if self._abort_kind is None:
+        if not self._dropped:
             code = self._proto.close_code
             return TransportClosed(
                 _NO_STATUS if code is None else code, self._proto.close_reason or ""

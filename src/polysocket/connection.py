@@ -22,7 +22,7 @@ from .context import current_call
 from .dispatch import BACKLOG_HIGH, Dispatcher, ErrorText, Event
 from .errors import ConnectionClosedError
 from .handlers import Handler
-from .transport import Transport, TransportClosed
+from .transport import Transport, TransportClosed, valid_close_code
 
 log = logging.getLogger("polysocket.connection")
 
@@ -45,9 +45,7 @@ def check_message(message: Any) -> str | bytes:
 
 
 def check_close(code: int, reason: str) -> None:
-    if not isinstance(code, int) or not (
-        code == 1000 or 1001 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-    ):
+    if not isinstance(code, int) or not valid_close_code(code):
         raise ValueError(
             f"close code {code!r} cannot be sent; use 1000 (normal), 1001-1003, 1007-1014,"
             " or an application code from 3000 to 4999"

@@ -15,8 +15,10 @@ Rules every ``Transport`` follows (the conformance suite checks each):
   It keeps raising it afterwards.
 - When this side fails the connection (a message over ``max_size``, a protocol violation),
   ``TransportClosed.error`` is set and ``code`` is the code this side failed it with: 1009
-  with a :class:`MessageTooBigError` for an oversized message, 1002 for a protocol violation
-  (1007 for invalid UTF-8 where the library tells them apart).
+  with a :class:`MessageTooBigError` for an oversized message, 1002 with a
+  :class:`ProtocolViolation` for a broken frame or a close code that
+  :func:`valid_close_code` refuses, 1007 for invalid UTF-8 (text or close reason). The
+  failing side sends that close frame before it drops the connection (RFC 6455 7.1.7).
 - ``send()`` waits while the peer is slow (the library's flow control) and raises
   :class:`TransportClosed` once the connection is closed.
 - ``close(code, reason)`` runs the closing handshake, bounded by ``close_timeout``; it is
@@ -45,11 +47,13 @@ __all__ = [
     "HttpResponse",
     "Message",
     "MessageTooBigError",
+    "ProtocolViolation",
     "Server",
     "ServerApp",
     "ServerOptions",
     "Transport",
     "TransportClosed",
+    "valid_close_code",
 ]
 
 Message = str | bytes
@@ -73,6 +77,22 @@ class TransportClosed(Exception):
         self.code = None if code is None else int(code)
         self.reason = reason
         self.error = error
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether ``code`` may travel in a close frame (RFC 6455 7.4.1, 7.4.2 and the IANA
+    registry): 1000-1003, 1007-1014 and the application range 3000-4999. 1005, 1006 and
+    1015 only ever describe a connection locally; anything else is a protocol error."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class ProtocolViolation(Exception):
+    """The peer broke RFC 6455; this side failed the connection with ``code`` (1002, or
+    1007 for invalid UTF-8)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{text}; the connection was failed with close code {code}")
+        self.code = code
 
 
 class MessageTooBigError(Exception):

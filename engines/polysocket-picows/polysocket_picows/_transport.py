@@ -39,8 +39,10 @@ from polysocket.transport import (
     ClientOptions,
     Message,
     MessageTooBigError,
+    ProtocolViolation,
     ServerOptions,
     TransportClosed,
+    valid_close_code,
 )
 
 _log = logging.getLogger("polysocket_picows")
@@ -64,14 +66,6 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
-
-
-class ProtocolViolation(Exception):
-    """The peer broke RFC 6455; the connection was failed with ``code``."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{text} (the connection was failed with close code {code})")
-        self.code = code
 
 
 def frame_limit(max_size: int | None) -> int:
@@ -374,7 +368,7 @@ class PicowsTransport:
         self._reset_fragments()
         if frame.payload_size >= 2:
             code = int(frame.get_close_code())
-            if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+            if not valid_close_code(code):
                 self._violation(_PROTOCOL_ERROR, f"the peer sent the invalid close code {code}")
                 self._drop()  # its close frame is answered: the handshake is over
                 return
