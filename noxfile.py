@@ -8,12 +8,31 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "tests", "conformance", "conformance_picows", "interop", "autobahn"]
+nox.options.sessions = [
+    "lint",
+    "tests",
+    "conformance",
+    "conformance_picows",
+    "interop",
+    "autobahn",
+    "autobahn_performance",
+]
 nox.options.error_on_missing_interpreters = True
 
 ENGINES = ["aiohttp", "websockets", "tornado"]
 PEERS = Path(__file__).parent / "conformance" / "polysocket_conformance" / "peers"
 PICOWS = "engines/polysocket-picows"
+#: Engines shipped as distributions of their own, installed like any outside plugin.
+DISTRIBUTIONS = {"picows": PICOWS}
+ALL_ENGINES = [*ENGINES, *DISTRIBUTIONS]
+
+
+def _install(session: nox.Session, *engines: str) -> None:
+    """polysocket with its built-in engines, plus the distributions of ``engines``."""
+    session.install("-e", ".[dev]")
+    for engine in engines:
+        if engine in DISTRIBUTIONS:
+            session.install("-e", DISTRIBUTIONS[engine])
 
 
 @nox.session
@@ -58,8 +77,7 @@ def conformance(session: nox.Session, engine: str) -> None:
 def conformance_picows(session: nox.Session) -> None:
     """The suite against the third-party picows engine, installed through its entry point
     like any outside package, then the engine's own tests."""
-    session.install("-e", ".[dev]")
-    session.install("-e", PICOWS)
+    _install(session, *DISTRIBUTIONS)
     _install_node_peer(session)
     session.run(
         "pytest",
@@ -77,8 +95,7 @@ def conformance_picows(session: nox.Session) -> None:
 def interop(session: nox.Session) -> None:
     """Every engine, picows included, against every other: clients x servers, and the
     property tests."""
-    session.install("-e", ".[dev]")
-    session.install("-e", PICOWS)
+    _install(session, *DISTRIBUTIONS)
     _install_node_peer(session)
     session.run(
         "pytest", "--pyargs", "polysocket_conformance", "-m", "polysocket_interop", *session.posargs
@@ -97,14 +114,14 @@ AUTOBAHN = ["autobahn/run.py", "--allow", "autobahn/allowed-failures.toml"]
 
 @nox.session
 @nox.parametrize("side", ["server", "client"])
-@nox.parametrize("engine", ENGINES)
+@nox.parametrize("engine", ALL_ENGINES)
 def autobahn(session: nox.Session, engine: str, side: str) -> None:
     """The Autobahn TestSuite (through kosoku) on one engine and side, without the 9.* cases.
 
     Reports go to autobahn/reports/ENGINE-SIDE/; `python autobahn/run.py --summarize
     autobahn/reports > docs/conformance.md` renders the summary.
     """
-    session.install("-e", ".[dev]")
+    _install(session, engine)
     session.run(
         "python",
         *AUTOBAHN,
@@ -118,10 +135,10 @@ def autobahn(session: nox.Session, engine: str, side: str) -> None:
 
 @nox.session
 @nox.parametrize("side", ["server", "client"])
-@nox.parametrize("engine", ENGINES)
+@nox.parametrize("engine", ALL_ENGINES)
 def autobahn_performance(session: nox.Session, engine: str, side: str) -> None:
     """Only the Autobahn 9.* cases (limits and performance: up to 16 MiB messages)."""
-    session.install("-e", ".[dev]")
+    _install(session, engine)
     session.run(
         "python",
         *AUTOBAHN,

@@ -12,11 +12,15 @@ that takes ``peer`` runs once per echo peer (``websockets`` and ``node-ws``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .peer_processes import KINDS, Peer, PeerUnavailable, require_peers, start_peer
+
+if TYPE_CHECKING:
+    from .rawframes import RawServer
+    from .server_support import ServerThread
 
 PACKAGE = "polysocket_conformance"
 MARKER = "polysocket_conformance"
@@ -208,6 +212,45 @@ def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
     yield start
     for peer in started:
         peer.stop()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[..., RawServer]]:
+    """Factory: ``raw_server(frames, answer_close=True)`` starts a hand-written server (see
+    :class:`polysocket_conformance.rawframes.RawServer`) that is closed after the test."""
+    from .rawframes import RawServer
+
+    started: list[RawServer] = []
+
+    def start(frames: list[bytes] | None = None, *, answer_close: bool = True) -> RawServer:
+        started.append(RawServer(frames, answer_close=answer_close))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def serve_registry(engine: str, tmp_path: Any) -> Iterator[Callable[..., ServerThread]]:
+    """Factory: ``serve_registry(**options)`` serves the test registry (endpoints ``echo``,
+    ``chat``, ``failing``...; see ``server_support``) with ``engine`` on a background
+    thread, skipping when the engine lacks the ``server`` capability; stopped after the
+    test. Server callbacks are recorded in ``server_support.events``, cleared here."""
+    from .server_support import ServerThread, events, write_registry
+    from .support import require_capability
+
+    require_capability(engine, "server")
+    events.clear()
+    started: list[ServerThread] = []
+
+    def start(**options: Any) -> ServerThread:
+        started.append(ServerThread(write_registry(tmp_path), engine, **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 # -- every conformance test leaves no client behind -----------------------------------------

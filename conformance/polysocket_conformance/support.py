@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 from collections.abc import Callable, Coroutine
@@ -366,78 +365,3 @@ OUTSIDE = {
     "isOnError": False,
     "isOnClose": False,
 }
-
-
-class RawServer:
-    """A hand-written WebSocket server for misbehaviour the real peers cannot show.
-
-    It completes the opening handshake, then, per ``mode``:
-
-    - ``"silent"``: reads and ignores everything, never answers a close frame;
-    - ``"garbage"``: sends a frame with a reserved opcode (a protocol violation), then reads.
-    """
-
-    def __init__(self, mode: str) -> None:
-        if mode not in ("silent", "garbage"):
-            raise ValueError(mode)
-        self.mode = mode
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._stop = threading.Event()
-        self.handshakes = 0
-        self._thread = threading.Thread(target=self._serve, name="raw-ws-server", daemon=True)
-        self._thread.start()
-
-    @property
-    def uri(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/raw"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        import base64
-        import hashlib
-
-        try:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            key = ""
-            for line in request.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "sec-websocket-key":
-                    key = value.strip()
-            accept = base64.b64encode(
-                hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
-            ).decode()
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
-            )
-            self.handshakes += 1
-            if self.mode == "garbage":
-                conn.sendall(b"\x83\x00")  # FIN + reserved opcode 0x3, empty payload
-            while conn.recv(65536):
-                pass
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self._sock.close()
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.close()

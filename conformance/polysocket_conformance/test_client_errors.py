@@ -9,10 +9,10 @@ import pytest
 
 import polysocket
 from polysocket.plugins import registry
+from polysocket_conformance.rawframes import frame
 from polysocket_conformance.support import (
     WAIT,
     ClosedPort,
-    RawServer,
     Recorder,
     Tripwire,
     require_capability,
@@ -148,23 +148,9 @@ def test_peer_drops_connection(engine, peer):
     recorder.assert_well_formed()
 
 
-@pytest.fixture
-def raw_server():
-    servers: list[RawServer] = []
-
-    def start(mode: str) -> RawServer:
-        server = RawServer(mode)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def test_close_bounded_by_close_timeout(engine, raw_server):
     """SPEC 2.7: a peer that never answers the close frame: close() returns in time."""
-    server = raw_server("silent")
+    server = raw_server(answer_close=False)
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=0.5)
     assert recorder.opened.wait(WAIT)
@@ -181,13 +167,15 @@ def test_close_bounded_by_close_timeout(engine, raw_server):
 
 def test_protocol_error_from_peer(engine, raw_server):
     """SPEC 2.3/2.4: a frame with a reserved opcode fails the connection with 1002."""
-    server = raw_server("garbage")
+    server = raw_server([frame(0x3, mask=False)])  # FIN + reserved opcode 0x3, empty
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=1)
     assert recorder.wait_closed(), "onClose did not run after a protocol error"
-    assert recorder.names in (["onopen", "onclose"], ["onopen", "onerror", "onclose"])
-    assert all(isinstance(e, str) for e in recorder.errors)
+    assert recorder.names == ["onopen", "onerror", "onclose"]
+    assert isinstance(recorder.errors[0], str)
     assert recorder.of("onclose")[0].close_code == 1002
+    assert server.done.wait(WAIT)
+    assert server.close_code == 1002, "the peer did not get the failing close frame"
     assert recorder.messages == []
     assert polysocket.getClient(client.id) is None
     recorder.assert_well_formed()

@@ -16,8 +16,9 @@ import pytest
 
 import polysocket
 
+from .rawframes import RawServer
 from .server_support import ServerThread, events, write_registry
-from .support import WAIT, RawServer, Recorder, require_capability
+from .support import WAIT, Recorder, require_capability
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
 
 def test_keepalive_detects_a_peer_that_stopped_answering(engine):
     require_capability(engine, "keepalive")
-    silent = RawServer("silent")
+    silent = RawServer(answer_close=False)
     try:
         recorder = Recorder()
         polysocket.createWebsocket(

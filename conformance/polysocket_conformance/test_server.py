@@ -9,7 +9,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,12 +20,8 @@ from .support import WAIT, Recorder, require_capability
 
 
 @pytest.fixture
-def server(engine: str, tmp_path) -> Iterator[ServerThread]:
-    require_capability(engine, "server")
-    events.clear()
-    running = ServerThread(write_registry(tmp_path), engine, max_size=1 << 20)
-    yield running
-    running.stop()
+def server(serve_registry) -> ServerThread:
+    return serve_registry(max_size=1 << 20)
 
 
 def http_get(url: str) -> tuple[int, str, str]:

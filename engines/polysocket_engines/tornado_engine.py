@@ -135,7 +135,7 @@ class TornadoTransport:
 
         def discard_until_eof() -> None:
             # RFC 6455 7.1.7, after the close frame: read no more frames, wait for the peer
-            # to close (tornado's own 5 s close timer, set by close(), bounds the wait).
+            # to close, for close_timeout at most (or tornado's own 5 s close timer).
             # Dropping at once, as tornado does, resets the connection while the peer is
             # still sending, and the reset can destroy the close frame before it is read.
             if self._discarding:
@@ -153,6 +153,8 @@ class TornadoTransport:
                 await stream.read_bytes(65536, partial=True)  # EOF ends the frame loop
 
             proto._receive_frame = discard
+            deadline = asyncio.get_running_loop().call_later(self._close_timeout, self.abort)
+            self._done.add_done_callback(lambda _: deadline.cancel())
 
         def abort_hook() -> None:
             if not (self._discarding or proto.client_terminated or proto.stream.closed()):

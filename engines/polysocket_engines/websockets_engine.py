@@ -109,6 +109,8 @@ class WebsocketsTransport:
             # over max_size, invalid UTF-8, a protocol violation). The peer's answer, if any,
             # was discarded, as RFC 6455 requires.
             cause = exc.__cause__
+            if isinstance(cause, self._exceptions.TooManyFragments):
+                return TransportClosed(_MESSAGE_TOO_BIG, error=_too_many_fragments(cause))
             if sent.code == _MESSAGE_TOO_BIG:
                 return TransportClosed(
                     _MESSAGE_TOO_BIG,
@@ -158,6 +160,19 @@ class WebsocketsTransport:
         self._ws.transport.abort()
 
 
+def _too_many_fragments(cause: BaseException) -> BaseException:
+    """websockets' cap on fragments per message, a limit of its own next to max_size."""
+    from websockets.asyncio import messages
+
+    cause.args = (
+        f"received a message in more than {messages.MAX_FRAGMENTS} fragments, the websockets"
+        " library's limit; the connection was closed with 1009 (message too big). If such"
+        " messages are expected, raise WEBSOCKETS_MAX_FRAGMENTS in the environment or use"
+        " another engine.",
+    )
+    return cause
+
+
 def _polysocket_connection(base: type, close_timeout: float) -> Any:
     """``base`` (a websockets connection class) that does not wait for a silent peer.
 
@@ -165,11 +180,15 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
       websockets enforces close_timeout only inside close(): after the peer's close frame, or
       after the library itself failed the connection (a protocol error), a recv() would wait
       for as long as the peer keeps the socket open.
+    - A close frame in the middle of a fragmented message ends the connection normally (the
+      unfinished message is dropped), as RFC 6455 5.4 and 5.5 allow; websockets fails such
+      a connection with 1002 "incomplete fragmented message".
     - When the keepalive gets no pong within ``ping_timeout``, websockets sends a 1011 close
       frame and then waits up to close_timeout for a peer that has stopped answering; this
       drops TCP right after that close frame and flags the connection, so the transport
       reports a lost connection at once.
     """
+    from websockets.frames import Opcode
     from websockets.protocol import State
 
     class PolysocketConnection(base):  # type: ignore[valid-type, misc]
@@ -197,6 +216,14 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
                     self.loop.call_soon(self.transport.abort)
 
             protocol.fail = fail_hook
+            recv_frame = protocol.recv_frame
+
+            def recv_frame_hook(frame: Any) -> None:
+                if frame.opcode is Opcode.CLOSE:
+                    protocol.current_size = None  # drop the unfinished message, if any
+                recv_frame(frame)
+
+            protocol.recv_frame = recv_frame_hook
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)

@@ -1,8 +1,8 @@
 """Hand-made WebSocket frames, both ways: what well-behaved peers never send.
 
 ``RawClient`` completes a handshake with a server and then writes whatever frames a test
-builds; ``RawFrameServer`` answers one handshake and writes a fixed list of frames to the
-client. Both read the other side's frames and report its close frame.
+builds; ``RawServer`` answers handshakes and writes a fixed list of frames to each client.
+Both read the other side's frames and report its close frame.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 
-from polysocket_conformance.support import WAIT
+from .support import WAIT
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -121,18 +121,27 @@ class RawClient:
         self.sock.close()
 
 
-class RawFrameServer:
-    """Answers one handshake, writes ``frames`` (unmasked), then reads the client's frames."""
+class RawServer:
+    """A hand-written server: answers every handshake, writes ``frames`` (unmasked), then reads.
 
-    def __init__(self, frames: list[bytes]) -> None:
-        self.frames = frames
+    With ``answer_close`` it reads the client's frames up to its close frame, records them
+    (``close_code``, ``close_reason``, ``received``) and answers the close frame; without, it
+    reads and ignores everything and never answers (a peer that stopped talking). ``done``
+    is set when a connection has been handled.
+    """
+
+    def __init__(self, frames: list[bytes] | None = None, *, answer_close: bool = True) -> None:
+        self.frames = frames or []
+        self.answer_close = answer_close
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
+        self.handshakes = 0
         self.close_code: int | None = None
         self.close_reason = ""
         self.received: list[tuple[int, bytes]] = []
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, name="raw-ws-server", daemon=True)
         self._thread.start()
 
     @property
@@ -140,39 +149,52 @@ class RawFrameServer:
         return f"ws://127.0.0.1:{self.port}/raw"
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self._sock.accept()
-        except OSError:
-            return
-        with conn:
+        while True:
             try:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    request += chunk
-                key = ""
-                for line in request.decode("latin-1").split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "sec-websocket-key":
-                        key = value.strip()
-                accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
-                )
-                conn.sendall(b"".join(self.frames))
-                code, reason, seen = _Reader(conn).until_close()
-                self.close_code, self.close_reason, self.received = code, reason, seen
-                conn.sendall(close_frame(code or 1000, mask=False))
+                conn, _ = self._sock.accept()
             except OSError:
-                pass
-            finally:
-                self.done.set()
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            key = ""
+            for line in request.decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "sec-websocket-key":
+                    key = value.strip()
+            accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n"
+            )
+            self.handshakes += 1
+            conn.sendall(b"".join(self.frames))
+            if not self.answer_close:
+                while conn.recv(65536):
+                    pass
+                return
+            code, reason, seen = _Reader(conn).until_close()
+            self.close_code, self.close_reason, self.received = code, reason, seen
+            conn.sendall(close_frame(code or 1000, mask=False))
+            conn.close()  # a server closes the TCP connection first (RFC 6455 7.1.1)
+        except OSError:
+            pass
+        finally:
+            self.done.set()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
         self._sock.close()
         self._thread.join(WAIT)
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()

@@ -1,47 +1,37 @@
-"""Fragmented messages on both sides of an engine, in the conformance suite's spirit.
+"""SPEC 2.3, 2.8 and 4: fragmented messages, on both sides, from hand-made frames.
 
-The shared suite sends a fragmented message only from a peer to a client (``cmd:frag``).
-These add what an engine built on a frame-level library (picows) must do itself: reassemble
-fragments a client sends to the *server*, with control frames between them; count
-``max_size`` over the whole message, not one frame; check UTF-8 across fragment boundaries;
-and fail the connection for continuation frames out of place. They take the plugin's
-``engine`` fixture, so ``--polysocket-engine=NAME`` runs them against any engine.
+What an engine must do whether or not its library does it: reassemble fragments with
+control frames between them; count ``max_size`` over the whole message, not one frame;
+check UTF-8 across fragment boundaries (1007); and fail the connection with 1002 for a
+continuation frame out of place. The failing side sends its close frame first, so the peer
+learns the code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import pytest
 
 import polysocket
-import pytest
-from polysocket_conformance.server_support import ServerThread, events, write_registry
-from polysocket_conformance.support import WAIT, Recorder, require_capability
-
-from rawframes import (
+from polysocket_conformance.rawframes import (
     BINARY,
     CONTINUATION,
     PING,
     PONG,
     TEXT,
     RawClient,
-    RawFrameServer,
     close_frame,
     frame,
 )
-
-pytestmark = pytest.mark.polysocket_conformance
+from polysocket_conformance.server_support import ServerThread, events
+from polysocket_conformance.support import WAIT, Recorder
 
 SERVER_MAX_SIZE = 1024
 ECHO = "/websockets/v4/service/echo"
 
 
 @pytest.fixture
-def server(engine: str, tmp_path) -> Iterator[ServerThread]:
-    require_capability(engine, "server")
-    events.clear()
-    running = ServerThread(write_registry(tmp_path), engine, max_size=SERVER_MAX_SIZE)
-    yield running
-    running.stop()
+def server(serve_registry) -> ServerThread:
+    return serve_registry(max_size=SERVER_MAX_SIZE)
 
 
 def received_by_server() -> list[object]:
@@ -190,21 +180,8 @@ def test_client_max_size_counts_the_whole_message(engine, peer):
     recorder.assert_well_formed()
 
 
-@pytest.fixture
-def frame_server() -> Iterator[object]:
-    started: list[RawFrameServer] = []
-
-    def start(frames: list[bytes]) -> RawFrameServer:
-        started.append(RawFrameServer(frames))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
-
-
-def test_client_reassembles_fragments_around_control_frames(engine, frame_server):
-    server = frame_server(
+def test_client_reassembles_fragments_around_control_frames(engine, raw_server):
+    server = raw_server(
         [
             frame(TEXT, b"caf\xc3", fin=False, mask=False),
             frame(PING, b"ping", mask=False),
@@ -238,8 +215,8 @@ def test_client_reassembles_fragments_around_control_frames(engine, frame_server
     ],
     ids=["utf8", "utf8-in-a-fragment", "lone-continuation", "text-inside-fragments"],
 )
-def test_client_fails_a_broken_message(engine, frame_server, frames, code):
-    server = frame_server(frames)
+def test_client_fails_a_broken_message(engine, raw_server, frames, code):
+    server = raw_server(frames)
     recorder = Recorder()
     polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=2)
     assert recorder.wait_closed(), "onClose did not run after a broken message"
