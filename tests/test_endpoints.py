@@ -11,7 +11,13 @@ from polysocket import DescriptorError
 from polysocket.endpoints import scan
 from polysocket.plugins import registry
 from polysocket.server import EndpointServer
-from polysocket.transport import Accept, HttpRequest, HttpResponse, ServerOptions
+from polysocket.transport import (
+    Accept,
+    HttpRequest,
+    HttpResponse,
+    ServerOptions,
+    TransportClosed,
+)
 
 ECHO = "def onMessage(message):\n    return message\n"
 
@@ -122,3 +128,56 @@ def test_reload_picks_up_added_and_removed_descriptors(root):
     (root / "my-endpoint.websocket").unlink()
     asyncio.run(server.reload())
     assert list(server.scan.endpoints) == ["new"]
+
+
+def _memory_connection():
+    from polysocket.testing import MemoryPeer, MemoryTransport, _Pipe
+    from polysocket.transport import ClientOptions
+
+    to_server, to_client = _Pipe(), _Pipe()
+    transport = MemoryTransport(to_server, to_client, None)
+    return transport, MemoryPeer(to_client, to_server, "ws://test/", ClientOptions())
+
+
+def test_session_returns_with_the_connection_closed(root):
+    """ServerApp.session(): the engine awaits it and has nothing left to close."""
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+
+    async def scenario():
+        transport, peer = _memory_connection()
+        session = asyncio.ensure_future(
+            server.session(request("/websockets/v4/service/my-endpoint"), transport)
+        )
+        await peer.send("hi")
+        assert await asyncio.wait_for(peer.receive(), 5) == "hi"
+        await asyncio.wait_for(peer.close(4000, "bye"), 5)
+        with pytest.raises(TransportClosed) as answer:
+            await peer.receive()
+        assert answer.value.code == 4000  # the server echoed the close frame
+        await asyncio.wait_for(session, 5)
+        assert transport.closed.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_session_closes_with_1011(root, monkeypatch, caplog):
+    import polysocket.server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot start")
+
+    monkeypatch.setattr(polysocket.server, "Connection", broken)
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+
+    async def scenario():
+        transport, peer = _memory_connection()
+        session = asyncio.ensure_future(
+            server.session(request("/websockets/v4/service/my-endpoint"), transport)
+        )
+        with pytest.raises(TransportClosed) as closed:
+            await asyncio.wait_for(peer.receive(), 5)
+        assert (closed.value.code, closed.value.reason) == (1011, "session failed")
+        await asyncio.wait_for(session, 5)  # returns, does not raise
+
+    asyncio.run(scenario())
+    assert "cannot start" in caplog.text

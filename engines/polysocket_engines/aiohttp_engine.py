@@ -10,6 +10,7 @@ from typing import Any
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    FRAMING_HEADERS,
     Accept,
     ClientOptions,
     Engine,
@@ -261,7 +262,14 @@ class AiohttpEngine(Engine):
                 return web.Response(
                     status=decision.status,
                     body=decision.body,
-                    headers={"Content-Type": decision.content_type, **decision.headers},
+                    headers={
+                        "Content-Type": decision.content_type,
+                        **{
+                            name: value
+                            for name, value in decision.headers.items()
+                            if name.lower() not in FRAMING_HEADERS
+                        },
+                    },
                 )
             assert isinstance(decision, Accept)
             ws = web.WebSocketResponse(

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    FRAMING_HEADERS,
     Accept,
     ClientOptions,
     Engine,
@@ -53,7 +54,6 @@ _NO_STATUS = 1005
 _PROTOCOL_ERROR = 1002
 _INVALID_DATA = 1007
 _MESSAGE_TOO_BIG = 1009
-_INTERNAL_ERROR = 1011
 _NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
 
 _OP_TEXT = 0x1
@@ -362,8 +362,6 @@ _log = logging.getLogger(__name__)
 # frame loop waits for on_message's future); it reads again once the reader caught up.
 _QUEUE_HIGH = 256
 _QUEUE_HIGH_BYTES = 4 * 1024 * 1024
-# Framing headers belong to tornado.
-_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
 _TORNADO_MAX_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size / max_body_size
 
 
@@ -433,18 +431,8 @@ class TornadoServer:
         task.add_done_callback(self._sessions.discard)
 
     async def _session(self, request: HttpRequest, transport: TornadoTransport) -> None:
-        code = 1000
         try:
-            await self.app.session(request, transport)
-        except asyncio.CancelledError:
-            transport.abort()
-            raise
-        except Exception:
-            _log.exception("session %s failed", request.path)
-            code = _INTERNAL_ERROR
-        try:
-            # The connection lives as long as the session: close it if the core did not.
-            await transport.close(code)
+            await self.app.session(request, transport)  # closes the transport
         finally:
             self._transports.discard(transport)
 
@@ -511,7 +499,7 @@ def _handler_class() -> type:
             self.set_status(answer.status)
             self.set_header("Content-Type", answer.content_type)
             for name, value in answer.headers.items():
-                if name.lower() not in _ENGINE_HEADERS:
+                if name.lower() not in FRAMING_HEADERS:
                     self.set_header(name, value)
             if answer.status < 200 or answer.status in (204, 304):
                 self.finish()  # tornado refuses a body (even b"") for these

@@ -10,8 +10,6 @@ timeout the transport reports as a lost connection; see ``_polysocket_connection
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
@@ -276,37 +274,11 @@ def _http_request(method: str, target: str, headers: Mapping[str, str], peer: An
     )
 
 
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-# Framing headers belong to the engine: websockets answers one request per connection.
-_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding"})
-
-
 def _response(answer: HttpResponse, method: str) -> Any:
     from websockets.datastructures import Headers
     from websockets.http11 import Response
 
-    status = answer.status
-    no_body = status < 200 or status in (204, 304)
-    headers = Headers()
-    headers["Date"] = email.utils.formatdate(usegmt=True)
-    headers["Connection"] = "close"
-    if not no_body:
-        headers["Content-Length"] = str(len(answer.body))
-    headers["Content-Type"] = answer.content_type
-    for name, value in answer.headers.items():
-        if name.lower() in _ENGINE_HEADERS:
-            continue
-        if name in headers:
-            del headers[name]
-        headers[name] = value
-    body = b"" if no_body or method == "HEAD" else bytes(answer.body)
-    return Response(status, _reason(status), headers, body)
+    return Response(answer.status, answer.reason, Headers(answer.fields()), answer.payload(method))
 
 
 class WebsocketsServer:
@@ -447,7 +419,7 @@ class WebsocketsEngine(Engine):
             if connection.protocol.state is not State.OPEN or connection.polysocket_request is None:
                 return  # websockets 13 calls the handler after an HTTP answer as well
             transport = WebsocketsTransport(connection, options)
-            # On return websockets closes the connection (1000; 1011 if this raised).
+            # app.session() returns with the connection closed.
             await app.session(connection.polysocket_request, transport)
 
         sockets = bind_sockets(host, port)

@@ -50,6 +50,7 @@ SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
 RELOAD_INTERVAL = 0.5
 GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
 
 
 class ServerSession:
@@ -189,6 +190,19 @@ class EndpointServer:
         return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
 
     async def session(self, request: HttpRequest, transport: Transport) -> None:
+        # The contract: when this returns, the connection is closed; engines only await it.
+        try:
+            await self._run_session(request, transport)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception:
+            log.exception("session on %s failed", request.path)
+            await transport.close(INTERNAL_ERROR, "session failed")
+        else:
+            await transport.close()  # already closed unless the connection never started
+
+    async def _run_session(self, request: HttpRequest, transport: Transport) -> None:
         name = request.path[len(page.SERVICE_PATH) :]
         endpoint = self.scan.endpoints.get(name)
         if endpoint is None:  # removed between the handshake and now

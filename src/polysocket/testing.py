@@ -49,6 +49,7 @@ class _End:
         self._out = outbound
         self._max_size = max_size
         self._close_sent: _Close | None = None
+        self._receiving = False
         self.closed = asyncio.Event()
 
     async def send(self, message: Message) -> None:
@@ -60,7 +61,11 @@ class _End:
     async def receive(self) -> Message:
         if self._in.ended is not None:
             raise TransportClosed(self._in.ended.code, self._in.ended.reason)
-        item = await self._in.queue.get()
+        self._receiving = True
+        try:
+            item = await self._in.queue.get()
+        finally:
+            self._receiving = False
         if isinstance(item, _Close):
             self._in.ended = item
             if self._close_sent is None and item.code is not None:
@@ -81,6 +86,10 @@ class _End:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._close_sent is None and self._in.ended is None:
             self._send_close(code, reason)
+        if not self._receiving:  # nobody reads: read up to the answer ourselves
+            with contextlib.suppress(TransportClosed):
+                while not self.closed.is_set():
+                    await self.receive()
         await self.closed.wait()
 
     def abort(self) -> None:

@@ -32,6 +32,8 @@ Rules every ``Transport`` follows (the conformance suite checks each):
 
 from __future__ import annotations
 
+import email.utils
+import http
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -39,6 +41,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 __all__ = [
     "CAPABILITY_OF_OPTION",
     "DEFAULT_MAX_SIZE",
+    "FRAMING_HEADERS",
     "Accept",
     "ClientOptions",
     "ConnectionOptions",
@@ -176,14 +179,61 @@ class HttpRequest:
     subprotocols: tuple[str, ...] = ()
 
 
+#: Header names that belong to the engine's HTTP framing: an answer's own values are ignored.
+FRAMING_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "date"})
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 @dataclass(frozen=True)
 class HttpResponse:
-    """A plain HTTP answer: a page, a JSON document, or a refusal (404, 426...)."""
+    """A plain HTTP answer: a page, a JSON document, or a refusal (404, 426...).
+
+    An engine whose library writes HTTP answers itself sets ``status``, ``content_type`` and
+    ``headers`` on it (leaving out :data:`FRAMING_HEADERS`); one that writes the bytes
+    itself sends :attr:`reason`, :meth:`fields` and :meth:`payload`.
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """The status line's reason phrase (``"Unknown"`` for a status HTTP does not name)."""
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return "Unknown"
+
+    def fields(self) -> list[tuple[str, str]]:
+        """Every header field to send, framing included: ``Date``, ``Content-Type``, the
+        answer's own headers, ``Content-Length`` (not for 1xx, 204, 304) and ``Connection:
+        close``. Raises ``ValueError`` for a name that is not an HTTP token or a value with a
+        line break (a header injection)."""
+        chosen: dict[str, tuple[str, str]] = {}
+
+        def put(name: str, value: str) -> None:
+            if not name or not set(name) <= _TOKEN or "\r" in value or "\n" in value:
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            chosen[name.lower()] = (name, value)
+
+        put("Date", email.utils.formatdate(usegmt=True))
+        put("Content-Type", self.content_type)
+        for name, value in self.headers.items():
+            if name.lower() not in FRAMING_HEADERS:
+                put(name, value)
+        if self._may_have_body():
+            put("Content-Length", str(len(self.body)))
+        put("Connection", "close")
+        return list(chosen.values())
+
+    def payload(self, method: str) -> bytes:
+        """The body to send: none in answer to HEAD, nor for 1xx, 204 and 304."""
+        return bytes(self.body) if self._may_have_body() and method != "HEAD" else b""
+
+    def _may_have_body(self) -> bool:
+        return self.status >= 200 and self.status not in (204, 304)
 
 
 @dataclass(frozen=True)
@@ -201,7 +251,12 @@ class ServerApp(Protocol):
         ...
 
     async def session(self, request: HttpRequest, transport: Transport) -> None:
-        """Run one accepted WebSocket session; returns once the connection has ended."""
+        """Run one accepted WebSocket session; returns once the connection has ended.
+
+        The transport is closed by then (1011 if the session failed), or aborted if this is
+        cancelled: the engine awaits it and has nothing left to close. It never raises but
+        ``CancelledError``.
+        """
         ...
 
 

@@ -21,8 +21,6 @@ the transport's listener), writes the 101 and reads the frames that follow.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -48,7 +46,6 @@ from ._transport import PicowsTransport, frame_limit
 _log = logging.getLogger("polysocket_picows.server")
 _picows_log = logging.getLogger("picows.server")
 
-_INTERNAL_ERROR = 1011
 
 #: picows refuses an upgrade request whose head reaches 16 KiB; so does the front.
 MAX_HEAD = 16 * 1024 - 1
@@ -58,7 +55,6 @@ MAX_BODY = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
 
 # Framing headers belong to the engine.
-_ENGINE_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "date"})
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -132,36 +128,13 @@ def _tokens_keep_case(value: str) -> list[str]:
     return [t.strip() for t in value.split(",") if t.strip()]
 
 
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
 def render_response(answer: HttpResponse, method: str) -> bytes:
-    status = answer.status
-    no_body = status < 200 or status in (204, 304)
-    headers: dict[str, tuple[str, str]] = {}
-
-    def put(name: str, value: str) -> None:
-        if any(c in value for c in "\r\n") or not set(name) <= _TOKEN:
-            raise ValueError(f"invalid response header {name!r}: {value!r}")
-        headers[name.lower()] = (name, value)
-
-    put("Date", email.utils.formatdate(usegmt=True))
-    put("Server", "polysocket-picows")
-    put("Content-Type", answer.content_type)
-    for name, value in answer.headers.items():
-        if name.lower() not in _ENGINE_HEADERS:
-            put(name, value)
-    if not no_body:
-        put("Content-Length", str(len(answer.body)))
-    put("Connection", "close")
-    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
-    lines += [f"{name}: {value}" for name, value in headers.values()]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if no_body or method == "HEAD" else head + bytes(answer.body)
+    fields = answer.fields()
+    if not any(name.lower() == "server" for name, _ in fields):
+        fields.insert(1, ("Server", "polysocket-picows"))
+    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+    lines += [f"{name}: {value}" for name, value in fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.payload(method)
 
 
 def picows_head(method: str, target: str, version: str, fields: list[tuple[str, str]]) -> bytes:
@@ -386,18 +359,8 @@ class PicowsServer:
         task.add_done_callback(self.sessions.discard)
 
     async def _session(self, request: HttpRequest, transport: PicowsTransport) -> None:
-        code = 1000
         try:
-            await self.app.session(request, transport)
-        except asyncio.CancelledError:
-            transport.abort()
-            raise
-        except Exception:
-            _log.exception("session %s failed", request.path)
-            code = _INTERNAL_ERROR
-        try:
-            # The connection lives as long as the session: close it if the core did not.
-            await transport.close(code)
+            await self.app.session(request, transport)  # closes the transport
         finally:
             self.transports.discard(transport)
 
