@@ -266,6 +266,19 @@ def test_send_wrong_type(engine, peer, bad):
     assert recorder.names == ["onopen", "onmessage", "onclose"]
 
 
+def test_send_text_with_a_lone_surrogate(engine, peer):
+    """A str UTF-8 cannot carry is refused by send(), and nothing is lost."""
+    recorder = Recorder()
+    client = polysocket.createWebsocket(peer.uri, recorder, engine)
+    with pytest.raises(ValueError, match="surrogate"):
+        client.send("caf\udce9")  # what bytes.decode(errors="surrogateescape") leaves
+    client.send("still works ✓")
+    assert recorder.wait_message(lambda m: m == "still works ✓"), "the connection broke"
+    client.close()
+    assert recorder.wait_closed()
+    assert recorder.names == ["onopen", "onmessage", "onclose"]
+
+
 @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
 def test_close_with_invalid_code(engine, peer, code):
     recorder = Recorder()

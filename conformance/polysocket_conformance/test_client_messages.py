@@ -6,6 +6,8 @@ import os
 import threading
 from collections import defaultdict
 
+import pytest
+
 import polysocket
 from polysocket_conformance.support import WAIT, Recorder
 
@@ -74,11 +76,14 @@ def test_burst_arrives_complete_and_in_order(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_fragmented_message_arrives_whole(engine, peer):
+@pytest.mark.parametrize("fragments", [50, 10000])
+def test_fragmented_message_arrives_whole(engine, peer, fragments):
+    """Whatever the number of fragments: max_size is the one limit (websockets' assembler
+    alone would stop at 4096)."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
-    client.send("cmd:frag:50")
-    assert recorder.wait_messages(1) == ["".join(f"{i};" for i in range(50))]
+    client.send(f"cmd:frag:{fragments}")
+    assert recorder.wait_messages(1) == ["".join(f"{i};" for i in range(fragments))]
     client.close()
     assert recorder.wait_closed()
     recorder.assert_well_formed()

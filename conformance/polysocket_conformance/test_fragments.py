@@ -53,6 +53,22 @@ def test_fragmented_messages_reach_the_server_whole(server):
     assert received_by_server() == ["fragmented ✓", b"\x00\x01\xff"]
 
 
+def test_ten_thousand_fragments_reach_the_server_as_one_message(server):
+    client = RawClient(server.port, ECHO)
+    try:
+        client.send(
+            frame(TEXT, b"", fin=False),
+            *[frame(CONTINUATION, b"", fin=False)] * 9998,
+            frame(CONTINUATION, "✓".encode()),
+        )
+        assert client.recv_frame() == (TEXT, True, "✓".encode())
+        client.send(close_frame(1000))
+        assert client.until_close()[0] == 1000
+    finally:
+        client.close()
+    assert received_by_server() == ["✓"]
+
+
 def test_control_frames_between_fragments(server):
     client = RawClient(server.port, ECHO)
     try:

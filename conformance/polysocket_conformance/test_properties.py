@@ -26,7 +26,7 @@ def onMessage(message):
 
 KIB = 1024
 #: Sizes up to 256 KiB without asking hypothesis to draw a quarter-million characters.
-long_text = st.builds(lambda c, n: c * n, st.characters(), st.integers(0, 256 * KIB))
+long_text = st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(0, 256 * KIB))
 long_binary = st.builds(
     lambda b, n: b * n, st.binary(min_size=1, max_size=4), st.integers(0, 64 * KIB)
 )

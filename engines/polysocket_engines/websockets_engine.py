@@ -107,8 +107,6 @@ class WebsocketsTransport:
             # over max_size, invalid UTF-8, a protocol violation). The peer's answer, if any,
             # was discarded, as RFC 6455 requires.
             cause = exc.__cause__
-            if isinstance(cause, self._exceptions.TooManyFragments):
-                return TransportClosed(_MESSAGE_TOO_BIG, error=_too_many_fragments(cause))
             if sent.code == _MESSAGE_TOO_BIG:
                 return TransportClosed(
                     _MESSAGE_TOO_BIG,
@@ -158,19 +156,6 @@ class WebsocketsTransport:
         self._ws.transport.abort()
 
 
-def _too_many_fragments(cause: BaseException) -> BaseException:
-    """websockets' cap on fragments per message, a limit of its own next to max_size."""
-    from websockets.asyncio import messages
-
-    cause.args = (
-        f"received a message in more than {messages.MAX_FRAGMENTS} fragments, the websockets"
-        " library's limit; the connection was closed with 1009 (message too big). If such"
-        " messages are expected, raise WEBSOCKETS_MAX_FRAGMENTS in the environment or use"
-        " another engine.",
-    )
-    return cause
-
-
 def _polysocket_connection(base: type, close_timeout: float) -> Any:
     """``base`` (a websockets connection class) that does not wait for a silent peer.
 
@@ -181,17 +166,41 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
     - A close frame in the middle of a fragmented message ends the connection normally (the
       unfinished message is dropped), as RFC 6455 5.4 and 5.5 allow; websockets fails such
       a connection with 1002 "incomplete fragmented message".
+    - A fragmented message reaches websockets' message assembler as one frame: the assembler
+      caps a message at 4096 frames (``MAX_FRAGMENTS``), a limit next to max_size that no
+      other engine has and only an environment variable changes; the protocol layer already
+      bounds the whole message by max_size.
     - When the keepalive gets no pong within ``ping_timeout``, websockets sends a 1011 close
       frame and then waits up to close_timeout for a peer that has stopped answering; this
       drops TCP right after that close frame and flags the connection, so the transport
       reports a lost connection at once.
     """
-    from websockets.frames import Opcode
+    from websockets.frames import DATA_OPCODES, Frame, Opcode
     from websockets.protocol import State
 
     class PolysocketConnection(base):  # type: ignore[valid-type, misc]
         polysocket_deadline: asyncio.TimerHandle | None = None
         polysocket_keepalive_failed = False
+        # The message being reassembled: its first frame's opcode and its fragments' data.
+        polysocket_opcode: Any = None
+        polysocket_fragments: list[bytes] | None = None
+
+        def process_event(self, event: Any) -> None:
+            # The protocol has checked the order of the fragments (and decompressed them).
+            if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+                if event.opcode is Opcode.CONT:
+                    fragments = self.polysocket_fragments
+                    assert fragments is not None
+                    fragments.append(event.data)
+                    if not event.fin:
+                        return
+                    self.polysocket_fragments = None
+                    event = Frame(self.polysocket_opcode, b"".join(fragments))
+                elif not event.fin:
+                    self.polysocket_opcode = event.opcode
+                    self.polysocket_fragments = [event.data]
+                    return
+            super().process_event(event)
 
         def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(protocol, *args, **kwargs)
@@ -219,6 +228,7 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
             def recv_frame_hook(frame: Any) -> None:
                 if frame.opcode is Opcode.CLOSE:
                     protocol.current_size = None  # drop the unfinished message, if any
+                    self.polysocket_fragments = None
                 recv_frame(frame)
 
             protocol.recv_frame = recv_frame_hook

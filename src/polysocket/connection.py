@@ -34,7 +34,20 @@ ABNORMAL_CLOSURE = 1006
 
 
 def check_message(message: Any) -> str | bytes:
-    if isinstance(message, str | bytes):
+    if isinstance(message, str):
+        # isascii() is O(1) in CPython; only other text pays for the check, which is what
+        # the engine's own UTF-8 encoding would find later, after the connection is lost.
+        if not message.isascii():
+            try:
+                message.encode()
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"send() got text that cannot be sent: {exc.reason} at position"
+                    f" {exc.start} ({message[exc.start]!r}); a text message travels as UTF-8,"
+                    " so fix the text (it usually comes from a lossy decode) or send bytes"
+                ) from None
+        return message
+    if isinstance(message, bytes):
         return message
     if isinstance(message, bytearray | memoryview):
         return bytes(message)
