@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+from typing import Any
 
 from .support import WAIT
 
@@ -83,10 +84,13 @@ class _Reader:
 
 
 class RawClient:
-    """A client socket past the opening handshake, for frames no library would send."""
+    """A client socket past the opening handshake, for frames no library would send
+    (over TLS with ``ssl``, a client context that trusts the server)."""
 
-    def __init__(self, port: int, path: str) -> None:
+    def __init__(self, port: int, path: str, ssl: Any = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        if ssl is not None:
+            self.sock = ssl.wrap_socket(self.sock, server_hostname="127.0.0.1")
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (

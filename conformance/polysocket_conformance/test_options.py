@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,8 @@ import pytest
 
 import polysocket
 
-from .rawframes import RawServer
-from .server_support import ServerThread, events, write_registry
+from .rawframes import RawClient, RawServer, close_frame
+from .server_support import events
 from .support import WAIT, Recorder, require_capability
 
 
@@ -78,23 +79,6 @@ def raw_server_with() -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture
-def serve_registry(tmp_path) -> Iterator[Any]:
-    started: list[ServerThread] = []
-
-    def start(engine: str, **options: Any) -> ServerThread:
-        require_capability(engine, "server")
-        events.clear()
-        started.append(
-            ServerThread(write_registry(tmp_path / str(len(started))), engine, **options)
-        )
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def echo_once(uri: str, engine: str, message: Any = "hello", **options: Any) -> Any:
     recorder = Recorder()
     client = polysocket.createWebsocket(uri, recorder, engine, **options)
@@ -124,7 +108,7 @@ def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
 def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     require_capability(engine, "tls")
     server_context, client_context = tls
-    server = serve_registry(engine, ssl=server_context)
+    server = serve_registry(ssl=server_context)
     from websockets.sync.client import connect
 
     uri = f"wss://127.0.0.1:{server.port}/websockets/v4/service/echo"
@@ -136,12 +120,29 @@ def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     )
 
 
+def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
+    """Over TLS (no half-close), failing the connection still ends it within close_timeout."""
+    require_capability(engine, "tls")
+    server_context, client_context = tls
+    server = serve_registry(ssl=server_context, close_timeout=2)
+    client = RawClient(server.port, "/websockets/v4/service/echo", ssl=client_context)
+    started = time.monotonic()
+    try:
+        client.send(close_frame(5000))
+        answer, _, _ = client.until_close()
+    finally:
+        client.close()
+    assert answer == 1002
+    assert events.wait("onclose", "echo").close_code == 1002
+    assert time.monotonic() - started < 2, "the failed connection lingered"
+
+
 # -- subprotocols -------------------------------------------------------------------------
 
 
 def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
     require_capability(engine, "subprotocols")
-    server = serve_registry(engine, subprotocols=["chat", "superchat"])
+    server = serve_registry(subprotocols=["chat", "superchat"])
     from websockets.sync.client import connect
 
     uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
@@ -177,7 +178,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
     from websockets.sync.client import connect
 
     for compression in ("deflate", None):
-        server = serve_registry(engine, compression=compression)
+        server = serve_registry(compression=compression)
         uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
         with connect(uri, compression="deflate") as ws:
             accepted = ws.response.headers.get("Sec-WebSocket-Extensions", "")
@@ -219,7 +220,7 @@ def test_keepalive_keeps_a_live_connection_open(engine, peer):
 
 def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
     require_capability(engine, "keepalive")
-    server = serve_registry(engine, ping_interval=0.2, ping_timeout=0.3)
+    server = serve_registry(ping_interval=0.2, ping_timeout=0.3)
     key = base64.b64encode(os.urandom(16)).decode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as raw:
         raw.sendall(

@@ -142,13 +142,18 @@ class TornadoTransport:
                 return
             self._discarding = True
             stream = proto.stream
-            half_close = not isinstance(stream, self._ssl_stream)  # TLS cannot half-close
+            flushed = False
 
             async def discard() -> None:
-                nonlocal half_close
-                if half_close:
-                    half_close = False
+                nonlocal flushed
+                if not flushed:
+                    flushed = True
                     await stream.write(b"")  # resolves once the close frame is out
+                    if isinstance(stream, self._ssl_stream):
+                        # TLS cannot half-close, and waiting for a peer that waits for us
+                        # would only end at the timer: close now, as tornado does.
+                        stream.close()
+                        return
                     stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
                 await stream.read_bytes(65536, partial=True)  # EOF ends the frame loop
 
