@@ -8,6 +8,12 @@ leave no trace, and ``close()`` is fire-and-forget. This engine watches three po
 connection's protocol object (its ``close``, its ``_abort`` and the end of its frame loop) to
 tell those cases apart and to let ``close()`` wait for the end of the closing handshake.
 
+Tornado is also lenient where RFC 6455 is not: it echoes any received close code, and when a
+peer breaks the protocol (bad UTF-8, a fragment out of place, a reserved opcode) it drops the
+TCP connection without a close frame. The hooks on ``_handle_message`` and ``_abort`` fail
+such connections the way the other engines do: the close frame (1002, 1007 for UTF-8) first,
+then no more frames are read and the connection ends at the peer's EOF.
+
 The server side reuses the same transport: the request handler offers the few members of the
 client connection that the transport uses (``protocol``, ``read_message``, ``read_queue``,
 ``write_message``, ``close``, ``selected_subprotocol``, ``on_ws_connection_close``), and the

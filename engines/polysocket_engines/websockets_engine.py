@@ -224,10 +224,12 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
 
             protocol.fail = fail_hook
             recv_frame = protocol.recv_frame
+            # The size of the message being received; None between messages (< 15: cur_size).
+            size = "current_size" if hasattr(protocol, "current_size") else "cur_size"
 
             def recv_frame_hook(frame: Any) -> None:
                 if frame.opcode is Opcode.CLOSE:
-                    protocol.current_size = None  # drop the unfinished message, if any
+                    setattr(protocol, size, None)  # drop the unfinished message, if any
                     self.polysocket_fragments = None
                 recv_frame(frame)
 
