@@ -132,8 +132,9 @@ async def main() -> None:
         compression=None,
         ping_interval=None,
         # No read pausing: with it, websockets stops reading while many messages are queued
-        # and only notices the client's TCP close after close_timeout (10 s).
-        max_queue=None,
+        # and only notices the client's TCP close after close_timeout (10 s). (None means
+        # the same from websockets 15 on; 14 takes only a number.)
+        max_queue=1 << 30,
         process_request=process_request,
         select_subprotocol=select_subprotocol,
     ) as server:
