@@ -175,8 +175,11 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
       drops TCP right after that close frame and flags the connection, so the transport
       reports a lost connection at once.
     """
-    from websockets.frames import DATA_OPCODES, Frame, Opcode
+    from websockets.frames import Frame, Opcode
     from websockets.protocol import State
+
+    continuation = Opcode.CONT
+    base_process_event = base.process_event
 
     class PolysocketConnection(base):  # type: ignore[valid-type, misc]
         polysocket_deadline: asyncio.TimerHandle | None = None
@@ -186,9 +189,11 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
         polysocket_fragments: list[bytes] | None = None
 
         def process_event(self, event: Any) -> None:
-            # The protocol has checked the order of the fragments (and decompressed them).
-            if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
-                if event.opcode is Opcode.CONT:
+            # Runs for every frame: kept to two checks for an unfragmented message. The
+            # protocol has checked the order of the fragments (and decompressed them), and
+            # control frames are never fragmented.
+            if event.__class__ is Frame:
+                if event.opcode is continuation:
                     fragments = self.polysocket_fragments
                     assert fragments is not None
                     fragments.append(event.data)
@@ -200,7 +205,7 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
                     self.polysocket_opcode = event.opcode
                     self.polysocket_fragments = [event.data]
                     return
-            super().process_event(event)
+            base_process_event(self, event)
 
         def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(protocol, *args, **kwargs)
