@@ -35,8 +35,8 @@ ABNORMAL_CLOSURE = 1006
 
 def check_message(message: Any) -> str | bytes:
     if isinstance(message, str):
-        # isascii() is O(1) in CPython; only other text pays for the check, which is what
-        # the engine's own UTF-8 encoding would find later, after the connection is lost.
+        # isascii() is O(1) in CPython, so only non-ASCII text pays for this. Without it the
+        # engine's own UTF-8 encoding fails later, in the writer, and the connection is lost.
         if not message.isascii():
             try:
                 message.encode()
