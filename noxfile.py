@@ -57,12 +57,8 @@ def _install_node_peer(session: nox.Session) -> None:
     session.run("npm", "ci", "--silent", "--prefix", str(PEERS), external=True)
 
 
-@nox.session
-@nox.parametrize("engine", ENGINES)
-def conformance(session: nox.Session, engine: str) -> None:
-    """The conformance suite, installed as a pytest plugin, against one engine."""
-    session.install("-e", ".[dev]")
-    _install_node_peer(session)
+def _run_suite(session: nox.Session, engine: str) -> None:
+    """The conformance suite (the installed pytest plugin) against one engine, interop aside."""
     session.run(
         "pytest",
         "--pyargs",
@@ -75,20 +71,21 @@ def conformance(session: nox.Session, engine: str) -> None:
 
 
 @nox.session
+@nox.parametrize("engine", ENGINES)
+def conformance(session: nox.Session, engine: str) -> None:
+    """The conformance suite, installed as a pytest plugin, against one engine."""
+    _install(session, engine)
+    _install_node_peer(session)
+    _run_suite(session, engine)
+
+
+@nox.session
 def conformance_picows(session: nox.Session) -> None:
     """The suite against the third-party picows engine, installed through its entry point
     like any outside package, then the engine's own tests."""
     _install(session, *DISTRIBUTIONS)
     _install_node_peer(session)
-    session.run(
-        "pytest",
-        "--pyargs",
-        "polysocket_conformance",
-        "--polysocket-engine=picows",
-        "-m",
-        "not polysocket_interop",
-        *session.posargs,
-    )
+    _run_suite(session, "picows")
     session.run("pytest", f"{PICOWS}/tests", "--polysocket-engine=picows", *session.posargs)
 
 
@@ -116,15 +113,7 @@ def minimums(session: nox.Session) -> None:
     session.install(*MINIMUMS)
     _install_node_peer(session)
     for engine in ENGINES:
-        session.run(
-            "pytest",
-            "--pyargs",
-            "polysocket_conformance",
-            f"--polysocket-engine={engine}",
-            "-m",
-            "not polysocket_interop",
-            *session.posargs,
-        )
+        _run_suite(session, engine)
 
 
 @nox.session
