@@ -42,6 +42,7 @@ __all__ = [
     "CAPABILITY_OF_OPTION",
     "DEFAULT_MAX_SIZE",
     "FRAMING_HEADERS",
+    "TOKEN_CHARS",
     "Accept",
     "ClientOptions",
     "ConnectionOptions",
@@ -181,7 +182,10 @@ class HttpRequest:
 
 #: Header names that belong to the engine's HTTP framing: an answer's own values are ignored.
 FRAMING_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "date"})
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+#: The characters of an HTTP token (RFC 9110 5.6.2): methods and header names.
+TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,7 @@ class HttpResponse:
         chosen: dict[str, tuple[str, str]] = {}
 
         def put(name: str, value: str) -> None:
-            if not name or not set(name) <= _TOKEN or "\r" in value or "\n" in value:
+            if not name or not set(name) <= TOKEN_CHARS or "\r" in value or "\n" in value:
                 raise ValueError(f"invalid response header {name!r}: {value!r}")
             chosen[name.lower()] = (name, value)
 

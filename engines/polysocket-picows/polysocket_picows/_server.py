@@ -34,6 +34,7 @@ from picows import (
 from picows.picows import WSProtocol
 from polysocket.sockets import bind_sockets
 from polysocket.transport import (
+    TOKEN_CHARS,
     Accept,
     HttpRequest,
     HttpResponse,
@@ -46,16 +47,12 @@ from ._transport import PicowsTransport, frame_limit
 _log = logging.getLogger("polysocket_picows.server")
 _picows_log = logging.getLogger("picows.server")
 
-
 #: picows refuses an upgrade request whose head reaches 16 KiB; so does the front.
 MAX_HEAD = 16 * 1024 - 1
 #: Bodies the front reads (and discards: ``HttpRequest`` has none) before answering.
 MAX_BODY = 1024 * 1024
 #: Time a client gets to send its request.
 REQUEST_TIMEOUT = 10.0
-
-# Framing headers belong to the engine.
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class BadRequest(Exception):
@@ -90,14 +87,14 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
         method, target, version = lines[0].split(" ")
     except ValueError:
         raise BadRequest(400, "malformed request line") from None
-    if not method or not set(method) <= _TOKEN or not target:
+    if not method or not set(method) <= TOKEN_CHARS or not target:
         raise BadRequest(400, "malformed request line")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise BadRequest(505, f"{version} is not served here; use HTTP/1.1")
     fields: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or not set(name) <= _TOKEN:
+        if not colon or not name or not set(name) <= TOKEN_CHARS:
             raise BadRequest(400, "malformed header field")
         value = value.strip(" \t")
         if any(c in value for c in "\r\n\x00"):
