@@ -124,6 +124,12 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class RawServer:
     """A hand-written server: answers every handshake, writes ``frames`` (unmasked), then reads.

@@ -25,24 +25,18 @@ def server(serve_registry) -> ServerThread:
 
 @pytest.mark.parametrize("code", INVALID_CODES)
 def test_server_fails_an_invalid_close_code_with_1002(server, code):
-    client = RawClient(server.port, "/websockets/v4/service/echo")
-    try:
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
         client.send(frame(CLOSE, struct.pack("!H", code)))
         answer, _, _ = client.until_close()
-    finally:
-        client.close()
     assert answer == 1002
     assert events.wait("onclose", "echo").close_code == 1002
 
 
 @pytest.mark.parametrize(("sent", "seen"), [(4321, 4321), (None, 1005)], ids=["code", "empty"])
 def test_server_echoes_a_valid_close_frame(server, sent, seen):
-    client = RawClient(server.port, "/websockets/v4/service/echo")
-    try:
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
         client.send(close_frame(sent, "bye") if sent else frame(CLOSE))
         answer, _, _ = client.until_close()
-    finally:
-        client.close()
     # RFC 6455 5.5.1: the answer "typically echoes" the code; to an empty close frame, an
     # empty one or 1000 (aiohttp cannot send an empty close frame).
     assert answer in ((sent,) if sent else (None, 1000))

@@ -54,8 +54,7 @@ def test_fragmented_messages_reach_the_server_whole(server):
 
 
 def test_ten_thousand_fragments_reach_the_server_as_one_message(server):
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         client.send(
             frame(TEXT, b"", fin=False),
             *[frame(CONTINUATION, b"", fin=False)] * 9998,
@@ -64,14 +63,11 @@ def test_ten_thousand_fragments_reach_the_server_as_one_message(server):
         assert client.recv_frame() == (TEXT, True, "✓".encode())
         client.send(close_frame(1000))
         assert client.until_close()[0] == 1000
-    finally:
-        client.close()
     assert received_by_server() == ["✓"]
 
 
 def test_control_frames_between_fragments(server):
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         assert client.status_line.startswith("HTTP/1.1 101")
         client.send(
             frame(TEXT, b"a", fin=False),
@@ -89,33 +85,25 @@ def test_control_frames_between_fragments(server):
         client.send(close_frame(1000, "done"))
         code, _, _ = client.until_close()
         assert code == 1000
-    finally:
-        client.close()
     assert events.wait("onclose", "echo").close_code == 1000
     assert received_by_server() == ["abc", b"\x01\x02"]
 
 
 def test_character_split_across_fragments_is_accepted(server):
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         # "é" is C3 A9: each fragment alone is not valid UTF-8, the message is.
         client.send(frame(TEXT, b"caf\xc3", fin=False), frame(CONTINUATION, b"\xa9"))
         assert client.recv_frame() == (TEXT, True, "café".encode())
         client.send(close_frame(1000))
         assert client.until_close()[0] == 1000
-    finally:
-        client.close()
     assert received_by_server() == ["café"]
 
 
 def test_server_max_size_counts_the_whole_message(server):
     """Two 600-byte fragments: each under max_size=1024, the message over it: 1009."""
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         client.send(frame(BINARY, b"x" * 600, fin=False), frame(CONTINUATION, b"y" * 600))
         code, _, seen = client.until_close()
-    finally:
-        client.close()
     assert code == 1009
     assert seen == []
     error = events.wait("onerror", "echo")
@@ -125,15 +113,12 @@ def test_server_max_size_counts_the_whole_message(server):
 
 
 def test_server_message_at_max_size_in_fragments_is_accepted(server):
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         half = SERVER_MAX_SIZE // 2
         client.send(frame(BINARY, b"x" * half, fin=False), frame(CONTINUATION, b"y" * half))
         assert client.recv_frame() == (BINARY, True, b"x" * half + b"y" * half)
         client.send(close_frame(1000))
         assert client.until_close()[0] == 1000
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize(
@@ -157,12 +142,9 @@ def test_server_message_at_max_size_in_fragments_is_accepted(server):
 )
 def test_server_fails_a_broken_message(server, frames, code):
     """Invalid UTF-8 -> 1007, a continuation frame out of place -> 1002, on the wire too."""
-    client = RawClient(server.port, ECHO)
-    try:
+    with RawClient(server.port, ECHO) as client:
         client.send(*frames)
         answer, _, seen = client.until_close()
-    finally:
-        client.close()
     assert answer == code
     assert seen == []
     assert events.wait("onclose", "echo").close_code == code

@@ -125,13 +125,10 @@ def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
     require_capability(engine, "tls")
     server_context, client_context = tls
     server = serve_registry(ssl=server_context, close_timeout=2)
-    client = RawClient(server.port, "/websockets/v4/service/echo", ssl=client_context)
     started = time.monotonic()
-    try:
+    with RawClient(server.port, "/websockets/v4/service/echo", ssl=client_context) as client:
         client.send(close_frame(5000))
         answer, _, _ = client.until_close()
-    finally:
-        client.close()
     assert answer == 1002
     assert events.wait("onclose", "echo").close_code == 1002
     assert time.monotonic() - started < 2, "the failed connection lingered"
