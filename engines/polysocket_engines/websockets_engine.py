@@ -178,7 +178,7 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
     from websockets.frames import Frame, Opcode
     from websockets.protocol import State
 
-    continuation = Opcode.CONT
+    continuation, close_frame = Opcode.CONT, Opcode.CLOSE  # looked up once: per-frame code
     base_process_event = base.process_event
 
     class PolysocketConnection(base):  # type: ignore[valid-type, misc]
@@ -233,7 +233,7 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
             size = "current_size" if hasattr(protocol, "current_size") else "cur_size"
 
             def recv_frame_hook(frame: Any) -> None:
-                if frame.opcode is Opcode.CLOSE:
+                if frame.opcode is close_frame:
                     setattr(protocol, size, None)  # drop the unfinished message, if any
                     self.polysocket_fragments = None
                 recv_frame(frame)
