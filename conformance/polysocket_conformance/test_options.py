@@ -19,7 +19,7 @@ import polysocket
 
 from .rawframes import RawClient, RawServer, close_frame
 from .server_support import events
-from .support import WAIT, Recorder, require_capability
+from .support import WAIT, Recorder, require_capability, run_async
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +109,18 @@ def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     require_capability(engine, "tls")
     server_context, client_context = tls
     server = serve_registry(ssl=server_context)
-    from websockets.sync.client import connect
-
     uri = f"wss://127.0.0.1:{server.port}/websockets/v4/service/echo"
-    with connect(uri, ssl=client_context) as ws:
-        ws.send("raw client over TLS")
-        assert ws.recv(timeout=WAIT) == "raw client over TLS"
+
+    async def raw_client_echo() -> Any:
+        # websockets' asyncio client: its threading one (14.x-16.x) stalls in about one TLS
+        # handshake in 25, against any server.
+        from websockets.asyncio.client import connect
+
+        async with connect(uri, ssl=client_context) as ws:
+            await ws.send("raw client over TLS")
+            return await ws.recv()
+
+    assert run_async(raw_client_echo(), WAIT) == "raw client over TLS"
     assert echo_once(uri, engine, "polysocket over TLS", ssl=client_context) == (
         "polysocket over TLS"
     )
