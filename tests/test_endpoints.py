@@ -97,7 +97,7 @@ def test_routing_decisions(root):
     server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), ["chat"], False)
 
     def route(*args, **kwargs):
-        return asyncio.run(server.route(request(*args, **kwargs)))
+        return server.route(request(*args, **kwargs))
 
     assert route("/websockets/v4/service/my-endpoint") == Accept(None)
     assert route("/websockets/v4/service/my-endpoint", subprotocols=("x", "chat")) == Accept("chat")

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
+from polysocket.enginekit import CloseCode, answer_headers, http_request, valid_close_code
 from polysocket.transport import (
-    FRAMING_HEADERS,
     Accept,
     ClientOptions,
     Engine,
@@ -22,12 +22,7 @@ from polysocket.transport import (
     ServerApp,
     ServerOptions,
     TransportClosed,
-    valid_close_code,
 )
-
-_PROTOCOL_ERROR = 1002
-_MESSAGE_TOO_BIG = 1009
-_ABNORMAL = 1006
 
 
 def _limit(max_size: int | None) -> int:
@@ -75,9 +70,10 @@ def _at_eof(tcp: Any) -> bool:
 
 class AiohttpTransport:
     """aiohttp with ``autoclose=False``: aiohttp's own ``close()`` discards messages that
-    arrive between our close frame and the peer's, so this transport runs the closing
-    handshake itself and keeps delivering those messages. The same class serves both sides:
-    ``drop`` closes the TCP connection, ``release`` frees what the connection held."""
+    arrive between our close frame and the peer's, so ``close()`` only sends the close frame
+    and ``receive()`` keeps delivering those messages up to the peer's answer. The same class
+    serves both sides: ``drop`` closes the TCP connection, ``release`` frees what the
+    connection held."""
 
     def __init__(
         self,
@@ -94,23 +90,17 @@ class AiohttpTransport:
         self._release = release
         self._release_task: asyncio.Future[None] | None = None
         self._max_size = options.max_size
-        self._close_timeout = options.close_timeout
         self._keepalive_timeout = options.keepalive_timeout
         if options.ping_interval is not None:
             # aiohttp waits heartbeat/2 for the pong and has no public setting for it
             ws._pong_heartbeat = options.keepalive_timeout
         self._close_sent = False
-        self._receiving = False
-        self._ended: TransportClosed | None = None
-        self._ended_event = asyncio.Event()
         # the client response calls it ``protocol``, the server one ``ws_protocol``
         self.subprotocol: str | None = getattr(ws, "protocol", None) or getattr(
             ws, "ws_protocol", None
         )
 
     async def send(self, message: Message) -> None:
-        if self._ended is not None or self._close_sent:
-            raise TransportClosed(self._ended.code if self._ended else None)
         try:
             if isinstance(message, str):
                 await self._ws.send_str(message)
@@ -120,20 +110,12 @@ class AiohttpTransport:
             raise TransportClosed(None) from exc
 
     async def receive(self) -> Message:
-        if self._ended is not None:
-            raise self._ended
-        self._receiving = True
-        try:
-            msg = await self._ws.receive()
-        finally:
-            self._receiving = False
+        msg = await self._ws.receive()
         kind = msg.type
         WSMsgType = self._aiohttp.WSMsgType
         if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
             return msg.data
         ended = await self._ending(msg)
-        self._ended = ended
-        self._ended_event.set()
         await self._released()
         raise ended
 
@@ -146,19 +128,19 @@ class AiohttpTransport:
             violation = None
             if code and not valid_close_code(code):
                 violation = ProtocolViolation(
-                    _PROTOCOL_ERROR, f"the peer sent the invalid close code {code}"
+                    CloseCode.PROTOCOL_ERROR, f"the peer sent the invalid close code {code}"
                 )
             if self._close_sent:  # the peer answered our close frame
                 self._drop()
             else:  # the peer started the closing handshake: answer it
-                await self._ws.close(code=_PROTOCOL_ERROR if violation else code or 1000)
+                await self._ws.close(code=CloseCode.PROTOCOL_ERROR if violation else code or 1000)
             if violation is not None:
-                return TransportClosed(_PROTOCOL_ERROR, error=violation)
+                return TransportClosed(CloseCode.PROTOCOL_ERROR, error=violation)
             return TransportClosed(code or 1005, msg.extra or "")
         if msg.type is WSMsgType.ERROR:
             exc = msg.data
             code = getattr(exc, "code", None)
-            if code == _MESSAGE_TOO_BIG:
+            if code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(code, error=MessageTooBigError(self._max_size))
             # the heartbeat's missing pong: ServerTimeoutError (client), TimeoutError (server)
             if isinstance(exc, self._aiohttp.ServerTimeoutError | TimeoutError):
@@ -168,36 +150,15 @@ class AiohttpTransport:
                         f"keepalive ping timeout: no pong within {self._keepalive_timeout} s"
                     ),
                 )
-            return TransportClosed(code if isinstance(code, int) else _ABNORMAL, error=exc)
+            return TransportClosed(code if isinstance(code, int) else CloseCode.ABNORMAL, error=exc)
         # CLOSED without a close frame: aiohttp reports a bare EOF as code 1000; it is a
         # lost connection.
         return TransportClosed(None)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._ended is not None:
-            return
-        if not self._close_sent:
-            self._close_sent = True
-            try:
-                # aiohttp has no public "send the close frame, keep reading"
-                await self._ws._writer.close(code, reason.encode())
-            except Exception:
-                self.abort()
-                await self._released()
-                return
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                if self._receiving:
-                    await self._ended_event.wait()
-                else:  # nobody reads: read until the peer's close frame ourselves
-                    while True:
-                        try:
-                            await self.receive()
-                        except TransportClosed:
-                            return
-        except TimeoutError:
-            self.abort()
-        await self._released()
+    async def close(self, code: int, reason: str) -> None:
+        self._close_sent = True
+        # aiohttp has no public "send the close frame, keep reading"
+        await self._ws._writer.close(code, reason.encode())
 
     def abort(self) -> None:
         self._drop()
@@ -257,19 +218,10 @@ class AiohttpEngine(Engine):
 
         async def handle(request: web.Request) -> web.StreamResponse:
             http_request = _http_request(request)
-            decision = await app.route(http_request)
+            decision = app.route(http_request)
             if isinstance(decision, HttpResponse):
                 return web.Response(
-                    status=decision.status,
-                    body=decision.body,
-                    headers={
-                        "Content-Type": decision.content_type,
-                        **{
-                            name: value
-                            for name, value in decision.headers.items()
-                            if name.lower() not in FRAMING_HEADERS
-                        },
-                    },
+                    status=decision.status, body=decision.body, headers=answer_headers(decision)
                 )
             assert isinstance(decision, Accept)
             ws = web.WebSocketResponse(
@@ -302,17 +254,10 @@ class AiohttpEngine(Engine):
 
 
 def _http_request(request: Any) -> HttpRequest:
-    headers = {name.lower(): value for name, value in request.headers.items()}
-    offered = headers.get("sec-websocket-protocol", "")
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return HttpRequest(
-        method=request.method,
-        path=request.path,
-        query=request.query_string,
-        headers=headers,
-        remote_address=(peer[0], peer[1]) if peer else None,
-        upgrade=headers.get("upgrade", "").lower() == "websocket",
-        subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
+    # request.headers is a multidict: items() has every header line, repeats included
+    return http_request(
+        request.method, request.path, request.query_string, request.headers.items(), peer
     )
 
 

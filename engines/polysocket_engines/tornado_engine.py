@@ -35,13 +35,12 @@ import functools
 import logging
 import socket
 import sys
-from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from polysocket import ConnectError, hookimpl
+from polysocket.enginekit import CloseCode, answer_headers, http_request, valid_close_code
 from polysocket.transport import (
-    FRAMING_HEADERS,
     Accept,
     ClientOptions,
     Engine,
@@ -53,13 +52,12 @@ from polysocket.transport import (
     ServerApp,
     ServerOptions,
     TransportClosed,
-    valid_close_code,
 )
 
-_NO_STATUS = 1005
-_PROTOCOL_ERROR = 1002
-_INVALID_DATA = 1007
-_MESSAGE_TOO_BIG = 1009
+_NO_STATUS = CloseCode.NO_STATUS
+_PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+_INVALID_DATA = CloseCode.INVALID_DATA
+_MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
 _NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
 
 _OP_TEXT = 0x1
@@ -376,33 +374,6 @@ _QUEUE_HIGH_BYTES = 4 * 1024 * 1024
 _TORNADO_MAX_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size / max_body_size
 
 
-def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        if key in headers:
-            value = headers[key] + ("; " if key == "cookie" else ", ") + value
-        headers[key] = value
-    return headers
-
-
-def _http_request(
-    method: str, path: str, query: str, headers: Mapping[str, str], peer: Any
-) -> HttpRequest:
-    upgrade = any(t.strip().lower() == "websocket" for t in headers.get("upgrade", "").split(","))
-    offered = headers.get("sec-websocket-protocol", "").split(",")
-    return HttpRequest(
-        method=method,
-        path=path,
-        query=query,
-        headers=headers,
-        remote_address=(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None,
-        upgrade=upgrade,
-        subprotocols=tuple(p.strip() for p in offered if p.strip()),
-    )
-
-
 class _AnyMethod(tuple):  # type: ignore[type-arg]
     """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
 
@@ -418,22 +389,6 @@ class TornadoServer:
         self._http: Any = None
         self._sessions: set[asyncio.Future[None]] = set()
         self._transports: set[TornadoTransport] = set()
-        self._routing: set[asyncio.Future[Any]] = set()  # app.route() calls in progress
-
-    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
-        # In a task of its own: close() cancels it, not tornado's request task (which
-        # tornado < 6.5 logs as an error).
-        call = asyncio.ensure_future(self.app.route(request))
-        self._routing.add(call)
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            if not call.cancelled():
-                call.cancel()
-                raise
-            return HttpResponse(503, b"server shutting down\n")
-        finally:
-            self._routing.discard(call)
 
     def start_session(self, request: HttpRequest, transport: TornadoTransport) -> None:
         self._transports.add(transport)
@@ -450,10 +405,7 @@ class TornadoServer:
     async def close(self) -> None:
         timeout = self.options.close_timeout
         self._http.stop()  # stop listening; closes the listening sockets
-        # The core has closed the sessions; drop whatever is left. An answer being computed
-        # for a dropped connection is not needed any more.
-        for call in list(self._routing):
-            call.cancel()
+        # The core has closed the sessions; drop whatever is left.
         for transport in list(self._transports):
             transport.abort()
         try:
@@ -486,18 +438,18 @@ def _handler_class() -> type:
             self._queued_bytes = 0
             self._room: asyncio.Future[None] | None = None
 
-        async def prepare(self) -> None:
+        def prepare(self) -> None:
             request = self.request
             context = getattr(request.connection, "context", None)
-            http_request = _http_request(
+            incoming = http_request(
                 request.method or "GET",
                 request.path,
                 request.query,
-                _header_map(request.headers.get_all()),
+                request.headers.get_all(),
                 getattr(context, "address", None),
             )
-            self._http_request = http_request
-            decision = await self._server.route(http_request)
+            self._http_request = incoming
+            decision = self._server.app.route(incoming)
             if isinstance(decision, Accept):
                 if request.method == "GET":
                     # get() (WebSocketHandler's) runs next and completes the handshake.
@@ -508,10 +460,8 @@ def _handler_class() -> type:
 
         def _respond(self, answer: HttpResponse) -> None:
             self.set_status(answer.status)
-            self.set_header("Content-Type", answer.content_type)
-            for name, value in answer.headers.items():
-                if name.lower() not in FRAMING_HEADERS:
-                    self.set_header(name, value)
+            for name, value in answer_headers(answer).items():
+                self.set_header(name, value)
             if answer.status < 200 or answer.status in (204, 304):
                 self.finish()  # tornado refuses a body (even b"") for these
             else:

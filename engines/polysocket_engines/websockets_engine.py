@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from polysocket import ConnectError, hookimpl
-from polysocket.sockets import bind_sockets
+from polysocket.enginekit import (
+    CloseCode,
+    answer_fields,
+    answer_payload,
+    answer_reason,
+    bind_sockets,
+    http_request,
+)
 from polysocket.transport import (
     Accept,
     ClientOptions,
@@ -30,9 +36,6 @@ from polysocket.transport import (
     ServerOptions,
     TransportClosed,
 )
-
-_MESSAGE_TOO_BIG = 1009
-_INTERNAL_ERROR = 1011  # what websockets' keepalive fails the connection with
 
 _log = logging.getLogger(__name__)
 
@@ -107,9 +110,9 @@ class WebsocketsTransport:
             # over max_size, invalid UTF-8, a protocol violation). The peer's answer, if any,
             # was discarded, as RFC 6455 requires.
             cause = exc.__cause__
-            if sent.code == _MESSAGE_TOO_BIG:
+            if sent.code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(
-                    _MESSAGE_TOO_BIG,
+                    CloseCode.MESSAGE_TOO_BIG,
                     error=MessageTooBigError(self._max_size, self._message_size(cause)),
                 )
             return TransportClosed(int(sent.code), error=cause if cause is not None else exc)
@@ -217,7 +220,7 @@ def _polysocket_connection(base: type, close_timeout: float) -> Any:
                 # pong did not come in time (with 1011 "keepalive ping timeout").
                 task = self.keepalive_task
                 if (
-                    code == _INTERNAL_ERROR
+                    code == CloseCode.INTERNAL_ERROR
                     and task is not None
                     and task is asyncio.current_task()
                     and not self.polysocket_keepalive_failed
@@ -265,53 +268,26 @@ def _connect_kwargs(connect: Any) -> dict[str, Any]:
 # --- server side ---------------------------------------------------------------------------
 
 
-def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        if key in headers:
-            value = headers[key] + ("; " if key == "cookie" else ", ") + value
-        headers[key] = value
-    return headers
-
-
-def _http_request(method: str, target: str, headers: Mapping[str, str], peer: Any) -> HttpRequest:
-    path, _, query = target.partition("?")
-    upgrade = any(t.strip().lower() == "websocket" for t in headers.get("upgrade", "").split(","))
-    offered = headers.get("sec-websocket-protocol", "").split(",")
-    return HttpRequest(
-        method=method,
-        path=path,
-        query=query,
-        headers=headers,
-        remote_address=(str(peer[0]), int(peer[1])) if peer else None,
-        upgrade=upgrade,
-        subprotocols=tuple(p.strip() for p in offered if p.strip()),
-    )
-
-
 def _response(answer: HttpResponse, method: str) -> Any:
     from websockets.datastructures import Headers
     from websockets.http11 import Response
 
-    return Response(answer.status, answer.reason, Headers(answer.fields()), answer.payload(method))
+    return Response(
+        answer.status,
+        answer_reason(answer),
+        Headers(answer_fields(answer)),
+        answer_payload(answer, method),
+    )
 
 
 class WebsocketsServer:
-    """One websockets server per listening socket (see ``polysocket.sockets.bind_sockets``)."""
+    """One websockets server per listening socket (see ``enginekit.bind_sockets``)."""
 
     def __init__(
-        self,
-        servers: list[Any],
-        connections: set[Any],
-        routing: set[asyncio.Task[Any]],
-        port: int,
-        close_timeout: float,
+        self, servers: list[Any], connections: set[Any], port: int, close_timeout: float
     ) -> None:
         self._servers = servers
         self._connections = connections
-        self._routing = routing
         self._close_timeout = close_timeout
         self.port = port
 
@@ -319,10 +295,7 @@ class WebsocketsServer:
         for server in self._servers:
             server.server.close()  # stop listening; closes the listening socket
         # The core has closed the sessions; drop whatever is left (half-done handshakes,
-        # plain HTTP requests, sessions the core did not close). An answer being computed
-        # for a dropped connection is not needed any more.
-        for task in list(self._routing):
-            task.cancel()
+        # plain HTTP requests, sessions the core did not close).
         for connection in list(self._connections):
             connection.transport.abort()
         tasks: set[asyncio.Task[None]] = set()
@@ -387,7 +360,6 @@ class WebsocketsEngine(Engine):
         from websockets.protocol import State
 
         connections: set[Any] = set()
-        routing: set[asyncio.Task[Any]] = set()  # handshakes waiting for app.route()
 
         class Connection(_polysocket_connection(ServerConnection, options.close_timeout)):
             """Tracks every TCP connection (``Server.close`` drops them) and carries the
@@ -405,20 +377,16 @@ class WebsocketsEngine(Engine):
                 connections.discard(self)
                 super().connection_lost(exc)
 
-        async def process_request(connection: Connection, request: Any) -> Any:
+        def process_request(connection: Connection, request: Any) -> Any:
             # Called for every request, upgrade or not: websockets parses any GET (and any
             # method without a body, in recent versions) before deciding on the handshake.
-            headers = _header_map(request.headers.raw_items())
             method = getattr(request, "method", "GET")
-            http_request = _http_request(method, request.path, headers, connection.remote_address)
-            connection.polysocket_request = http_request
-            task = asyncio.current_task()
-            assert task is not None
-            routing.add(task)
-            try:
-                decision = await app.route(http_request)
-            finally:
-                routing.discard(task)
+            path, _, query = request.path.partition("?")
+            incoming = http_request(
+                method, path, query, request.headers.raw_items(), connection.remote_address
+            )
+            connection.polysocket_request = incoming
+            decision = app.route(incoming)
             if isinstance(decision, Accept):
                 connection.polysocket_subprotocol = decision.subprotocol
                 return None  # websockets validates the upgrade request and completes it
@@ -468,7 +436,7 @@ class WebsocketsEngine(Engine):
                 sock.close()
             raise
         return WebsocketsServer(
-            servers, connections, routing, sockets[0].getsockname()[1], options.close_timeout
+            servers, connections, sockets[0].getsockname()[1], options.close_timeout
         )
 
 

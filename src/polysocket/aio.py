@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 from .client import check_uri, open_transport
 from .connection import check_close, check_message, close_outcome
 from .errors import ConnectionClosedError
+from .managed import ManagedTransport
 from .options import client_options
 from .plugins import registry as engines
-from .transport import ClientOptions, Message, Transport, TransportClosed
+from .transport import ClientOptions, Message, TransportClosed
 
 __all__ = ["AsyncConnection", "connect"]
 
@@ -19,7 +19,7 @@ __all__ = ["AsyncConnection", "connect"]
 class AsyncConnection:
     """An open connection for asyncio code. One task may ``recv`` at a time."""
 
-    def __init__(self, transport: Transport, uri: str, engine: str, options: ClientOptions):
+    def __init__(self, transport: ManagedTransport, uri: str, engine: str, options: ClientOptions):
         self._transport = transport
         self._options = options
         self._close_requested: tuple[int, str] | None = None
@@ -60,13 +60,8 @@ class AsyncConnection:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         check_close(code, reason)
         if self._close_requested is None:
-            self._close_requested = (code, reason)
-        try:
-            await asyncio.wait_for(self._transport.close(code, reason), self._options.close_timeout)
-        except TransportClosed:
-            pass
-        except TimeoutError:
-            self._transport.abort()
+            self._close_requested = (int(code), reason)
+        await self._transport.close(code, reason)  # bounded by close_timeout; never raises
         if self.close_code is None:
             self.close_code, self.close_reason = self._close_requested
 

@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 from .connection import Connection
 from .errors import ConnectError, UnsupportedOptionError
 from .handlers import Handler, resolve_handler
+from .managed import ManagedTransport
 from .options import client_options
 from .plugins import registry as engines
 from .runtime import background
-from .transport import ClientOptions, Engine, Transport
+from .transport import ClientOptions, Engine
 
 log = logging.getLogger("polysocket.client")
 
@@ -39,10 +40,11 @@ def check_uri(uri: str, engine: Engine) -> None:
         )
 
 
-async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Transport:
+async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
     """Connect through ``engine``, turning every failure into :class:`ConnectError`."""
     try:
-        return await asyncio.wait_for(engine.connect(uri, options), options.open_timeout)
+        raw = await asyncio.wait_for(engine.connect(uri, options), options.open_timeout)
+        return ManagedTransport(raw, options.close_timeout)
     except ConnectError:
         raise
     except TimeoutError:

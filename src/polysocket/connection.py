@@ -12,6 +12,7 @@ engine's flow control, so a slow peer slows the sender down instead of growing m
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 from collections import deque
@@ -20,9 +21,11 @@ from typing import Any
 
 from .context import current_call
 from .dispatch import BACKLOG_HIGH, Dispatcher, ErrorText, Event
+from .enginekit.closecodes import CloseCode, valid_close_code
 from .errors import ConnectionClosedError
 from .handlers import Handler
-from .transport import Transport, TransportClosed, valid_close_code
+from .managed import ManagedTransport, close_bound
+from .transport import TransportClosed
 
 log = logging.getLogger("polysocket.connection")
 
@@ -30,7 +33,8 @@ log = logging.getLogger("polysocket.connection")
 OUTBOX_HIGH = 1 << 20
 OUTBOX_LOW = 1 << 18
 
-ABNORMAL_CLOSURE = 1006
+#: Users get plain ints, never an IntEnum.
+ABNORMAL = int(CloseCode.ABNORMAL)
 
 
 def check_message(message: Any) -> str | bytes:
@@ -74,9 +78,9 @@ def close_outcome(closed: TransportClosed, requested: tuple[int, str] | None) ->
     code we sent; when the peer closed, the code it sent; with no close frame, 1006.
     """
     if closed.error is not None:
-        return closed.code or ABNORMAL_CLOSURE, closed.reason or str(closed.error)
-    if closed.code is None or closed.code == ABNORMAL_CLOSURE:
-        return ABNORMAL_CLOSURE, closed.reason
+        return closed.code or ABNORMAL, closed.reason or str(closed.error)
+    if closed.code is None or closed.code == ABNORMAL:
+        return ABNORMAL, closed.reason
     if requested is not None:
         return requested
     return closed.code, closed.reason
@@ -85,12 +89,20 @@ def close_outcome(closed: TransportClosed, requested: tuple[int, str] | None) ->
 _CLOSE = object()
 
 
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    #: close() was called: nothing more is sent, messages still arrive.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class Connection:
     """The core's side of one connection. Create it on the loop, then call ``start()``."""
 
     def __init__(
         self,
-        transport: Transport,
+        transport: ManagedTransport,
         handler: Handler,
         session: Any,
         loop: asyncio.AbstractEventLoop,
@@ -111,18 +123,18 @@ class Connection:
         self._queued_bytes = 0
         self._writer_awake = False
         self._wake_writer = asyncio.Event()
+        self.state = State.CONNECTING
         self._close_requested: tuple[int, str] | None = None
-        self._ended = False
         self.ended = threading.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
-        self._closing_transport = False
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._loop_thread = threading.get_ident()
 
     def start(self) -> None:
+        self.state = State.OPEN
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
         self._writer = self._loop.create_task(self._write_loop())
@@ -134,14 +146,9 @@ class Connection:
         size = len(message)
         on_loop = threading.get_ident() == self._loop_thread
         with self._lock:
-            while (
-                self._queued_bytes >= OUTBOX_HIGH
-                and not on_loop
-                and self._close_requested is None
-                and not self._ended
-            ):
+            while self._queued_bytes >= OUTBOX_HIGH and not on_loop and self.state is State.OPEN:
                 self._room.wait()
-            if self._close_requested is not None or self._ended:
+            if self.state is not State.OPEN:
                 raise self._closed_error()
             self._outbox.append(message)
             self._queued_bytes += size
@@ -165,9 +172,10 @@ class Connection:
         """Queue the close after what was already sent; False if a close was already queued."""
         check_close(code, reason)
         with self._lock:
-            if self._close_requested is not None or self._ended:
+            if self.state is State.CLOSING or self.state is State.CLOSED:
                 return False
-            self._close_requested = (code, reason)
+            self.state = State.CLOSING
+            self._close_requested = (int(code), reason)
             self._outbox.append(_CLOSE)
             self._room.notify_all()
             wake = not self._writer_awake
@@ -184,16 +192,16 @@ class Connection:
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
             return
-        self.ended.wait(self._close_timeout + 2)
+        self.ended.wait(close_bound(self._close_timeout))
         if current_call.get() is None:
             self.dispatcher.finished.wait(self._close_timeout)
 
     @property
     def closed(self) -> bool:
-        return self._ended or self._close_requested is not None
+        return self.state is State.CLOSING or self.state is State.CLOSED
 
     def _closed_error(self) -> ConnectionClosedError:
-        if self._ended:
+        if self.state is State.CLOSED:
             return ConnectionClosedError(
                 f"the connection is closed (code {self.close_code}"
                 f"{', ' + repr(self.close_reason) if self.close_reason else ''});"
@@ -211,12 +219,6 @@ class Connection:
         self.dispatcher.release()
         if wake:
             self._wake_writer.set()
-        self._loop.call_later(self._close_timeout + 1, self._abort_if_stuck)
-
-    def _abort_if_stuck(self) -> None:
-        if not self._ended:
-            log.warning("closing handshake did not finish within close_timeout; aborting")
-            self._transport.abort()
 
     async def _read_loop(self) -> None:
         receive = self._transport.receive
@@ -225,14 +227,14 @@ class Connection:
         try:
             while True:
                 push(await receive())
-                if dispatcher.backlog > BACKLOG_HIGH and self._close_requested is None:
+                if dispatcher.backlog > BACKLOG_HIGH and self.state is State.OPEN:
                     await dispatcher.wait_for_backlog()
         except TransportClosed as closed:
             self._end(closed)
         except Exception as exc:  # an engine bug: fail this connection, never the loop
             log.exception("engine receive() failed")
             self._transport.abort()
-            self._end(TransportClosed(ABNORMAL_CLOSURE, error=exc))
+            self._end(TransportClosed(ABNORMAL, error=exc))
 
     async def _write_loop(self) -> None:
         send = self._transport.send
@@ -250,8 +252,8 @@ class Connection:
                 try:
                     for message in batch:
                         if message is _CLOSE:
-                            self._closing_transport = True
-                            await self._close_transport()
+                            # ManagedTransport bounds it by close_timeout; never raises.
+                            await self._transport.close(*(self._close_requested or (1000, "")))
                             return
                         await send(message)
                         sent += len(message)
@@ -271,25 +273,16 @@ class Connection:
             if self._queued_bytes < OUTBOX_LOW:
                 self._room.notify_all()
 
-    async def _close_transport(self) -> None:
-        code, reason = self._close_requested or (1000, "")
-        try:
-            await asyncio.wait_for(self._transport.close(code, reason), self._close_timeout)
-        except TransportClosed:
-            pass
-        except Exception as exc:
-            log.info("closing handshake failed (%s); aborting", exc)
-            self._transport.abort()
-
     def _end(self, closed: TransportClosed) -> None:
         code, reason = close_outcome(closed, self._close_requested)
         with self._lock:
-            self._ended = True
+            closing = self.state is State.CLOSING
+            self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
             self._outbox.clear()
             self._room.notify_all()
         # A writer in the middle of the closing handshake finishes on its own.
-        if self._writer is not None and not self._closing_transport:
+        if self._writer is not None and not closing:
             self._writer.cancel()
         self._on_ended()
         self.ended.set()

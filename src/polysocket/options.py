@@ -8,7 +8,17 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from .errors import UnsupportedOptionError
-from .transport import CAPABILITY_OF_OPTION, ClientOptions, Engine, ServerOptions
+from .transport import ClientOptions, Engine, ServerOptions
+
+#: Option -> the engine capability it needs when set to something other than its default.
+CAPABILITY_OF_OPTION: dict[str, str] = {
+    "headers": "headers",
+    "subprotocols": "subprotocols",
+    "compression": "deflate",
+    "ping_interval": "keepalive",
+    "ping_timeout": "keepalive",
+    "ssl": "tls",
+}
 
 Options = TypeVar("Options", ClientOptions, ServerOptions)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ from typing import Any
 from . import endpoints as registry_folder
 from . import page
 from .connection import Connection
+from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
+from .managed import ManagedTransport, close_bound
 from .options import server_options
 from .plugins import registry as engines
 from .transport import (
@@ -49,8 +52,6 @@ __all__ = [
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
 RELOAD_INTERVAL = 0.5
-GOING_AWAY = 1001
-INTERNAL_ERROR = 1011
 
 
 class ServerSession:
@@ -166,7 +167,7 @@ class EndpointServer:
 
     # -- the ServerApp side of the engine contract -------------------------------------------
 
-    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
+    def route(self, request: HttpRequest) -> HttpResponse | Accept:
         if request.path.startswith(page.SERVICE_PATH):
             name = request.path[len(page.SERVICE_PATH) :]
             if name not in self.scan.endpoints:
@@ -191,22 +192,23 @@ class EndpointServer:
 
     async def session(self, request: HttpRequest, transport: Transport) -> None:
         # The contract: when this returns, the connection is closed; engines only await it.
+        managed = ManagedTransport(transport, self._options.close_timeout)
         try:
-            await self._run_session(request, transport)
+            await self._run_session(request, managed)
         except asyncio.CancelledError:
-            transport.abort()
+            managed.abort()
             raise
         except Exception:
             log.exception("session on %s failed", request.path)
-            await transport.close(INTERNAL_ERROR, "session failed")
+            await managed.close(CloseCode.INTERNAL_ERROR, "session failed")
         else:
-            await transport.close()  # already closed unless the connection never started
+            await managed.close()  # already closed unless the connection never started
 
-    async def _run_session(self, request: HttpRequest, transport: Transport) -> None:
+    async def _run_session(self, request: HttpRequest, transport: ManagedTransport) -> None:
         name = request.path[len(page.SERVICE_PATH) :]
         endpoint = self.scan.endpoints.get(name)
         if endpoint is None:  # removed between the handshake and now
-            await transport.close(GOING_AWAY, "endpoint removed")
+            await transport.close(CloseCode.GOING_AWAY, "endpoint removed")
             return
         session = ServerSession(name, request)
         connection = Connection(
@@ -274,7 +276,7 @@ class EndpointServer:
         )
         for name in gone:
             for session in sessions.of(name):
-                session._connection.request_close(GOING_AWAY, "endpoint removed")
+                session._connection.request_close(CloseCode.GOING_AWAY, "endpoint removed")
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -284,20 +286,26 @@ class EndpointServer:
             self._watcher.cancel()
         open_connections = list(self._connections)
         for connection in open_connections:
-            connection.request_close(GOING_AWAY, "server shutting down")
+            connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         if open_connections:
             await asyncio.wait(
                 [asyncio.ensure_future(asyncio.shield(c.ended_on_loop)) for c in open_connections],
-                timeout=self._options.close_timeout + 1,
+                timeout=close_bound(self._options.close_timeout),
             )
-            await asyncio.to_thread(_wait_all, [c.dispatcher.finished for c in open_connections])
+            # one deadline for every onClose, not one per session
+            await asyncio.to_thread(
+                _wait_all,
+                [c.dispatcher.finished for c in open_connections],
+                self._options.close_timeout,
+            )
         if self._server is not None:
             await self._server.close()
 
 
-def _wait_all(events: list[threading.Event], timeout: float = 5.0) -> None:
+def _wait_all(events: list[threading.Event], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     for event in events:
-        event.wait(timeout)
+        event.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> HttpResponse:

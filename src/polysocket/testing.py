@@ -105,6 +105,12 @@ class _End:
 class MemoryTransport(_End):
     subprotocol: str | None = None
 
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Only sends the close frame, as the contract allows: the core reads up to the
+        peer's answer."""
+        if self._close_sent is None and self._in.ended is None:
+            self._send_close(code, reason)
+
 
 class MemoryPeer(_End):
     """The far end of an in-memory connection, handed to the engine's ``peer`` coroutine."""

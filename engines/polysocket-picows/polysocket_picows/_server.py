@@ -1,14 +1,12 @@
 """The server side: an HTTP/1.1 front that asks the core, then picows for the WebSocket.
 
 Why not ``picows.ws_create_server`` alone: its listener factory is a plain function, called
-inside the protocol's ``buffer_updated``, and it must return the answer (a listener, a
-``WSUpgradeResponseWithListener`` or ``None``) there and then, while the engine contract
-says to ``await app.route(request)``. Its request parser also refuses every method but GET
-(and HTTP/1.0, and requests with a body) with its own 400 before the factory is called, so
-those requests would never reach the core.
+inside the protocol's ``buffer_updated``, and its request parser refuses every method but
+GET (and HTTP/1.0, and requests with a body) with its own 400 before the factory is called,
+so those requests would never reach the core.
 
 So the listening socket is served by :class:`_HttpFront`, an ``asyncio.Protocol`` that reads
-one request, pauses reading and awaits ``app.route``. An :class:`HttpResponse` is written by
+one request, pauses reading and asks ``app.route``. An :class:`HttpResponse` is written by
 the front itself (``Connection: close``). On :class:`Accept` the connection is handed to
 picows' own server protocol (``picows.picows.WSProtocol``, built with the arguments
 ``ws_create_server`` gives it) exactly as picows' ``ws_connect`` hands a connection over
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,9 +29,16 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 from picows.picows import WSProtocol
-from polysocket.sockets import bind_sockets
-from polysocket.transport import (
+from polysocket.enginekit import (
     TOKEN_CHARS,
+    answer_fields,
+    answer_payload,
+    answer_reason,
+    bind_sockets,
+    header_map,
+)
+from polysocket.enginekit import http_request as build_request
+from polysocket.transport import (
     Accept,
     HttpRequest,
     HttpResponse,
@@ -68,17 +72,6 @@ def _tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
-def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
-    headers: dict[str, str] = {}
-    for name, value in items:
-        key = name.lower()
-        if key in headers:
-            value = headers[key] + ("; " if key == "cookie" else ", ") + value
-        headers[key] = value
-    return headers
-
-
 def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     """Request line and header fields of ``head`` (without the blank line); BadRequest."""
     try:
@@ -103,35 +96,22 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     return method, target, version, fields
 
 
-def http_request(method: str, target: str, headers: Mapping[str, str], peer: Any) -> HttpRequest:
+def http_request(method: str, target: str, fields: list[tuple[str, str]], peer: Any) -> HttpRequest:
     if target.startswith("/") or target == "*":
         path, _, query = target.partition("?")
     else:  # absolute-form
         parts = urlsplit(target)
         path, query = parts.path or "/", parts.query
-    offered = headers.get("sec-websocket-protocol", "")
-    return HttpRequest(
-        method=method,
-        path=path,
-        query=query,
-        headers=headers,
-        remote_address=(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None,
-        upgrade="websocket" in _tokens(headers.get("upgrade", "")),
-        subprotocols=tuple(_tokens_keep_case(offered)),
-    )
-
-
-def _tokens_keep_case(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
+    return build_request(method, path, query, fields, peer)
 
 
 def render_response(answer: HttpResponse, method: str) -> bytes:
-    fields = answer.fields()
+    fields = answer_fields(answer)
     if not any(name.lower() == "server" for name, _ in fields):
         fields.insert(1, ("Server", "polysocket-picows"))
-    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+    lines = [f"HTTP/1.1 {answer.status} {answer_reason(answer)}"]
     lines += [f"{name}: {value}" for name, value in fields]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.payload(method)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer_payload(answer, method)
 
 
 def picows_head(method: str, target: str, version: str, fields: list[tuple[str, str]]) -> bytes:
@@ -165,7 +145,7 @@ class _HttpFront(asyncio.Protocol):
         self._head: tuple[str, str, str, list[tuple[str, str]]] | None = None
         self._body_left = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._routed = False  # the request is complete and routed
         self._answered = False
 
     def connection_made(self, transport: Any) -> None:
@@ -177,18 +157,16 @@ class _HttpFront(asyncio.Protocol):
         self._server.fronts.discard(self)
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
 
     def _timeout(self) -> None:
-        if self._task is None:
+        if not self._routed:
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
             return
         self._buffer += data
-        if self._task is not None:
+        if self._routed:
             return  # the request is complete; this is what follows it (early frames)
         try:
             self._parse()
@@ -206,7 +184,7 @@ class _HttpFront(asyncio.Protocol):
                 raise BadRequest(431, "request header fields too large")
             self._head = parse_head(bytes(self._buffer[:end]))
             del self._buffer[: end + 4]
-            headers = _header_map(self._head[3])
+            headers = header_map(self._head[3])
             if "transfer-encoding" in headers:
                 raise BadRequest(501, "request bodies in Transfer-Encoding are not read here")
             length = headers.get("content-length", "0").strip()
@@ -224,16 +202,16 @@ class _HttpFront(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._transport.pause_reading()
-        self._task = asyncio.ensure_future(self._route())
+        self._routed = True
+        self._route()
 
-    async def _route(self) -> None:
+    def _route(self) -> None:
         assert self._head is not None
         method, target, version, fields = self._head
-        headers = _header_map(fields)
         peer = self._transport.get_extra_info("peername")
-        request = http_request(method, target, headers, peer)
+        request = http_request(method, target, fields, peer)
         try:
-            decision = await self._server.app.route(request)
+            decision = self._server.app.route(request)
         except Exception:
             _log.exception("app.route() failed for %s %s", method, request.path)
             decision = HttpResponse(500, b"internal server error\n")
@@ -280,8 +258,6 @@ class _HttpFront(asyncio.Protocol):
             transport.resume_reading()
 
     def abort(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
         self._transport.abort()
 
 

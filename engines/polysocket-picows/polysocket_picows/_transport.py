@@ -35,6 +35,7 @@ from collections import deque
 from typing import Any
 
 from picows import WSListener, WSMsgType, WSTransport
+from polysocket.enginekit import valid_close_code
 from polysocket.transport import (
     ClientOptions,
     Message,
@@ -42,7 +43,6 @@ from polysocket.transport import (
     ProtocolViolation,
     ServerOptions,
     TransportClosed,
-    valid_close_code,
 )
 
 _log = logging.getLogger("polysocket_picows")

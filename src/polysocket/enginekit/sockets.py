@@ -1,4 +1,4 @@
-"""Listening sockets for engines that bind their own (a helper of the engine contract)."""
+"""Listening sockets for engines that bind their own."""
 
 from __future__ import annotations
 

@@ -1,0 +1,151 @@
+"""The core's wrapper around every transport an engine opens, client or server.
+
+Engines implement raw send, receive, close-once and abort (:mod:`polysocket.transport`);
+this class adds, once for every engine, what the contract promises on top:
+
+- the end is sticky: once ``receive()`` has raised :class:`TransportClosed`, it raises the
+  same again, and ``send()`` raises it too; ``send()`` after ``close()`` raises at once;
+- ``close()`` is idempotent and safe to call from several tasks: one closing handshake;
+- messages that arrive after our close frame still reach a reader that keeps reading; when
+  nobody reads, ``close()`` reads and discards them itself, so the peer's close frame is seen;
+- ``close_timeout`` bounds the whole handshake, enforced here alone: after it the connection
+  is aborted, and after :data:`ABORT_GRACE` more it counts as ended whatever the engine does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .transport import Message, Transport, TransportClosed
+
+log = logging.getLogger("polysocket.transport")
+
+__all__ = ["ABORT_GRACE", "ManagedTransport", "close_bound"]
+
+#: How long an aborted connection may take to end before it is counted as ended anyway.
+ABORT_GRACE = 1.0
+
+
+def close_bound(close_timeout: float) -> float:
+    """The longest ``ManagedTransport.close()`` takes: what other waits on a close allow."""
+    return close_timeout + ABORT_GRACE
+
+
+class ManagedTransport:
+    """A :class:`Transport` with the contract's duties done by the core (see the module)."""
+
+    __slots__ = (
+        "_close_task",
+        "_close_timeout",
+        "_closing",
+        "_drainer",
+        "_ended",
+        "_raw",
+        "_receiving",
+        "_wake",
+        "subprotocol",
+    )
+
+    def __init__(self, raw: Transport, close_timeout: float) -> None:
+        self._raw = raw
+        self._close_timeout = close_timeout
+        self.subprotocol = raw.subprotocol
+        self._ended: TransportClosed | None = None
+        self._closing = False
+        self._receiving = False
+        self._close_task: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
+        # Set when the reader leaves receive() or the connection ends (only while closing).
+        self._wake = asyncio.Event()
+
+    @property
+    def raw(self) -> Transport:
+        """The engine's own transport."""
+        return self._raw
+
+    async def send(self, message: Message) -> None:
+        if self._closing or self._ended is not None:
+            raise self._ended or TransportClosed(None)
+        await self._raw.send(message)
+
+    async def receive(self) -> Message:
+        if self._ended is not None:
+            raise self._ended
+        if self._drainer is not None:  # close() is discarding what is left
+            await asyncio.shield(self._drainer)
+            raise self._ended or TransportClosed(None)
+        self._receiving = True
+        try:
+            return await self._raw.receive()
+        except TransportClosed as closed:
+            raise self._end(closed) from None
+        finally:
+            self._receiving = False
+            if self._closing:
+                self._wake.set()
+
+    def _end(self, closed: TransportClosed) -> TransportClosed:
+        if self._ended is None:
+            self._ended = closed
+            self._wake.set()
+        return self._ended
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close(code, reason))
+        await asyncio.shield(self._close_task)
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    async def _close(self, code: int, reason: str) -> None:
+        self._closing = True
+        if self._ended is not None:
+            return
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                with contextlib.suppress(TransportClosed):  # gone already: receive() says how
+                    await self._raw.close(code, reason)
+                await self._until_ended()
+            return
+        except TimeoutError:
+            log.info(
+                "closing handshake not done within close_timeout=%s s; aborting",
+                self._close_timeout,
+            )
+        except Exception as exc:  # the engine failed to send the close frame: drop it
+            log.info("closing handshake failed (%s); aborting", exc)
+        self._raw.abort()
+        try:
+            async with asyncio.timeout(ABORT_GRACE):
+                await self._until_ended()
+        except TimeoutError:
+            log.warning("engine did not end an aborted connection; counting it as ended")
+            self._end(TransportClosed(None))
+            if self._drainer is not None:
+                self._drainer.cancel()
+
+    async def _until_ended(self) -> None:
+        while self._ended is None:
+            if self._receiving:  # the core's reader gets the end (and the messages before)
+                self._wake.clear()
+                await self._wake.wait()
+                # A reader that takes the next message at once is back in receive() by now.
+                continue
+            if self._drainer is None:
+                self._drainer = asyncio.ensure_future(self._drain())
+            await asyncio.shield(self._drainer)
+
+    async def _drain(self) -> None:
+        receive = self._raw.receive
+        try:
+            while True:
+                await receive()
+        except TransportClosed as closed:
+            self._end(closed)
+        except Exception as exc:  # an engine bug: end this connection, never the loop
+            log.exception("engine receive() failed while closing")
+            self._raw.abort()
+            self._end(TransportClosed(None, error=exc))

@@ -1,0 +1,108 @@
+"""The engine kit: what engines share instead of writing it again."""
+
+from __future__ import annotations
+
+import pytest
+
+from polysocket.enginekit import (
+    CloseCode,
+    answer_fields,
+    answer_headers,
+    answer_payload,
+    answer_reason,
+    header_map,
+    http_request,
+    valid_close_code,
+)
+from polysocket.transport import HttpResponse
+
+
+def test_http_answer_fields_and_payload():
+    answer = HttpResponse(
+        404, b"no such thing\n", headers={"X-Hint": "see /", "content-length": "9"}
+    )
+    fields = dict(answer_fields(answer))
+    assert fields["Content-Length"] == "14"  # the answer's own framing headers are ignored
+    assert fields["Content-Type"] == "text/plain; charset=utf-8"
+    assert fields["X-Hint"] == "see /"
+    assert fields["Connection"] == "close"
+    assert "Date" in fields
+    assert answer_reason(answer) == "Not Found"
+    assert answer_payload(answer, "GET") == b"no such thing\n"
+    assert answer_payload(answer, "HEAD") == b""
+
+
+@pytest.mark.parametrize("status", [101, 204, 304])
+def test_statuses_without_a_body(status):
+    answer = HttpResponse(status, b"ignored")
+    assert "content-length" not in {name.lower() for name, _ in answer_fields(answer)}
+    assert answer_payload(answer, "GET") == b""
+
+
+def test_header_injection_is_refused():
+    with pytest.raises(ValueError, match="invalid response header"):
+        answer_fields(HttpResponse(200, headers={"X-A": "1\r\nSet-Cookie: evil=1"}))
+    with pytest.raises(ValueError, match="invalid response header"):
+        answer_fields(HttpResponse(200, headers={"Bad Name": "1"}))
+
+
+def test_unknown_status_reason():
+    assert answer_reason(HttpResponse(499)) == "Unknown"
+
+
+@pytest.mark.parametrize(
+    ("code", "valid"),
+    [
+        (1000, True),
+        (1003, True),
+        (1004, False),
+        (1005, False),
+        (1006, False),
+        (1007, True),
+        (1014, True),
+        (1015, False),
+        (2999, False),
+        (3000, True),
+        (4999, True),
+        (5000, False),
+        (0, False),
+    ],
+)
+def test_valid_close_codes(code, valid):
+    assert valid_close_code(code) is valid
+
+
+def test_close_codes_are_plain_ints_on_the_wire():
+    assert CloseCode.MESSAGE_TOO_BIG == 1009
+    assert not valid_close_code(CloseCode.ABNORMAL)
+
+
+def test_answer_headers_for_libraries_that_frame_http_themselves():
+    answer = HttpResponse(426, headers={"Upgrade": "websocket", "Connection": "keep-alive"})
+    assert answer_headers(answer) == {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Upgrade": "websocket",
+    }
+
+
+def test_repeated_headers_are_joined_the_rfc_9110_way():
+    lines = [("X-A", "1"), ("Cookie", "a=1"), ("x-a", "2"), ("COOKIE", "b=2"), ("Host", "h")]
+    assert header_map(lines) == {"x-a": "1, 2", "cookie": "a=1; b=2", "host": "h"}
+
+
+def test_http_request_from_header_lines():
+    request = http_request(
+        "GET",
+        "/ws",
+        "a=1",
+        [
+            ("Upgrade", "WebSocket"),
+            ("Sec-WebSocket-Protocol", "chat, superchat"),
+            ("Sec-WebSocket-Protocol", "v2"),
+        ],
+        ("127.0.0.1", 5555, 0, 0),
+    )
+    assert request.upgrade
+    assert request.subprotocols == ("chat", "superchat", "v2")
+    assert request.remote_address == ("127.0.0.1", 5555)
+    assert http_request("GET", "/", "", [], None).remote_address is None
