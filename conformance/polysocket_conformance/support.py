@@ -36,8 +36,8 @@ class Call:
 
     @property
     def expected_flags(self) -> tuple[bool, bool, bool, bool]:
-        names = ("onopen", "onmessage", "onerror", "onclose")
-        return tuple(self.name == n for n in names)  # type: ignore[return-value]
+        name = self.name
+        return (name == "onopen", name == "onmessage", name == "onerror", name == "onclose")
 
 
 def _running_loop() -> bool:
