@@ -124,7 +124,9 @@ class Peer:
 
     def last_close(self) -> dict[str, Any]:
         """``{"code", "reason", "messages"}`` of the last connection that ended on this peer."""
-        return json.loads(self.query("cmd:last-close"))
+        # The peer answers this command with a JSON object (see last_close in the peers).
+        reply: dict[str, Any] = json.loads(self.query("cmd:last-close"))
+        return reply
 
     def kill(self) -> None:
         """SIGKILL the peer process (its connections drop without close frames)."""
@@ -164,9 +166,10 @@ def start_peer(kind: str, log_dir: str | os.PathLike[str] | None = None) -> Peer
             cwd=PEERS_DIR,
         )
     lines: queue.Queue[bytes] = queue.Queue()
-    assert process.stdout is not None
+    stdout = process.stdout
+    assert stdout is not None
     reader = threading.Thread(
-        target=lambda: lines.put(process.stdout.readline()),  # type: ignore[union-attr]
+        target=lambda: lines.put(stdout.readline()),
         daemon=True,
     )
     reader.start()

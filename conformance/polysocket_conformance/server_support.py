@@ -10,15 +10,18 @@ import asyncio
 import json
 import textwrap
 import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polysocket
 
 from .support import WAIT
 
 SERVICE = "/websockets/v4/service/"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,10 @@ class ServerThread:
         self._thread.start()
         self.server = self._run(self._start(engine, options))
 
-    async def _start(self, engine: str, options: dict[str, Any]) -> Any:
+    async def _start(self, engine: str, options: dict[str, Any]) -> polysocket.EndpointServer:
         return await polysocket.serve(self.root, port=0, engine=engine, **options)
 
-    def _run(self, coro: Any) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(WAIT * 2)
 
     @property

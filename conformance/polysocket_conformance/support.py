@@ -7,7 +7,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import polysocket
 
@@ -36,8 +36,8 @@ class Call:
 
     @property
     def expected_flags(self) -> tuple[bool, bool, bool, bool]:
-        names = ("onopen", "onmessage", "onerror", "onclose")
-        return tuple(self.name == n for n in names)  # type: ignore[return-value]
+        name = self.name
+        return (name == "onopen", name == "onmessage", name == "onerror", name == "onclose")
 
 
 def _running_loop() -> bool:
@@ -48,8 +48,10 @@ def _running_loop() -> bool:
     return True
 
 
-class Recorder:
-    """A handler object that records every callback; tests wait on it, never sleep.
+class _Recording:
+    """What both recorders share: the calls, the waits and the checks. The callbacks are in
+    :class:`Recorder` (plain) and :class:`AsyncRecorder` (``async def``), which are siblings
+    because an ``async def`` callback cannot stand in for a plain one.
 
     Subclasses override ``on_message_hook`` and friends to add behaviour.
     """
@@ -63,30 +65,30 @@ class Recorder:
         self.errored = threading.Event()
         self.closed = threading.Event()
 
-    # -- the handler callbacks --------------------------------------------------------------
+    # -- what the handler callbacks do -----------------------------------------------------
 
-    def onOpen(self) -> None:
+    def _on_open(self) -> None:
         self._enter("onopen", None)
         try:
             self.on_open_hook()
         finally:
             self._leave()
 
-    def onMessage(self, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         self._enter("onmessage", message)
         try:
             self.on_message_hook(message)
         finally:
             self._leave()
 
-    def onError(self, error: Any) -> None:
+    def _on_error(self, error: Any) -> None:
         self._enter("onerror", error)
         try:
             self.on_error_hook(error)
         finally:
             self._leave()
 
-    def onClose(self) -> None:
+    def _on_close(self) -> None:
         self._enter("onclose", None)
         self._leave()
 
@@ -161,7 +163,7 @@ class Recorder:
         with self._cond:
             return [c.name for c in self.calls]
 
-    def wait_for(self, predicate: Callable[[Recorder], bool], timeout: float = WAIT) -> bool:
+    def wait_for(self, predicate: Callable[[Self], bool], timeout: float = WAIT) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self), timeout)
 
@@ -209,24 +211,40 @@ class Recorder:
                 )
 
 
-class AsyncRecorder(Recorder):
+class Recorder(_Recording):
+    """A handler object that records every callback; tests wait on it, never sleep."""
+
+    def onOpen(self) -> None:
+        self._on_open()
+
+    def onMessage(self, message: Any) -> None:
+        self._on_message(message)
+
+    def onError(self, error: Any) -> None:
+        self._on_error(error)
+
+    def onClose(self) -> None:
+        self._on_close()
+
+
+class AsyncRecorder(_Recording):
     """The same recorder, with every callback an ``async def``."""
 
-    async def onOpen(self) -> None:  # type: ignore[override]
-        Recorder.onOpen(self)
+    async def onOpen(self) -> None:
+        self._on_open()
 
-    async def onMessage(self, message: Any) -> None:  # type: ignore[override]
+    async def onMessage(self, message: Any) -> None:
         self._enter("onmessage", message)
         try:
             await asyncio.sleep(0)  # yield to the loop mid-callback: still no overlap allowed
         finally:
             self._leave()
 
-    async def onError(self, error: Any) -> None:  # type: ignore[override]
-        Recorder.onError(self, error)
+    async def onError(self, error: Any) -> None:
+        self._on_error(error)
 
-    async def onClose(self) -> None:  # type: ignore[override]
-        Recorder.onClose(self)
+    async def onClose(self) -> None:
+        self._on_close()
 
 
 # -- handler files written by tests ---------------------------------------------------------

@@ -32,8 +32,8 @@ class CallbackContext:
 
     method: str  # "onopen", "onmessage", "onerror" or "onclose"
     session: Any
-    message: Any = None
-    error: Any = None
+    message: str | bytes | None = None
+    error: str | None = None  # an ``ErrorText`` (a ``str``) in onError
     close_code: int | None = None
     close_reason: str | None = None
 
@@ -41,39 +41,40 @@ class CallbackContext:
 current_call: ContextVar[CallbackContext | None] = ContextVar("polysocket_call", default=None)
 
 
-def _field(name: str) -> Any:
-    call = current_call.get()
-    return None if call is None else getattr(call, name)
-
-
 def get_message() -> str | bytes | None:
     """In ``onMessage``: the message (``str`` for text, ``bytes`` for binary); else ``None``."""
-    return _field("message")
+    call = current_call.get()
+    return None if call is None else call.message
 
 
 def get_error() -> str | None:
     """In ``onError``: the error text; else ``None``."""
-    return _field("error")
+    call = current_call.get()
+    return None if call is None else call.error
 
 
 def get_method() -> str | None:
     """In a callback: ``"onopen"``, ``"onmessage"``, ``"onerror"`` or ``"onclose"``."""
-    return _field("method")
+    call = current_call.get()
+    return None if call is None else call.method
 
 
 def get_session() -> Any:
     """In a callback: the connection it belongs to (a client or a server session)."""
-    return _field("session")
+    call = current_call.get()
+    return None if call is None else call.session
 
 
 def get_close_code() -> int | None:
     """In ``onClose``: the close code (1006 when the connection was lost)."""
-    return _field("close_code")
+    call = current_call.get()
+    return None if call is None else call.close_code
 
 
 def get_close_reason() -> str | None:
     """In ``onClose``: the close reason."""
-    return _field("close_reason")
+    call = current_call.get()
+    return None if call is None else call.close_reason
 
 
 def is_on_open() -> bool:

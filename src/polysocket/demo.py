@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import client as clients
 from .runtime import background
+
+if TYPE_CHECKING:  # aiohttp is imported when the demo runs, not when the CLI starts
+    from aiohttp import web
 
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 log = logging.getLogger("polysocket.demo")
 
 
-async def _echo(request):  # type: ignore[no-untyped-def]
+async def _echo(request: web.Request) -> web.WebSocketResponse:
     from aiohttp import WSMsgType, web
 
     ws = web.WebSocketResponse()
@@ -29,7 +33,7 @@ async def _echo(request):  # type: ignore[no-untyped-def]
     return ws
 
 
-async def start_echo_peer() -> tuple[object, int]:
+async def start_echo_peer() -> tuple[web.AppRunner, int]:
     from aiohttp import web
 
     app = web.Application()
@@ -38,7 +42,7 @@ async def start_echo_peer() -> tuple[object, int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    port: int = runner.addresses[0][1]  # an IPv4 address: (host, port)
     return runner, port
 
 
@@ -56,8 +60,10 @@ def run_demo(engine: str | None) -> int:
         client.send(b"\x00\x01 binary works too")
         # The peer echoes before it answers our close frame, so both echoes reach onMessage
         # before onClose; close() returns once onClose has run.
-        clients.get_client_by_handler("my-project/ws-handler").close()  # type: ignore[union-attr]
+        found = clients.get_client_by_handler("my-project/ws-handler")
+        assert found is not None, "the client just opened is listed by its handler"
+        found.close()
         log.info("open clients now: %s", clients.get_clients())
     finally:
-        background.run(runner.cleanup(), "demo")  # type: ignore[attr-defined]
+        background.run(runner.cleanup(), "demo")
     return 0 if client.close_code == 1000 else 1

@@ -177,7 +177,7 @@ class Dispatcher:
     ) -> tuple[Callable[..., Any] | None, tuple[Any, ...], CallbackContext]:
         if item.__class__ is not Event:
             callback = self._on_message
-            args = (item,) if self._message_takes_arg else ()
+            args: tuple[Any, ...] = (item,) if self._message_takes_arg else ()
             return callback, args, CallbackContext("onmessage", self._session, message=item)
         callback = self._handler.callbacks.get(item.method)
         context = CallbackContext(
@@ -187,7 +187,7 @@ class Dispatcher:
             close_code=item.close_code,
             close_reason=item.close_reason,
         )
-        args: tuple[Any, ...] = ()
+        args = ()
         if item.method == "onerror" and callback is not None and _accepts_argument(callback):
             args = (item.error,)
         return callback, args, context

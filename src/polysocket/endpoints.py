@@ -65,13 +65,13 @@ def scan(root: str | os.PathLike[str]) -> Scan:
             continue
         first = result.endpoints.get(endpoint.name)
         if first is not None:
-            problem = DescriptorError(
+            duplicate = DescriptorError(
                 f"endpoint {endpoint.name!r} is declared twice: in {_shown(first.file, root)}"
                 f" (served) and in {_shown(path, root)} (ignored); rename one of them",
                 files=(first.file, path),
             )
-            log.error("%s", problem)
-            result.problems.append(problem)
+            log.error("%s", duplicate)
+            result.problems.append(duplicate)
             continue
         result.endpoints[endpoint.name] = endpoint
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "ConnectError",
     "ConnectionClosedError",
@@ -70,6 +72,6 @@ class DescriptorError(WebsocketError):
     ``files`` holds the paths of the descriptor(s) at fault.
     """
 
-    def __init__(self, message: str, *, files: tuple[object, ...] = ()) -> None:
+    def __init__(self, message: str, *, files: tuple[str | os.PathLike[str], ...] = ()) -> None:
         super().__init__(message)
         self.files = files

@@ -13,7 +13,6 @@ import threading
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
 
 import pluggy
 
@@ -56,6 +55,7 @@ class EngineRegistry:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._engines: dict[str, Engine] = {}
+        self._plugin_of: dict[str, str] = {}  # engine name -> name of the plugin that gave it
         self._failures: dict[str, PluginFailure] = {}
         self._loaded = False
         self._lock = threading.Lock()
@@ -74,7 +74,7 @@ class EngineRegistry:
                     continue
                 self._add_plugin_locked(plugin, ep.name)
 
-    def register_plugin(self, plugin: Any, name: str) -> None:
+    def register_plugin(self, plugin: object, name: str) -> None:
         """Register a plugin object or module directly (used by tests and embedders)."""
         self.load()
         with self._lock:
@@ -88,11 +88,16 @@ class EngineRegistry:
             self._engines = {
                 engine_name: engine
                 for engine_name, engine in self._engines.items()
-                if getattr(engine, "_polysocket_plugin", None) != name
+                if self._plugin_of.get(engine_name) != name
+            }
+            self._plugin_of = {
+                engine_name: plugin_name
+                for engine_name, plugin_name in self._plugin_of.items()
+                if engine_name in self._engines
             }
             self._failures.pop(name, None)
 
-    def _add_plugin_locked(self, plugin: Any, name: str) -> None:
+    def _add_plugin_locked(self, plugin: object, name: str) -> None:
         try:
             self._pm.register(plugin, name=name)
         except Exception as exc:
@@ -111,8 +116,8 @@ class EngineRegistry:
                 self._failures[name] = PluginFailure(name, exc)
                 continue
             for engine in found:
-                engine._polysocket_plugin = name  # type: ignore[attr-defined]
                 self._engines[engine.name] = engine
+                self._plugin_of[engine.name] = name
 
     def names(self) -> list[str]:
         self.load()
@@ -161,7 +166,7 @@ class EngineRegistry:
         return rows
 
 
-def _check_engine(engine: Any) -> None:
+def _check_engine(engine: object) -> None:
     for attribute in ("name", "library", "install_hint", "capabilities", "connect"):
         if not hasattr(engine, attribute):
             raise TypeError(f"{engine!r} is not an engine: it has no {attribute!r}")

@@ -30,10 +30,13 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 MAX_SIZE = 64 * 1024 * 1024
 ABNORMAL = 1006
@@ -43,13 +46,15 @@ live: dict[int, asyncio.Event] = {}
 last_close: dict[str, object] = {"code": ABNORMAL, "reason": None, "messages": 0}
 
 
-def process_request(connection: ServerConnection, request):  # type: ignore[no-untyped-def]
+def process_request(connection: ServerConnection, request: Request) -> Response | None:
     if request.path.split("?", 1)[0] == "/reject":
         return connection.respond(HTTPStatus.NOT_FOUND, "rejected by the conformance peer\n")
     return None
 
 
-def select_subprotocol(connection: ServerConnection, subprotocols):  # type: ignore[no-untyped-def]
+def select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
     return subprotocols[0] if subprotocols else None
 
 
@@ -92,6 +97,8 @@ async def command(ws: ServerConnection, serial: int, text: str) -> None:
         ws.transport.abort()
     elif name == "headers":
         headers: dict[str, str] = {}
+        # A handler runs after the opening handshake, so the request is there.
+        assert ws.request is not None
         for key, value in ws.request.headers.raw_items():
             key = key.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
