@@ -281,7 +281,9 @@ class EndpointServer:
         )
         for name in gone:
             for session in sessions.of(name):
-                session._connection.request_close(CloseCode.GOING_AWAY, "endpoint removed")
+                # the registry is every server's: another one may serve an endpoint of that name
+                if session._connection in self._connections:
+                    session._connection.request_close(CloseCode.GOING_AWAY, "endpoint removed")
 
     # -- shutdown ------------------------------------------------------------------------
 
