@@ -9,7 +9,8 @@ this class adds, once for every engine, what the contract promises on top:
 - messages that arrive after our close frame still reach a reader that keeps reading; when
   nobody reads, ``close()`` reads and discards them itself, so the peer's close frame is seen;
 - ``close_timeout`` bounds the whole handshake, enforced here alone: after it the connection
-  is aborted, and after :data:`ABORT_GRACE` more it counts as ended whatever the engine does.
+  is aborted, and after :data:`ABORT_GRACE` more it counts as ended whatever the engine does
+  (a reader still waiting in the engine's ``receive()`` then gets the end).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from .transport import Message, Transport, TransportClosed
 
@@ -43,7 +45,8 @@ class ManagedTransport:
         "_drainer",
         "_ended",
         "_raw",
-        "_receiving",
+        "_reader",
+        "_released",
         "_wake",
         "subprotocol",
     )
@@ -54,7 +57,9 @@ class ManagedTransport:
         self.subprotocol = raw.subprotocol
         self._ended: TransportClosed | None = None
         self._closing = False
-        self._receiving = False
+        # The task inside the engine's receive(), if any; released after ABORT_GRACE.
+        self._reader: asyncio.Task[Any] | None = None
+        self._released = False
         self._close_task: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
         # Set when the reader leaves receive() or the connection ends (only while closing).
@@ -65,6 +70,11 @@ class ManagedTransport:
         """The engine's own transport."""
         return self._raw
 
+    @property
+    def ended(self) -> TransportClosed | None:
+        """How the connection ended; ``None`` until it has."""
+        return self._ended
+
     async def send(self, message: Message) -> None:
         if self._closing or self._ended is not None:
             raise self._ended or TransportClosed(None)
@@ -74,15 +84,24 @@ class ManagedTransport:
         if self._ended is not None:
             raise self._ended
         if self._drainer is not None:  # close() is discarding what is left
-            await asyncio.shield(self._drainer)
+            # wait() and not the drainer itself: a drainer cancelled after the grace is no
+            # reason to cancel this reader
+            await asyncio.wait([self._drainer])
             raise self._ended or TransportClosed(None)
-        self._receiving = True
+        self._reader = reader = asyncio.current_task()
         try:
             return await self._raw.receive()
         except TransportClosed as closed:
             raise self._end(closed) from None
+        except asyncio.CancelledError:
+            # close() let go of an engine whose receive() ignored abort(): the end, not a
+            # cancellation, unless someone else cancelled this task as well
+            ended = self._ended
+            if self._released and ended is not None and reader and reader.uncancel() == 0:
+                raise ended from None
+            raise
         finally:
-            self._receiving = False
+            self._reader = None
             if self._closing:
                 self._wake.set()
 
@@ -126,10 +145,13 @@ class ManagedTransport:
             self._end(TransportClosed(None))
             if self._drainer is not None:
                 self._drainer.cancel()
+            if self._reader is not None:
+                self._released = True
+                self._reader.cancel()
 
     async def _until_ended(self) -> None:
         while self._ended is None:
-            if self._receiving:  # the core's reader gets the end (and the messages before)
+            if self._reader is not None:  # the core's reader gets the end (and the messages before)
                 self._wake.clear()
                 await self._wake.wait()
                 # A reader that takes the next message at once is back in receive() by now.
