@@ -364,6 +364,24 @@ def test_session_send_and_close_from_outside_a_callback(engine, root):
     run(scenario())
 
 
+def test_our_close_crossing_the_clients_leaves_no_task_behind(engine, root):
+    async def scenario():
+        async with served(engine, root) as (_app, server):
+            end = await server.connect(f"{SERVICE_PATH}echo")
+            [session] = polysocket.getSessions("echo")
+            closing = asyncio.ensure_future(end.close(4000, "client first"))
+            await asyncio.sleep(0)  # the client's close frame is on its way...
+            session.close()  # ...when the server decides to close too
+            await closing
+            while server.session_count:
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a cancelled task needs one more turn to finish
+            left = [t for t in asyncio.all_tasks() if "Connection" in repr(t.get_coro())]
+            assert not left, f"tasks left behind: {left}"
+
+    run(scenario())
+
+
 # -- broadcast -------------------------------------------------------------------------------
 
 
