@@ -69,6 +69,11 @@ def test_await_connect_then_close_with_a_code(memory):
         [end] = memory.peers
         assert (end.close_code, end.close_reason) == (4001, "done")  # what the peer got
 
+        async with await connect() as ws:  # an awaited connection is a context manager too
+            await ws.send("x")
+            assert await ws.recv() == "x"
+        assert ws.close_code == 1000 and memory.peers[1].close_code == 1000
+
     run(scenario())
 
 

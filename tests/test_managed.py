@@ -99,6 +99,8 @@ def test_the_end_is_sticky_for_receive_and_send():
         assert (first.value.code, first.value.reason) == (4000, "bye")
         await transport.close()  # ended already: no close frame
         assert (raw.receives, raw.sent, raw.closes, raw.aborts) == (2, [], [], 0)
+        transport.abort()  # always passed on: dropping TCP is harmless at any time
+        assert raw.aborts == 1
 
     run(scenario())
 

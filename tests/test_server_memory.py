@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import threading
 import types
@@ -195,12 +196,15 @@ def test_session_lifecycle_context_and_get_sessions(engine, root, handlers):
             assert polysocket.getSessions("echo") == []
             assert "endpoint=rec" in repr(session)
             assert end.uri == f"ws://127.0.0.1:{app.port}{SERVICE_PATH}rec?room=1"
+            assert (end.close_code, end.close_reason) == (None, None)  # open
 
             await end.send("hello")
             await end.send(b"\x00bin")
             await recorder.until(lambda r: len(r.of("onmessage")) == 2)
             await end.close(4000, "bye")
             assert (end.close_code, end.close_reason) == (4000, "bye")  # the server echoed it
+            with pytest.raises(TransportClosed):
+                await end.send("late")
             assert polysocket.getSessions("rec") == [] and session.closed
             await recorder.until(lambda r: "onclose" in r.methods)
 
@@ -579,6 +583,61 @@ def test_the_watcher_reloads_a_changed_folder_and_survives_a_failing_reload(
 
     run(scenario())
     assert "reloading the registry failed" in caplog.text
+
+
+def test_a_cancelled_session_drops_its_connection(engine, root, handlers):
+    handlers.rec = recorder = ServerRecorder()
+    descriptor(root, "rec")
+
+    async def scenario():
+        app = server_module.EndpointServer(root, engine, ServerOptions(), [], False)
+        tasks = []
+
+        class Watched:
+            route = app.route
+
+            async def session(self, request: HttpRequest, transport: Transport) -> None:
+                tasks.append(asyncio.current_task())
+                await app.session(request, transport)
+
+        server = await engine.serve("127.0.0.1", 0, Watched(), ServerOptions())
+        end = await server.connect(f"{SERVICE_PATH}rec")
+        tasks[0].cancel()  # what an engine does to a session it gives up on
+        assert await closed_with(end) == (1006, "")
+        await recorder.until(lambda r: "onclose" in r.methods)
+        assert recorder.of("onclose")[0][2] == (1006, "")
+        await server.close()
+
+    run(scenario())
+
+
+def test_run_server_serves_until_sigterm_then_closes_every_session_with_1001(
+    engine, root, monkeypatch
+):
+    signals: dict[int, Callable[[], None]] = {}
+    monkeypatch.setattr(  # no real signal: the handler run_server installs is called instead
+        asyncio.SelectorEventLoop,
+        "add_signal_handler",
+        lambda loop, sig, callback: signals.__setitem__(sig, callback),
+    )
+    seen = []
+    start = server_module.EndpointServer.start
+
+    async def client(app: server_module.EndpointServer) -> None:
+        end = await engine.servers[app.port].connect(f"{SERVICE_PATH}echo")
+        await end.send("hi")
+        seen.append(await end.receive())
+        signals[signal.SIGTERM]()
+        seen.append(await closed_with(end))
+
+    async def start_then_connect(self: Any, host: str, port: int) -> None:
+        await start(self, host, port)
+        asyncio.get_running_loop().create_task(client(self))
+
+    monkeypatch.setattr(server_module.EndpointServer, "start", start_then_connect)
+    polysocket.run_server(root, port=0, engine="memory")  # returns on SIGTERM
+    assert seen == ["hi", (1001, "server shutting down")]
+    assert set(signals) == {signal.SIGINT, signal.SIGTERM} and engine.servers == {}
 
 
 # -- the engine side -------------------------------------------------------------------------

@@ -229,7 +229,9 @@ class EndpointServer:
         sessions.add(session)
         self._connections.add(connection)
         connection.start()
-        await connection.ended_on_loop
+        # shielded: cancelling the session must not cancel the future Connection resolves
+        # when it ends (it would fail there, before onClose)
+        await asyncio.shield(connection.ended_on_loop)
 
     def listing(self) -> bytes:
         return json.dumps(
