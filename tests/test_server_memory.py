@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -638,6 +639,30 @@ def test_run_server_serves_until_sigterm_then_closes_every_session_with_1001(
     polysocket.run_server(root, port=0, engine="memory")  # returns on SIGTERM
     assert seen == ["hi", (1001, "server shutting down")]
     assert set(signals) == {signal.SIGINT, signal.SIGTERM} and engine.servers == {}
+
+
+def test_the_documented_example(engine, tmp_path, monkeypatch):
+    """README's "Testing without a network" and polysocket.testing's docstring."""
+    shutil.copytree(server_module.SAMPLE_ROOT, tmp_path / "registry")
+    monkeypatch.chdir(tmp_path)
+
+    async def test_my_endpoint():
+        async with polysocket.serve("registry/", port=0, engine="memory", reload=False) as app:
+            server = engine.servers[app.port]
+            assert (await server.request("/")).status == 200
+            assert (await server.request("/websockets/v4/service/nope")).status == 404
+            end = await server.connect("/websockets/v4/service/my-endpoint")
+            await end.send("hello")
+            assert await end.receive() == "hello"
+            await end.close()
+            assert polysocket.getSessions("my-endpoint") == []
+            async with polysocket.connect(
+                f"ws://test:{app.port}/websockets/v4/service/my-endpoint", engine="memory"
+            ) as ws:
+                await ws.send("again")
+                assert await ws.recv() == "again"
+
+    run(test_my_endpoint())
 
 
 # -- the engine side -------------------------------------------------------------------------
