@@ -216,14 +216,20 @@ def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
 
 @pytest.fixture
 def raw_server() -> Iterator[Callable[..., RawServer]]:
-    """Factory: ``raw_server(frames, answer_close=True)`` starts a hand-written server (see
-    :class:`polysocket_conformance.rawframes.RawServer`) that is closed after the test."""
+    """Factory: ``raw_server(frames, answer_close=True, conversation=None)`` starts a
+    hand-written server (see :class:`polysocket_conformance.rawframes.RawServer`) that is
+    closed after the test."""
     from .rawframes import RawServer
 
     started: list[RawServer] = []
 
-    def start(frames: list[bytes] | None = None, *, answer_close: bool = True) -> RawServer:
-        started.append(RawServer(frames, answer_close=answer_close))
+    def start(
+        frames: list[bytes] | None = None,
+        *,
+        answer_close: bool = True,
+        conversation: Callable[..., None] | None = None,
+    ) -> RawServer:
+        started.append(RawServer(frames, answer_close=answer_close, conversation=conversation))
         return started[-1]
 
     yield start
