@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
@@ -281,7 +281,7 @@ class AiohttpEngine(Engine):
                 heartbeat=options.ping_interval,
                 compress=bool(options.compression),
             )
-            await ws.prepare(request)
+            await ws.prepare(_one_protocol_line(request))
             tcp = request.transport
             if tcp is not None:
                 _close_after_peer(tcp, ws, options.close_timeout)
@@ -301,8 +301,19 @@ class AiohttpEngine(Engine):
         return AiohttpServer(runner, runner.addresses[0][1])
 
 
+def _header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names; repeated headers joined with ", " (RFC 9110), cookies with "; "."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in headers:
+            value = headers[key] + ("; " if key == "cookie" else ", ") + value
+        headers[key] = value
+    return headers
+
+
 def _http_request(request: Any) -> HttpRequest:
-    headers = {name.lower(): value for name, value in request.headers.items()}
+    headers = _header_map(request.headers.items())
     offered = headers.get("sec-websocket-protocol", "")
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return HttpRequest(
@@ -314,6 +325,19 @@ def _http_request(request: Any) -> HttpRequest:
         upgrade=headers.get("upgrade", "").lower() == "websocket",
         subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
     )
+
+
+def _one_protocol_line(request: Any) -> Any:
+    """``request``, with a Sec-WebSocket-Protocol sent on several lines (RFC 6455 11.3.4)
+    joined into one: aiohttp's handshake selects from the first line only."""
+    offered = request.headers.getall("Sec-WebSocket-Protocol", ())
+    if len(offered) < 2:
+        return request
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict(request.headers)
+    headers["Sec-WebSocket-Protocol"] = ", ".join(offered)  # replaces every line
+    return request.clone(headers=headers)
 
 
 class AiohttpServer:
