@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import polysocket
 from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
@@ -47,7 +48,7 @@ def test_server_delivers_messages_sent_after_its_close_frame(serve_registry):
 
 
 def test_client_delivers_messages_sent_after_its_close_frame(engine, raw_server):
-    def conversation(sock: socket.socket, reader) -> None:  # type: ignore[no-untyped-def]
+    def conversation(sock: socket.socket, reader: Any) -> None:
         code, _, _ = reader.until_close()
         sock.sendall(b"".join(frame(TEXT, text.encode(), mask=False) for text in LATE))
         time.sleep(PEER_PAUSE)  # the peer is slow to answer: not an assertion
