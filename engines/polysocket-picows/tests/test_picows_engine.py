@@ -164,11 +164,7 @@ def test_server_close_drops_a_client_that_never_finishes_its_request():
 # -- receive queue ------------------------------------------------------------------------
 
 
-@pytest.mark.polysocket_conformance
-def test_unread_messages_stop_reading_and_keep_their_order(engine, peer):
-    if engine != "picows":
-        pytest.skip("looks at the picows transport's queue")
-
+def test_unread_messages_stop_reading_and_keep_their_order(peer):
     async def main() -> None:
         transport = await PicowsEngine().connect(peer.uri, ClientOptions())
         try:
@@ -186,11 +182,7 @@ def test_unread_messages_stop_reading_and_keep_their_order(engine, peer):
     run(main())
 
 
-@pytest.mark.polysocket_conformance
-def test_close_keeps_delivering_to_a_pending_receive(engine, peer):
-    if engine != "picows":
-        pytest.skip("talks to PicowsEngine directly")
-
+def test_close_keeps_delivering_to_a_pending_receive(peer):
     async def main() -> None:
         transport = await PicowsEngine().connect(peer.uri, ClientOptions())
         await transport.send("cmd:burst:500")
@@ -213,11 +205,7 @@ def test_close_keeps_delivering_to_a_pending_receive(engine, peer):
     run(main())
 
 
-@pytest.mark.polysocket_conformance
-def test_close_with_nobody_reading_discards_and_finishes(engine, peer):
-    if engine != "picows":
-        pytest.skip("talks to PicowsEngine directly")
-
+def test_close_with_nobody_reading_discards_and_finishes(peer):
     async def main() -> None:
         transport = await PicowsEngine().connect(peer.uri, ClientOptions(close_timeout=5))
         await transport.send("cmd:burst:20000")
@@ -283,24 +271,23 @@ def test_refused_handshake_reports_its_status(engine, status_line, status):
         refuser.close()
 
 
-@pytest.mark.polysocket_conformance
-def test_redirect_is_followed(engine, peer):
+def test_redirect_is_followed(peer):
     """picows follows a 3xx to a ws:// Location, as websockets does. Not in polysocket's
     contract: aiohttp follows only http(s):// Locations, tornado none."""
-    if engine != "picows":
-        pytest.skip("redirects are not in polysocket's contract; the engines differ")
     refuser = Refuser(
         b"HTTP/1.1 302 Found\r\nLocation: " + peer.uri.encode() + b"\r\n"
         b"Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
+    recorder = Recorder()
     try:
-        recorder = Recorder()
         client = polysocket.createWebsocket(
-            f"ws://127.0.0.1:{refuser.port}/moved", recorder, engine
+            f"ws://127.0.0.1:{refuser.port}/moved", recorder, "picows"
         )
-        client.send("followed")
-        assert recorder.wait_messages(1) == ["followed"]
-        client.close()
+        try:
+            client.send("followed")
+            assert recorder.wait_messages(1) == ["followed"]
+        finally:
+            client.close()
         assert recorder.wait_closed()
     finally:
         refuser.close()
