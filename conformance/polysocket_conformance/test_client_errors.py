@@ -149,7 +149,8 @@ def test_peer_drops_connection(engine, peer):
 
 
 def test_close_bounded_by_close_timeout(engine, raw_server):
-    """SPEC 2.7: a peer that never answers the close frame: close() returns in time."""
+    """SPEC 2.7: a peer that never answers the close frame (nor closes TCP): close() returns,
+    with onClose run, within close_timeout=0.5 and a little."""
     server = raw_server(answer_close=False)
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=0.5)
@@ -157,8 +158,8 @@ def test_close_bounded_by_close_timeout(engine, raw_server):
     started = time.monotonic()
     client.close()
     elapsed = time.monotonic() - started
-    assert elapsed < 5, f"close() with close_timeout=0.5 took {elapsed:.2f} s"
-    assert recorder.wait_closed(5), "onClose did not run after the close timed out"
+    assert elapsed < 1.5, f"close() with close_timeout=0.5 took {elapsed:.2f} s"
+    assert recorder.closed.is_set(), "close() returned before onClose ran"
     assert recorder.names == ["onopen", "onclose"]
     assert recorder.of("onclose")[0].close_code == 1006, "no close frame came back: 1006"
     assert polysocket.getClient(client.id) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -17,7 +18,7 @@ import pytest
 
 import polysocket
 
-from .rawframes import RawClient, RawServer, close_frame
+from .rawframes import LatePongs, RawClient, RawServer, close_frame
 from .server_support import events
 from .support import WAIT, Recorder, require_capability, run_async
 
@@ -238,3 +239,71 @@ def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
         closed = events.wait("onclose", "echo", timeout=5)
     assert closed.close_code == 1006
     assert "keepalive" in events.wait("onerror", "echo").payload
+
+
+#: How late the peer answers each ping, with pings every PING_INTERVAL seconds: longer
+#: than aiohttp's own pong wait (half the interval) and tornado's (at most the interval).
+PONG_DELAY = 0.5
+PING_INTERVAL = 0.2
+LATE_PONGS = pytest.mark.parametrize(
+    ("ping_timeout", "dropped"), [(2, False), (0.2, True)], ids=["waits-long-enough", "too-late"]
+)
+
+
+@LATE_PONGS
+def test_keepalive_waits_ping_timeout_for_the_pong(engine, raw_server, ping_timeout, dropped):
+    """ping_timeout is the pong wait, not the library's own: pongs 0.5 s late keep the
+    connection over three pings with ping_timeout=2, and lose it (onError, then onClose
+    1006) with 0.2."""
+    require_capability(engine, "keepalive")
+    pongers: queue.Queue[LatePongs] = queue.Queue()
+
+    def conversation(sock: socket.socket, reader: Any) -> None:
+        ponger = LatePongs(sock, reader, PONG_DELAY, mask=False)
+        pongers.put(ponger)
+        ponger.run()
+
+    server = raw_server(conversation=conversation)
+    recorder = Recorder()
+    client = polysocket.createWebsocket(
+        server.uri, recorder, engine, ping_interval=PING_INTERVAL, ping_timeout=ping_timeout
+    )
+    ponger = pongers.get(timeout=WAIT)
+    if dropped:
+        assert recorder.wait_closed(), "no onClose although every pong came too late"
+        assert ponger.pings >= 1
+        assert recorder.names == ["onopen", "onerror", "onclose"]
+        assert "keepalive" in recorder.errors[0], recorder.errors
+        assert recorder.of("onclose")[0].close_code == 1006
+    else:
+        assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
+        assert not recorder.closed.is_set(), f"dropped although pongs came: {recorder.errors}"
+        client.close()
+        assert recorder.names == ["onopen", "onclose"]
+        assert recorder.of("onclose")[0].close_code == 1000
+    recorder.assert_well_formed()
+
+
+@LATE_PONGS
+def test_server_keepalive_waits_ping_timeout_for_the_pong(
+    engine, serve_registry, ping_timeout, dropped
+):
+    require_capability(engine, "keepalive")
+    server = serve_registry(ping_interval=PING_INTERVAL, ping_timeout=ping_timeout)
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
+        ponger = LatePongs(client.sock, client.reader, PONG_DELAY, mask=True).start()
+        opened = events.wait("onopen", "echo")
+        if dropped:
+            closed = events.wait("onclose", "echo")
+            assert ponger.pings >= 1
+            assert events.of(opened.session_id) == ["onopen", "onerror", "onclose"]
+            assert "keepalive" in events.wait("onerror", "echo").payload
+            assert closed.close_code == 1006
+        else:
+            assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
+            assert events.of(opened.session_id) == ["onopen"], "dropped although pongs came"
+            ponger.close(1000)
+            assert ponger.ended.wait(WAIT)
+            assert ponger.close_code == 1000
+            client.close()
+            assert events.wait("onclose", "echo").close_code == 1000

@@ -15,6 +15,7 @@ import pytest
 import polysocket
 
 from .peer_processes import PEERS_DIR, PeerUnavailable, node_ws_location, require_peers
+from .rawframes import TEXT, RawClient, close_frame, frame
 from .server_support import ServerThread, add_descriptor, events, write_registry
 from .support import WAIT, Recorder, require_capability
 
@@ -50,6 +51,20 @@ def test_echo_endpoint_and_session_details(server, engine):
     assert closed.close_code == 1000
     assert events.of(opened.session_id) == ["onopen", "onmessage", "onclose"]
     assert polysocket.getSessions("echo") == []
+
+
+def test_five_hundred_messages_on_one_connection(server):
+    """A client that sends 500 messages at once: the session's onMessage sees each, in order,
+    and every echo comes back, in order (past the point where an engine stops reading)."""
+    sent = [f"message {i}" for i in range(500)]
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
+        client.send(*(frame(TEXT, text.encode()) for text in sent))
+        echoes = [client.recv_frame() for _ in sent]
+        client.send(close_frame(1000))
+        assert client.reader.until_close()[0] == 1000
+    assert echoes == [(TEXT, True, text.encode()) for text in sent]
+    assert events.wait("onclose", "echo").close_code == 1000
+    assert [e.payload for e in events.items if e.name == "onmessage"] == sent
 
 
 def test_interop_matrix(engine, other_engine, tmp_path):

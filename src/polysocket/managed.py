@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .transport import Message, Transport, TransportClosed
@@ -94,16 +95,50 @@ class ManagedTransport:
         except TransportClosed as closed:
             raise self._end(closed) from None
         except asyncio.CancelledError:
-            # close() let go of an engine whose receive() ignored abort(): the end, not a
-            # cancellation, unless someone else cancelled this task as well
-            ended = self._ended
-            if self._released and ended is not None and reader and reader.uncancel() == 0:
-                raise ended from None
-            raise
+            ended = self._let_go(reader)
+            if ended is None:
+                raise
+            raise ended from None
         finally:
             self._reader = None
             if self._closing:
                 self._wake.set()
+
+    async def read_forever(self, deliver: Callable[[Message], Awaitable[None] | None]) -> None:
+        """Hand every message to ``deliver`` until the end, then raise :class:`TransportClosed`.
+
+        The per-message path of the core's reader: one call for the connection's life
+        instead of a wrapped ``receive()`` per message. ``deliver`` returns an awaitable when
+        the reader must pause (a backlog); the reader counts as receiving meanwhile, so
+        ``close()`` leaves the messages to it (the owner ends the pause when it closes).
+        """
+        if self._ended is not None:
+            raise self._ended
+        receive = self._raw.receive
+        self._reader = reader = asyncio.current_task()
+        try:
+            while True:
+                paused = deliver(await receive())
+                if paused is not None:
+                    await paused
+        except TransportClosed as closed:
+            raise self._end(closed) from None
+        except asyncio.CancelledError:
+            ended = self._let_go(reader)
+            if ended is None:
+                raise
+            raise ended from None
+        finally:
+            self._reader = None
+            self._wake.set()
+
+    def _let_go(self, reader: asyncio.Task[Any] | None) -> TransportClosed | None:
+        """The end a cancelled reader raises when close() let go of it (an engine whose
+        receive() ignored abort()); ``None``: a real cancellation, from someone else too."""
+        ended = self._ended
+        if self._released and ended is not None and reader and reader.uncancel() == 0:
+            return ended
+        return None
 
     def _end(self, closed: TransportClosed) -> TransportClosed:
         if self._ended is None:
