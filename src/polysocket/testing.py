@@ -104,8 +104,8 @@ class _End:
 
     @property
     def close_code(self) -> int | None:
-        """The code of the close frame received (1005: none in it, 1006: the connection was
-        dropped); ``None`` while the connection is open."""
+        """The code of the close frame received (1006: the connection was dropped instead);
+        ``None`` while the connection is open."""
         ended = self._in.ended
         if ended is None:
             return None
