@@ -284,6 +284,54 @@ def test_an_engine_whose_receive_fails_while_draining_is_aborted(caplog):
     assert "engine receive() failed while closing" in caplog.text
 
 
+def test_read_forever_delivers_in_order_and_keeps_the_messages_while_paused():
+    """The core's reader: a paused reader still counts as reading, so close() leaves what
+    arrives after our close frame to it instead of discarding it."""
+
+    async def scenario():
+        raw = Raw(answer=False)
+        transport = ManagedTransport(raw, close_timeout=5)
+        delivered = []
+        resume = asyncio.get_running_loop().create_future()
+
+        def deliver(message):
+            delivered.append(message)
+            return resume if message == "pause" else None
+
+        raw.feed("a", "pause")
+        reading = asyncio.ensure_future(transport.read_forever(deliver))
+        while delivered != ["a", "pause"]:
+            await asyncio.sleep(0)
+        closing = asyncio.ensure_future(transport.close(4000, "bye"))
+        raw.feed("late", TransportClosed(4000, "bye"))
+        await asyncio.sleep(0)
+        resume.set_result(None)
+        with pytest.raises(TransportClosed) as closed:
+            await reading
+        await closing
+        assert delivered == ["a", "pause", "late"] and closed.value.code == 4000
+        assert raw.most_receiving == 1
+        with pytest.raises(TransportClosed) as again:  # the end is sticky here too
+            await transport.read_forever(deliver)
+        assert again.value is closed.value
+
+    run(scenario())
+
+
+def test_cancelling_read_forever_is_a_cancellation():
+    async def scenario():
+        raw = Raw()
+        transport = ManagedTransport(raw, close_timeout=5)
+        reading = asyncio.ensure_future(transport.read_forever(lambda message: None))
+        await asyncio.sleep(0)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert transport.ended is None
+
+    run(scenario())
+
+
 @pytest.fixture
 def short_grace(monkeypatch):
     monkeypatch.setattr(managed, "ABORT_GRACE", 0.05)
