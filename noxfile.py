@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -184,6 +185,7 @@ def mutants(session: nox.Session) -> None:
     _install(session)
     session.install("-e", MUTANTS)
     _install_node_peer(session)
+    session.run("pytest", f"{MUTANTS}/tests", "-q", "-p", "no:randomly")
     listing = session.run("python", "-m", "polysocket_mutants", silent=True)
     assert isinstance(listing, str)
     plan = json.loads(listing)
@@ -198,7 +200,10 @@ def mutants(session: nox.Session) -> None:
     started = time.monotonic()
     for mutant in plan:
         name, expect = mutant["name"], mutant["expect"]
-        order = [*mutant["first"], *(m for m in modules if m not in mutant["first"])]
+        first = [module for module in mutant["first"] if module in modules]
+        if first != mutant["first"]:
+            session.warn(f"{name}: no such test module: {set(mutant['first']) - set(first)}")
+        order = [*first, *(module for module in modules if module not in first)]
         began = time.monotonic()
         try:
             output = session.run(
@@ -219,7 +224,7 @@ def mutants(session: nox.Session) -> None:
             )
             code = 1 if expect == "fail" else 0
         except CommandFailed as failed:
-            code, output = failed.return_code, ""
+            code, output = _exit_code(failed), ""
         seconds = time.monotonic() - began
         failure = _first_failure(str(output)) if code == 1 else ""
         first = failure.split(" - ", 1)[0].split("/")[-1]
@@ -252,3 +257,13 @@ def _first_failure(output: str) -> str:
         if line.startswith(("FAILED ", "ERROR ")):
             return line
     return "(no FAILED line)"
+
+
+def _exit_code(failed: CommandFailed) -> int | None:
+    """The exit code of a failed command: an attribute from nox 2026.07 on, before that only
+    in the message ("Returned code N")."""
+    code = getattr(failed, "return_code", None)
+    if code is None:
+        match = re.fullmatch(r"Returned code (-?\d+)", str(failed.reason))
+        code = int(match[1]) if match else None
+    return code
