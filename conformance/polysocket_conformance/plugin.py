@@ -12,7 +12,8 @@ it takes ``engine``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -137,7 +138,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_report_key, {})[report.when] = report
     return report
@@ -146,7 +149,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 # -- peers ----------------------------------------------------------------------------------
 
 
-def _start_or_skip(kind: str, log_dir: Any) -> Peer:
+def _start_or_skip(kind: str, log_dir: Path) -> Peer:
     try:
         return start_peer(kind, log_dir)
     except PeerUnavailable as exc:
@@ -195,7 +198,7 @@ def peer(request: pytest.FixtureRequest) -> Peer:
 
 
 @pytest.fixture
-def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
+def start_private_peer(tmp_path: Path) -> Iterator[Callable[[str], Peer]]:
     """Factory: start a fresh peer process of a kind, only for this test (it may kill it)."""
     started: list[Peer] = []
 
@@ -233,7 +236,7 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
 
 
 @pytest.fixture
-def serve_registry(engine: str, tmp_path: Any) -> Iterator[Callable[..., ServerThread]]:
+def serve_registry(engine: str, tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
     """Factory: ``serve_registry(**options)`` serves the test registry (endpoints ``echo``,
     ``chat``, ``failing``...; see ``server_support``) with ``engine`` on a background
     thread, skipping when the engine lacks the ``server`` capability; stopped after the

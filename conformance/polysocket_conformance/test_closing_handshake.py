@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import polysocket
-from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
-from polysocket_conformance.server_support import events
+from polysocket_conformance.rawframes import TEXT, RawClient, RawServer, close_frame, frame
+from polysocket_conformance.server_support import ServerThread, events
 from polysocket_conformance.support import WAIT, Recorder
 
 ECHO = "/websockets/v4/service/echo"
@@ -31,7 +32,9 @@ def server_messages() -> list[object]:
     return [e.payload for e in events.items if e.name == "onmessage"]
 
 
-def test_server_delivers_messages_sent_after_its_close_frame(serve_registry):
+def test_server_delivers_messages_sent_after_its_close_frame(
+    serve_registry: Callable[..., ServerThread],
+) -> None:
     server = serve_registry()
     with RawClient(server.port, ECHO) as client:
         client.send(frame(TEXT, b"close:4000:enough"))  # the session closes in onMessage
@@ -47,7 +50,9 @@ def test_server_delivers_messages_sent_after_its_close_frame(serve_registry):
     assert (closed.close_code, closed.close_reason) == (4000, "enough")
 
 
-def test_client_delivers_messages_sent_after_its_close_frame(engine, raw_server):
+def test_client_delivers_messages_sent_after_its_close_frame(
+    engine: str, raw_server: Callable[..., RawServer]
+) -> None:
     def conversation(sock: socket.socket, reader: Any) -> None:
         code, _, _ = reader.until_close()
         sock.sendall(b"".join(frame(TEXT, text.encode(), mask=False) for text in LATE))
@@ -67,7 +72,7 @@ def test_client_delivers_messages_sent_after_its_close_frame(engine, raw_server)
     recorder.assert_well_formed()
 
 
-def test_server_close_bounded_by_close_timeout(serve_registry):
+def test_server_close_bounded_by_close_timeout(serve_registry: Callable[..., ServerThread]) -> None:
     """A client that never answers the close frame, nor closes TCP: the session's close()
     returns within close_timeout=0.5 (and a little), with onClose run (1006)."""
     server = serve_registry(close_timeout=0.5)

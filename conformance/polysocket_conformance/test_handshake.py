@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
 import polysocket
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
-from polysocket_conformance.server_support import events
+from polysocket_conformance.server_support import ServerThread, events
 from polysocket_conformance.support import WAIT, Recorder, require_capability
 
 ECHO = "/websockets/v4/service/echo"
@@ -28,7 +30,7 @@ def close_cleanly(client: RawClient) -> None:
     assert events.wait("onclose", "echo").close_code == 1000
 
 
-def test_repeated_request_headers_are_joined(serve_registry):
+def test_repeated_request_headers_are_joined(serve_registry: Callable[..., ServerThread]) -> None:
     """RFC 9110 5.3: header lines of one name are one list, joined with ", " in order;
     cookies (RFC 6265 5.4) with "; "."""
     server = serve_registry()
@@ -46,7 +48,9 @@ def test_repeated_request_headers_are_joined(serve_registry):
     [("other", "chat"), ("chat", "other")],
     ids=["supported-on-the-second-line", "supported-on-the-first-line"],
 )
-def test_subprotocols_offered_on_two_header_lines(engine, serve_registry, lines):
+def test_subprotocols_offered_on_two_header_lines(
+    engine: str, serve_registry: Callable[..., ServerThread], lines: tuple[str, str]
+) -> None:
     """RFC 6455 11.3.4: Sec-WebSocket-Protocol may come on several lines; together they are
     the offer, and the server selects from all of them, whichever line its choice is on."""
     require_capability(engine, "subprotocols")
@@ -60,7 +64,9 @@ def test_subprotocols_offered_on_two_header_lines(engine, serve_registry, lines)
         close_cleanly(client)
 
 
-def test_server_session_remote_address_is_the_client_socket(serve_registry):
+def test_server_session_remote_address_is_the_client_socket(
+    serve_registry: Callable[..., ServerThread],
+) -> None:
     """getSession().remote_address is the client's own (ip, port): the port too."""
     server = serve_registry()
     with RawClient(server.port, ECHO) as client:
@@ -69,10 +75,13 @@ def test_server_session_remote_address_is_the_client_socket(serve_registry):
         [session] = polysocket.getSessions("echo")
         close_cleanly(client)
     assert tuple(opened.remote_address) == own, (opened.remote_address, own)
+    assert session.remote_address is not None
     assert tuple(session.remote_address) == own
 
 
-def test_server_selects_by_the_clients_order_of_preference(engine, serve_registry):
+def test_server_selects_by_the_clients_order_of_preference(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     """The client offers "b" before "a"; the server, configured with "a" before "b",
     selects "b": the first offered that it supports."""
     require_capability(engine, "subprotocols")
@@ -84,7 +93,7 @@ def test_server_selects_by_the_clients_order_of_preference(engine, serve_registr
         close_cleanly(client)
 
 
-def test_client_offers_subprotocols_in_its_order(engine, peer):
+def test_client_offers_subprotocols_in_its_order(engine: str, peer: Peer) -> None:
     """subprotocols=["b", "a"] goes on the wire in that order (the peer selects the first
     offered), and the client reports the server's choice."""
     require_capability(engine, "subprotocols")

@@ -11,20 +11,24 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import polysocket
 
+from .peer_processes import Peer
 from .rawframes import LatePongs, RawClient, RawServer, close_frame
-from .server_support import events
+from .server_support import ServerThread, events
 from .support import WAIT, Recorder, require_capability, run_async
+
+#: The server's context and a client's that trusts it.
+TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
 
 
 @pytest.fixture(scope="module")
-def tls() -> Any:
+def tls() -> TlsContexts:
     trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -68,7 +72,7 @@ class RawWebsocketsServer:
 
 
 @pytest.fixture
-def raw_server_with() -> Iterator[Any]:
+def raw_server_with() -> Iterator[Callable[..., RawWebsocketsServer]]:
     started: list[RawWebsocketsServer] = []
 
     def start(**options: Any) -> RawWebsocketsServer:
@@ -93,7 +97,9 @@ def echo_once(uri: str, engine: str, message: Any = "hello", **options: Any) -> 
 # -- TLS ----------------------------------------------------------------------------------
 
 
-def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
+def test_wss_client_with_a_private_ca(
+    engine: str, tls: TlsContexts, raw_server_with: Callable[..., RawWebsocketsServer]
+) -> None:
     require_capability(engine, "tls")
     server_context, client_context = tls
     # 127.0.0.1, not localhost: the servers listen on IPv4 only, and "localhost" may first
@@ -106,7 +112,9 @@ def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
     assert polysocket.getClients() == []
 
 
-def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
+def test_wss_server_with_a_private_ca(
+    engine: str, tls: TlsContexts, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "tls")
     server_context, client_context = tls
     server = serve_registry(ssl=server_context)
@@ -127,7 +135,9 @@ def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     )
 
 
-def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
+def test_wss_server_fails_a_broken_frame_promptly(
+    engine: str, tls: TlsContexts, serve_registry: Callable[..., ServerThread]
+) -> None:
     """Over TLS (no half-close), failing the connection still ends it within close_timeout."""
     require_capability(engine, "tls")
     server_context, client_context = tls
@@ -144,13 +154,16 @@ def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
 # -- subprotocols -------------------------------------------------------------------------
 
 
-def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
+def test_server_selects_a_subprotocol_it_supports(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "subprotocols")
     server = serve_registry(subprotocols=["chat", "superchat"])
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
-    with connect(uri, subprotocols=["other", "superchat"]) as ws:
+    with connect(uri, subprotocols=[Subprotocol("other"), Subprotocol("superchat")]) as ws:
         assert ws.subprotocol == "superchat"
 
     async def polysocket_client() -> str | None:
@@ -163,7 +176,9 @@ def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
 # -- compression --------------------------------------------------------------------------
 
 
-def test_deflate_client_negotiates_and_round_trips(engine, raw_server_with):
+def test_deflate_client_negotiates_and_round_trips(
+    engine: str, raw_server_with: Callable[..., RawWebsocketsServer]
+) -> None:
     require_capability(engine, "deflate")
     peer = raw_server_with(compression="deflate")
     big = "compressible " * 80_000
@@ -177,7 +192,9 @@ def test_deflate_client_negotiates_and_round_trips(engine, raw_server_with):
     )
 
 
-def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
+def test_deflate_server_accepts_only_when_enabled(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "deflate")
     from websockets.sync.client import connect
 
@@ -185,6 +202,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
         server = serve_registry(compression=compression)
         uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
         with connect(uri, compression="deflate") as ws:
+            assert ws.response is not None  # set once the handshake is complete
             accepted = ws.response.headers.get("Sec-WebSocket-Extensions", "")
             big = os.urandom(8).hex() + "z" * 500_000
             ws.send(big)
@@ -195,7 +213,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
 # -- keepalive ----------------------------------------------------------------------------
 
 
-def test_keepalive_detects_a_peer_that_stopped_answering(engine):
+def test_keepalive_detects_a_peer_that_stopped_answering(engine: str) -> None:
     require_capability(engine, "keepalive")
     silent = RawServer(answer_close=False)
     try:
@@ -210,7 +228,7 @@ def test_keepalive_detects_a_peer_that_stopped_answering(engine):
         silent.close()
 
 
-def test_keepalive_keeps_a_live_connection_open(engine, peer):
+def test_keepalive_keeps_a_live_connection_open(engine: str, peer: Peer) -> None:
     require_capability(engine, "keepalive")
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, ping_interval=0.1)
@@ -222,7 +240,9 @@ def test_keepalive_keeps_a_live_connection_open(engine, peer):
         client.close()
 
 
-def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
+def test_server_keepalive_drops_a_silent_client(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "keepalive")
     server = serve_registry(ping_interval=0.2, ping_timeout=0.3)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -251,7 +271,9 @@ LATE_PONGS = pytest.mark.parametrize(
 
 
 @LATE_PONGS
-def test_keepalive_waits_ping_timeout_for_the_pong(engine, raw_server, ping_timeout, dropped):
+def test_keepalive_waits_ping_timeout_for_the_pong(
+    engine: str, raw_server: Callable[..., RawServer], ping_timeout: float, dropped: bool
+) -> None:
     """ping_timeout is the pong wait, not the library's own: pongs 0.5 s late keep the
     connection over three pings with ping_timeout=2, and lose it (onError, then onClose
     1006) with 0.2."""
@@ -286,8 +308,8 @@ def test_keepalive_waits_ping_timeout_for_the_pong(engine, raw_server, ping_time
 
 @LATE_PONGS
 def test_server_keepalive_waits_ping_timeout_for_the_pong(
-    engine, serve_registry, ping_timeout, dropped
-):
+    engine: str, serve_registry: Callable[..., ServerThread], ping_timeout: float, dropped: bool
+) -> None:
     require_capability(engine, "keepalive")
     server = serve_registry(ping_interval=PING_INTERVAL, ping_timeout=ping_timeout)
     with RawClient(server.port, "/websockets/v4/service/echo") as client:

@@ -11,7 +11,8 @@ import os
 import socket
 import socketserver
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 import polysocket
 import pytest
@@ -22,12 +23,16 @@ from polysocket.transport import (
     HttpRequest,
     HttpResponse,
     ServerOptions,
+    Transport,
     TransportClosed,
 )
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.support import WAIT, Recorder
 
 from polysocket_picows import PicowsEngine
-from polysocket_picows._transport import QUEUE_HIGH
+from polysocket_picows._transport import QUEUE_HIGH, PicowsTransport
+
+T = TypeVar("T")
 
 
 class EchoApp:
@@ -43,7 +48,7 @@ class EchoApp:
             return Accept(chosen)
         return HttpResponse(418, b"short and stout\n", headers={"X-Seen": request.method})
 
-    async def session(self, request: HttpRequest, transport: Any) -> None:
+    async def session(self, request: HttpRequest, transport: Transport) -> None:
         try:
             while True:
                 await transport.send(await transport.receive())
@@ -59,15 +64,15 @@ async def raw_exchange(port: int, request: bytes) -> bytes:
     return data
 
 
-def run(coro: Any) -> Any:
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-async def connect(uri: str, options: ClientOptions) -> Any:
+async def connect(uri: str, options: ClientOptions) -> ManagedTransport:
     return ManagedTransport(await PicowsEngine().connect(uri, options), options.close_timeout)
 
 
-def test_every_request_reaches_the_core_whatever_its_method():
+def test_every_request_reaches_the_core_whatever_its_method() -> None:
     async def main() -> None:
         app = EchoApp()
         server = await PicowsEngine().serve("127.0.0.1", 0, app, ServerOptions())
@@ -94,27 +99,29 @@ def test_every_request_reaches_the_core_whatever_its_method():
     run(main())
 
 
-def test_handshake_with_a_subprotocol():
+def test_handshake_with_a_subprotocol() -> None:
     from websockets.asyncio.client import connect
+    from websockets.typing import Subprotocol
 
     async def main() -> None:
         app = EchoApp()
         server = await PicowsEngine().serve("127.0.0.1", 0, app, ServerOptions())
         try:
             uri = f"ws://127.0.0.1:{server.port}/ws"
-            async with connect(uri, subprotocols=["other", "chat"]) as ws:
+            async with connect(uri, subprotocols=[Subprotocol("other"), Subprotocol("chat")]) as ws:
                 assert ws.subprotocol == "chat"
                 await ws.send("hello")
                 assert await ws.recv() == "hello"
             assert app.routed[0].subprotocols == ("other", "chat")
-            assert app.routed[0].remote_address[0] == "127.0.0.1"
+            address = app.routed[0].remote_address
+            assert address is not None and address[0] == "127.0.0.1"
         finally:
             await server.close()
 
     run(main())
 
 
-def test_connection_header_is_a_token_list():
+def test_connection_header_is_a_token_list() -> None:
     """Firefox sends ``Connection: keep-alive, Upgrade``; picows alone wants ``Upgrade``."""
 
     async def main() -> None:
@@ -138,7 +145,7 @@ def test_connection_header_is_a_token_list():
     run(main())
 
 
-def test_a_request_that_never_ends_is_refused():
+def test_a_request_that_never_ends_is_refused() -> None:
     async def main() -> None:
         server = await PicowsEngine().serve("127.0.0.1", 0, EchoApp(), ServerOptions())
         try:
@@ -154,7 +161,7 @@ def test_a_request_that_never_ends_is_refused():
     run(main())
 
 
-def test_server_close_drops_a_client_that_never_finishes_its_request():
+def test_server_close_drops_a_client_that_never_finishes_its_request() -> None:
     async def main() -> None:
         server = await PicowsEngine().serve("127.0.0.1", 0, EchoApp(), ServerOptions())
         sock = socket.create_connection(("127.0.0.1", server.port))
@@ -171,10 +178,12 @@ def test_server_close_drops_a_client_that_never_finishes_its_request():
 # -- receive queue ------------------------------------------------------------------------
 
 
-def test_unread_messages_stop_reading_and_keep_their_order(peer):
+def test_unread_messages_stop_reading_and_keep_their_order(peer: Peer) -> None:
     async def main() -> None:
         transport = await connect(peer.uri, ClientOptions())
-        raw = transport.raw
+        # PicowsEngine.connect declares the Transport protocol; what it returns is its own
+        # PicowsTransport, whose queue and flow control this test looks into
+        raw = cast(PicowsTransport, transport.raw)
         try:
             await transport.send("cmd:burst:20000")
             await asyncio.sleep(0.5)  # nobody reads
@@ -190,7 +199,7 @@ def test_unread_messages_stop_reading_and_keep_their_order(peer):
     run(main())
 
 
-def test_close_keeps_delivering_to_a_pending_receive(peer):
+def test_close_keeps_delivering_to_a_pending_receive(peer: Peer) -> None:
     async def main() -> None:
         transport = await connect(peer.uri, ClientOptions())
         await transport.send("cmd:burst:500")
@@ -213,7 +222,7 @@ def test_close_keeps_delivering_to_a_pending_receive(peer):
     run(main())
 
 
-def test_close_with_nobody_reading_discards_and_finishes(peer):
+def test_close_with_nobody_reading_discards_and_finishes(peer: Peer) -> None:
     async def main() -> None:
         transport = await connect(peer.uri, ClientOptions(close_timeout=5))
         await transport.send("cmd:burst:20000")
@@ -249,10 +258,12 @@ class Refuser(socketserver.ThreadingTCPServer):
 
 
 class _Answer(socketserver.BaseRequestHandler):
+    server: Refuser  # typeshed declares the BaseServer; _Answer serves only a Refuser
+
     def handle(self) -> None:
         with contextlib.suppress(OSError):
             self.request.recv(65536)
-            self.request.sendall(self.server.response)  # type: ignore[attr-defined]
+            self.request.sendall(self.server.response)
 
 
 @pytest.mark.polysocket_conformance
@@ -264,7 +275,7 @@ class _Answer(socketserver.BaseRequestHandler):
     ],
     ids=["403", "unknown-status"],
 )
-def test_refused_handshake_reports_its_status(engine, status_line, status):
+def test_refused_handshake_reports_its_status(engine: str, status_line: bytes, status: int) -> None:
     refuser = Refuser(status_line + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     try:
         with pytest.raises(polysocket.ConnectError) as caught:
@@ -275,7 +286,7 @@ def test_refused_handshake_reports_its_status(engine, status_line, status):
         refuser.close()
 
 
-def test_redirect_is_followed(peer):
+def test_redirect_is_followed(peer: Peer) -> None:
     """picows follows a 3xx to a ws:// Location, as websockets does. Not in polysocket's
     contract: aiohttp follows only http(s):// Locations, tornado none."""
     refuser = Refuser(
