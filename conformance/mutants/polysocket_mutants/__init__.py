@@ -19,9 +19,9 @@ import dataclasses
 import functools
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pluggy
 from polysocket import hookimpl, hookspecs
@@ -41,6 +41,7 @@ from polysocket.transport import (
 __all__ = [
     "BASE_ENGINE",
     "PREFIX",
+    "AppProxy",
     "Decision",
     "Listening",
     "LookaheadTransport",
@@ -84,14 +85,17 @@ def base_engine(name: str = BASE_ENGINE) -> Engine:
 
 
 class TransportProxy:
-    """A transport that passes everything on to the engine's own (``inner``)."""
+    """A transport that passes everything on to the engine's own (``inner``).
+
+    ``subprotocol`` is the inner transport's, copied when the proxy is made: an engine
+    hands over a transport with the handshake complete, its subprotocol settled.
+    """
+
+    subprotocol: str | None
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
-
-    @property
-    def subprotocol(self) -> str | None:
-        return self.inner.subprotocol
+        self.subprotocol = inner.subprotocol
 
     async def send(self, message: Message) -> None:
         await self.inner.send(message)
@@ -99,7 +103,7 @@ class TransportProxy:
     async def receive(self) -> Message:
         return await self.inner.receive()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int, reason: str) -> None:
         await self.inner.close(code, reason)
 
     def abort(self) -> None:
@@ -196,7 +200,7 @@ class LookaheadTransport(TransportProxy):
         """The mutant's ``receive()``, with :meth:`take`, :meth:`peek` and :meth:`consume`."""
         return await self.take()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int, reason: str) -> None:
         self._closing = True
         self._taken.set()
         self._start()
@@ -217,7 +221,7 @@ class Listening:
     port: int
 
 
-class _AppProxy:
+class AppProxy:
     """The ``ServerApp`` handed to the real engine: the mutant sees every request, every
     decision and every server-side transport on its way to the core."""
 
@@ -229,37 +233,11 @@ class _AppProxy:
     def _request(self, request: HttpRequest) -> HttpRequest:
         return self._mutant.request(request, self._listening)
 
-    async def _decided(self, pending: Awaitable[Decision]) -> Decision:
-        return self._mutant.decision(await pending)
+    def route(self, request: HttpRequest) -> Decision:
+        return self._mutant.decision(self._app.route(self._request(request)))
 
     async def session(self, request: HttpRequest, transport: Transport) -> None:
         await self._app.session(self._request(request), self._mutant.transport(transport, "server"))
-
-
-class _AsyncRouteApp(_AppProxy):
-    """For a core whose ``route`` is a coroutine function."""
-
-    async def route(self, request: HttpRequest) -> Decision:
-        decided: Any = self._app.route(self._request(request))
-        if inspect.isawaitable(decided):
-            decided = await decided
-        return self._mutant.decision(decided)
-
-
-class _SyncRouteApp(_AppProxy):
-    """For a core whose ``route`` is a plain method."""
-
-    def route(self, request: HttpRequest) -> Decision | Awaitable[Decision]:
-        decided: Any = self._app.route(self._request(request))
-        if inspect.isawaitable(decided):
-            return self._decided(decided)
-        return self._mutant.decision(decided)
-
-
-def _proxy_app(app: ServerApp, mutant: MutantEngine, listening: Listening) -> ServerApp:
-    """A proxy whose ``route`` is async exactly when ``app.route`` is."""
-    kind = _AsyncRouteApp if inspect.iscoroutinefunction(app.route) else _SyncRouteApp
-    return cast(ServerApp, kind(app, mutant, listening))
 
 
 class MutantEngine(Engine):
@@ -323,7 +301,7 @@ class MutantEngine(Engine):
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
         listening = Listening(host, port)
         server = await self.base.serve(
-            host, port, _proxy_app(app, self, listening), self.options(options)
+            host, port, AppProxy(app, self, listening), self.options(options)
         )
         listening.port = server.port
         return server

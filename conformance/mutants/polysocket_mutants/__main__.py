@@ -10,18 +10,40 @@ entry point (or fails to load), or an entry point registers an engine no class d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from typing import Literal
 
 from polysocket.plugins import registry
 
-from . import PREFIX
-from .mutants import MUTANTS, Control
+from . import PREFIX, MutantEngine
+from .mutants import ENGINES, Control
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """One mutant as ``python -m polysocket_mutants`` lists it (and ``nox -s mutants`` reads
+    it)."""
+
+    name: str
+    bug: str
+    first: tuple[str, ...]
+    expect: Literal["pass", "fail"]
+
+    @classmethod
+    def of(cls, mutant: type[MutantEngine]) -> Listed:
+        return cls(
+            name=mutant.name,
+            bug=mutant.bug(),
+            first=mutant.first,
+            expect="pass" if mutant is Control else "fail",
+        )
 
 
 def problems() -> list[str]:
     """What is wrong between the mutant classes and the installed entry points."""
-    defined = {mutant.name for mutant in (Control, *MUTANTS)}
+    defined = {mutant.name for mutant in ENGINES}
     found: list[str] = []
     registered: set[str] = set()
     for status in registry.statuses():
@@ -46,15 +68,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    listing = [
-        {
-            "name": mutant.name,
-            "bug": mutant.bug(),
-            "first": list(mutant.first),
-            "expect": "pass" if mutant is Control else "fail",
-        }
-        for mutant in (Control, *MUTANTS)
-    ]
+    listing = [dataclasses.asdict(Listed.of(mutant)) for mutant in ENGINES]
     print(json.dumps(listing, indent=2))
     return 0
 

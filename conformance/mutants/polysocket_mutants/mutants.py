@@ -13,6 +13,7 @@ from polysocket.transport import (
     HttpRequest,
     Message,
     MessageTooBigError,
+    ServerOptions,
     Transport,
     TransportClosed,
 )
@@ -28,6 +29,7 @@ from . import (
 )
 
 __all__ = [
+    "ENGINES",
     "MUTANTS",
     "AbortDoesNothing",
     "BinaryAsStr",
@@ -62,7 +64,7 @@ class _DropsAfterOurClose(TransportProxy):
         super().__init__(inner)
         self._close_called = False
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int, reason: str) -> None:
         self._close_called = True
         await self.inner.close(code, reason)
 
@@ -406,8 +408,8 @@ class LostConnectionAs1000(MutantEngine):
 
 
 class _Closes1000(TransportProxy):
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.inner.close()
+    async def close(self, code: int, reason: str) -> None:
+        await self.inner.close(1000, "")
 
 
 class CloseFrameAlways1000(MutantEngine):
@@ -446,13 +448,15 @@ class HeadersNotSent(MutantEngine):
     first = ("test_asyncio_api",)
 
     def options(self, options: Options) -> Options:
-        return dataclasses.replace(options, headers={}) if hasattr(options, "headers") else options
+        if isinstance(options, ServerOptions):
+            return options  # a server has no headers to send
+        return dataclasses.replace(options, headers={})
 
 
 class _NoSubprotocol(TransportProxy):
-    @property
-    def subprotocol(self) -> str | None:
-        return None
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner)
+        self.subprotocol = None
 
 
 class SubprotocolNone(MutantEngine):
@@ -519,3 +523,7 @@ class Control(MutantEngine):
 
     def decision(self, decision: Decision) -> Decision:
         return dataclasses.replace(decision)
+
+
+#: Every engine of the distribution: the control first, then the mutants.
+ENGINES: tuple[type[MutantEngine], ...] = (Control, *MUTANTS)

@@ -1,22 +1,23 @@
-"""The mutants' own machinery, without a network: registration, and the ServerApp proxy
-for a core whose ``route`` is async (today) or a plain method (soon)."""
+"""The mutants' own machinery, without a network: registration, and the ServerApp proxy."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 
 import pytest
 from polysocket.plugins import registry
-from polysocket.transport import Accept, HttpRequest, HttpResponse, Transport
+from polysocket.transport import Accept, HttpRequest, HttpResponse, Message, Transport
 
-from polysocket_mutants import Listening, MutantEngine, _proxy_app, base_engine
+from polysocket_mutants import AppProxy, Listening, MutantEngine, base_engine
 from polysocket_mutants.__main__ import problems
 from polysocket_mutants.mutants import (
+    ENGINES,
     MUTANTS,
+    CloseFrameAlways1000,
     Control,
     RemoteAddressIsServer,
     ServerSelectsNoSubprotocol,
+    SubprotocolNone,
 )
 
 REQUEST = HttpRequest(
@@ -30,11 +31,13 @@ REQUEST = HttpRequest(
 )
 
 
-class AsyncRouteApp:
+class RouteApp:
+    """A core that accepts every request with the subprotocol ``chat``."""
+
     def __init__(self) -> None:
         self.seen: list[HttpRequest] = []
 
-    async def route(self, request: HttpRequest) -> HttpResponse | Accept:
+    def route(self, request: HttpRequest) -> HttpResponse | Accept:
         self.seen.append(request)
         return Accept("chat")
 
@@ -42,15 +45,9 @@ class AsyncRouteApp:
         self.seen.append(request)
 
 
-class SyncRouteApp(AsyncRouteApp):
-    def route(self, request: HttpRequest) -> HttpResponse | Accept:  # type: ignore[override]
-        self.seen.append(request)
-        return Accept("chat")
-
-
 def test_every_mutant_is_registered_through_its_entry_point() -> None:
     assert problems() == []
-    for mutant in (Control, *MUTANTS):
+    for mutant in ENGINES:
         engine = registry.get(mutant.name)
         assert type(engine) is mutant
         assert engine.capabilities == base_engine().capabilities
@@ -64,23 +61,55 @@ def test_every_mutant_names_its_bug() -> None:
         assert len(mutant.bug()) > 20, mutant
 
 
-@pytest.mark.parametrize("app_kind", [AsyncRouteApp, SyncRouteApp])
 @pytest.mark.parametrize("mutant", [RemoteAddressIsServer, ServerSelectsNoSubprotocol])
-def test_route_proxy_matches_the_core_route(
-    app_kind: type[AsyncRouteApp], mutant: type[MutantEngine]
+def test_route_proxy_passes_the_request_and_decision_through_the_mutant(
+    mutant: type[MutantEngine],
 ) -> None:
-    app = app_kind()
-    proxy = _proxy_app(app, mutant(base_engine()), Listening("127.0.0.1", 8080))
-    assert inspect.iscoroutinefunction(proxy.route) is inspect.iscoroutinefunction(app.route)
-
-    async def route() -> HttpResponse | Accept:
-        decided = proxy.route(REQUEST)
-        return await decided if inspect.isawaitable(decided) else decided
-
-    decision = asyncio.run(route())
+    app = RouteApp()
+    proxy = AppProxy(app, mutant(base_engine()), Listening("127.0.0.1", 8080))
+    decision = proxy.route(REQUEST)
     if mutant is RemoteAddressIsServer:
         assert decision == Accept("chat")
         assert app.seen[0].remote_address == ("127.0.0.1", 8080)
     else:
         assert decision == Accept(None)
         assert app.seen[0] == REQUEST
+
+
+class FakeTransport:
+    """An engine's transport that records the close frame it was asked to send."""
+
+    def __init__(self) -> None:
+        self.subprotocol: str | None = "chat"
+        self.closed: tuple[int, str] | None = None
+
+    async def send(self, message: Message) -> None:
+        pass
+
+    async def receive(self) -> Message:
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def abort(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("mutant", "subprotocol", "closed"),
+    [
+        (Control, "chat", (4000, "bye")),
+        (SubprotocolNone, None, (4000, "bye")),
+        (CloseFrameAlways1000, "chat", (1000, "")),
+    ],
+)
+def test_transport_proxy_subprotocol_and_close(
+    mutant: type[MutantEngine], subprotocol: str | None, closed: tuple[int, str]
+) -> None:
+    inner = FakeTransport()
+    transport = mutant(base_engine()).transport(inner, "client")
+    assert isinstance(transport, Transport)
+    assert transport.subprotocol == subprotocol
+    asyncio.run(transport.close(4000, "bye"))
+    assert inner.closed == closed
