@@ -1,15 +1,8 @@
-"""The websockets engine: ``engine="websockets"``, on the library's asyncio API.
-
-- client: ``websockets.asyncio.client.connect`` (``_client``); ``ssl`` for ``wss://`` URIs.
-- server: ``websockets.asyncio.server.serve`` on each socket of ``enginekit.bind_sockets``
-  (``_server``), the core answering every request from ``process_request``.
-- both: ``_transport`` subclasses websockets' sans-I/O protocol (whole messages, a close
-  frame mid-message) and asyncio connection (deadlines after the closing handshake starts,
-  a missing pong as a lost connection), and puts the contract over them.
-- ``compression="deflate"`` and ``ping_interval``/``ping_timeout`` are websockets' own.
-
-websockets is imported inside ``connect``/``serve`` only, so that ``polysocket engines`` can
-say what to install when it is missing.
+"""The websockets engine, ``engine="websockets"``, on the library's asyncio API: ``connect``
+(``_client``), ``serve`` on each socket of ``enginekit.bind_sockets`` (``_server``), and
+subclasses of websockets' protocol and connection both sides share (``_transport``).
+``compression="deflate"`` and the keepalive are websockets' own. websockets is imported
+inside ``connect``/``serve`` only, so that ``polysocket engines`` can say what to install.
 """
 
 from __future__ import annotations
@@ -21,15 +14,13 @@ from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
 
 __all__ = ["PRIVATE_API", "WebsocketsEngine", "polysocket_register_engines"]
 
-#: websockets internals the engine relies on (checked by tests/test_private_api.py).
 PRIVATE_API: dict[str, str] = {
-    "websockets.protocol.Protocol.recv_frame": "overridden to reassemble fragmented messages"
-    " and to end a message cut by a close frame",
-    "websockets.asyncio.connection.Connection.keepalive_task": "fail() from this task is a"
-    " keepalive ping timeout",
-    "websockets.asyncio.connection.Connection.close_timeout": "the deadline once the closing"
-    " handshake started",
-    "websockets.asyncio.connection.Connection.send_data": "close() writes the close frame"
+    "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, and a close frame"
+    " in the middle of one",
+    "websockets.asyncio.connection.Connection.keepalive_task": "fail() called from it means"
+    " a keepalive timeout",
+    "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
+    "websockets.asyncio.connection.Connection.send_data": "close() writes its close frame"
     " without websockets' close(), which waits for the peer",
 }
 
@@ -43,9 +34,9 @@ class WebsocketsEngine(Engine):
     )
 
     async def connect(self, uri: str, options: ClientOptions) -> Any:
-        from ._client import connect
+        from ._client import open_connection
 
-        return await connect(uri, options)
+        return await open_connection(uri, options)
 
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Any:
         from ._server import WebsocketsServer

@@ -1,14 +1,12 @@
-"""What both sides share: websockets' sans-I/O protocol and asyncio connection, subclassed,
-and the transport over them.
-
-websockets builds the sans-I/O protocol itself inside ``connect()``/``serve()`` and offers no
-factory for it, only for the connection (``create_connection``); the connection therefore
-turns the protocol it is handed into ours (``__class__``) before any byte reaches it.
-"""
+"""websockets' sans-I/O protocol and asyncio connection, subclassed for both sides, and the
+transport over them. websockets builds the protocol inside ``connect()``/``serve()`` with no
+factory to pass (only ``create_connection``): the connection makes it ours (``__class__``)
+before any byte reaches it."""
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, ClassVar
 
 from websockets.asyncio.connection import Connection
@@ -19,31 +17,20 @@ from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from polysocket.enginekit import CloseCode
-from polysocket.transport import (
-    ConnectionOptions,
-    Message,
-    MessageTooBigError,
-    TransportClosed,
-)
+from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
-# Looked up once: recv_frame runs for every frame.
-TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE  # per frame
 
 
 class PolysocketProtocol(Protocol):
-    """Reassembles a fragmented message before websockets sees it, so that:
-
-    - its message assembler gets one frame per message: it caps a message at 4096 frames
-      (``MAX_FRAGMENTS``), a limit next to max_size that no other engine has;
-    - a close frame in the middle of a message ends the connection normally (the unfinished
-      message is dropped), as RFC 6455 5.4 and 5.5 allow; websockets would fail it with 1002.
-
-    The fragments are bounded by ``max_size`` as a whole here, each one by websockets.
-    """
+    """Reassembles each fragmented message (bounded by max_size as a whole) before websockets
+    sees it: its assembler caps a message at 4096 frames (``MAX_FRAGMENTS``), a limit no
+    other engine has; and a close frame in the middle of a message ends the connection
+    normally, dropping the message (RFC 6455 5.4, 5.5), where websockets would fail it."""
 
     connection: PolysocketConnection
     max_message: int | None
-    message_opcode: Opcode | None = None  # the first frame's, while a message is unfinished
+    message_opcode: Opcode | None = None  # while a fragmented message is unfinished
     message_fragments: list[bytes | bytearray | memoryview]
     message_size = 0
 
@@ -73,7 +60,7 @@ class PolysocketProtocol(Protocol):
     def fail(self, code: int, reason: str = "") -> None:
         sent = self.close_sent
         super().fail(code, reason)
-        if self.close_sent is not sent:  # this side failed the connection, not the peer
+        if self.close_sent is not sent:  # this side failed the connection
             self.connection.failing(code)
 
 
@@ -86,16 +73,10 @@ class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol):
 
 
 class PolysocketConnection(Connection):
-    """A connection that does not wait for a silent peer.
-
-    - It drops TCP ``close_timeout`` after the closing handshake started, however it started:
-      websockets enforces close_timeout only inside its own close(), so after the peer's
-      close frame, or after it failed the connection itself, a recv() would wait for as long
-      as the peer keeps the socket open.
-    - When the keepalive gets no pong within ``ping_timeout``, websockets sends a 1011 close
-      frame and then waits close_timeout for a peer that has stopped answering; this drops
-      TCP right after that frame, so the transport reports a lost connection at once.
-    """
+    """websockets enforces close_timeout only inside its own close(): this drops TCP
+    ``close_timeout`` after the closing handshake started however it did (the peer's close
+    frame, a failure), and right after the close frame of a keepalive timeout, so that
+    neither waits for a peer that stopped answering."""
 
     protocol_class: ClassVar[type[PolysocketProtocol]]
 
@@ -105,29 +86,41 @@ class PolysocketConnection(Connection):
         protocol.connection, protocol.max_message = self, max_size
         super().__init__(protocol, *args, **kwargs)
         self.deadline: asyncio.TimerHandle | None = None
-        self.failed = False  # this side sent a close frame to fail the connection
-        self.keepalive_lost = False
+        self.failed = self.keepalive_lost = False
 
     def failing(self, code: int) -> None:
         self.failed = True
-        # websockets fails a connection from its keepalive task only for a missing pong.
-        task = self.keepalive_task
+        task = self.keepalive_task  # which fails a connection only for a missing pong
         if code == CloseCode.INTERNAL_ERROR and task is not None and task is asyncio.current_task():
             self.keepalive_lost = True
-            # The keepalive task writes the close frame as soon as fail() returns.
-            asyncio.get_running_loop().call_soon(self.transport.abort)
+            asyncio.get_running_loop().call_soon(self.transport.abort)  # after the close frame
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         timeout = self.close_timeout
         if self.deadline is None and self.protocol.state is State.CLOSING and timeout is not None:
-            loop = asyncio.get_running_loop()
-            self.deadline = loop.call_later(timeout, self.transport.abort)
+            self.deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
         super().connection_lost(exc)
+
+
+def library_options(
+    connection: type[PolysocketConnection], options: ConnectionOptions, **extra: Any
+) -> dict[str, Any]:
+    """The options of ``connect()`` and ``serve()`` that are the same on both sides."""
+    max_size = options.max_size or None
+    return dict(
+        # A "factory for the connection" in websockets' docs, though typed as a class.
+        create_connection=partial(connection, max_size=max_size, **extra),
+        max_size=max_size,
+        compression="deflate" if options.compression == "deflate" else None,
+        ping_interval=options.ping_interval,
+        ping_timeout=options.keepalive_timeout,
+        close_timeout=options.close_timeout,
+    )
 
 
 class WebsocketsTransport:
@@ -152,31 +145,27 @@ class WebsocketsTransport:
             raise self._ending(exc) from exc
 
     def _ending(self, exc: ConnectionClosed) -> TransportClosed:
-        """websockets' ConnectionClosed (close frames received and sent) as the contract's."""
-        ws, sent = self._ws, exc.sent
-        if ws.keepalive_lost:
+        sent, cause = exc.sent, exc.__cause__
+        if self._ws.keepalive_lost:
             timeout = self._options.keepalive_timeout
+            lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
+            return TransportClosed(None, error=lost)
+        if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
+            if sent.code != CloseCode.MESSAGE_TOO_BIG:
+                return TransportClosed(sent.code, error=cause or exc)
+            size = cause.size if isinstance(cause, PayloadTooBig) else None
             return TransportClosed(
-                None, error=TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
+                sent.code, error=MessageTooBigError(self._options.max_size, size)
             )
-        if ws.failed and sent is not None:
-            # The peer's answer to that close frame, if any, was discarded (RFC 6455 7.1.7).
-            cause = exc.__cause__
-            if sent.code == CloseCode.MESSAGE_TOO_BIG:
-                size = cause.size if isinstance(cause, PayloadTooBig) else None
-                error = MessageTooBigError(self._options.max_size, size)
-                return TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=error)
-            return TransportClosed(sent.code, error=cause if cause is not None else exc)
         if exc.rcvd is not None:  # websockets parses an empty close frame as 1005 already
             return TransportClosed(exc.rcvd.code, exc.rcvd.reason)
         return TransportClosed(None)
 
     async def close(self, code: int, reason: str) -> None:
-        # Not websockets' close(): it waits for the peer, which is the core's to do.
-        ws = self._ws
-        if ws.protocol.state is State.OPEN:  # else closing already: receive() tells the end
-            ws.protocol.send_close(code, reason)
-            ws.send_data()
+        # Not websockets' close(), which waits for the peer: the core does that.
+        if self._ws.protocol.state is State.OPEN:  # else closing already: receive() tells
+            self._ws.protocol.send_close(code, reason)
+            self._ws.send_data()
 
     def abort(self) -> None:
         self._ws.transport.abort()
