@@ -1,18 +1,15 @@
 """The websockets engine, ``engine="websockets"``, on the library's asyncio API: ``connect``
-(``_client``), ``serve`` on each socket of ``enginekit.bind_sockets`` (``_server``), and
-subclasses of websockets' protocol and connection both sides share (``_transport``).
-``compression="deflate"`` and the keepalive are websockets' own. websockets is imported
-inside ``connect``/``serve`` only, so that ``polysocket engines`` can say what to install.
-"""
+here, ``serve`` on each socket of ``enginekit.bind_sockets`` (``_server``), and the protocol
+and connection subclasses both sides share (``_transport``). ``compression="deflate"`` and
+the keepalive are websockets' own. websockets is imported inside ``connect``/``serve`` only,
+so that ``polysocket engines`` can say what to install when it is missing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from polysocket import hookimpl
+from polysocket import ConnectError, hookimpl
 from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
-
-__all__ = ["PRIVATE_API", "WebsocketsEngine", "polysocket_register_engines"]
 
 PRIVATE_API: dict[str, str] = {
     "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, and a close frame"
@@ -34,9 +31,33 @@ class WebsocketsEngine(Engine):
     )
 
     async def connect(self, uri: str, options: ClientOptions) -> Any:
-        from ._client import open_connection
+        import inspect
+        from urllib.parse import urlsplit
 
-        return await open_connection(uri, options)
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+        from websockets.typing import Subprotocol
+
+        from ._transport import PolysocketClientConnection, WebsocketsTransport, shared_options
+
+        extra = shared_options(PolysocketClientConnection, options)
+        if "proxy" in inspect.signature(connect).parameters:
+            extra["proxy"] = None  # websockets >= 15 honours proxy variables; aiohttp does not
+        if options.ssl is not None and urlsplit(uri).scheme == "wss":
+            extra["ssl"] = options.ssl  # wss:// only: websockets refuses ssl for ws://
+        try:
+            ws = await connect(
+                uri,
+                additional_headers=dict(options.headers) or None,
+                subprotocols=[Subprotocol(p) for p in options.subprotocols] or None,
+                open_timeout=None,  # the core bounds connect()
+                **extra,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            raise ConnectError.rejected(uri, response.status_code, response.reason_phrase) from exc
+        assert isinstance(ws, PolysocketClientConnection)
+        return WebsocketsTransport(ws, options)
 
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Any:
         from ._server import WebsocketsServer

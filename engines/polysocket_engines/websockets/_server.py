@@ -10,7 +10,8 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.http11 import SERVER, Request, Response
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from polysocket import enginekit as kit
@@ -18,12 +19,16 @@ from polysocket.transport import Accept, HttpRequest, ServerApp, ServerOptions
 
 from ._transport import (
     PolysocketConnection,
-    PolysocketServerProtocol,
+    PolysocketProtocol,
     WebsocketsTransport,
-    library_options,
+    shared_options,
 )
 
 _log = logging.getLogger(__name__)
+
+
+class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol):
+    pass
 
 
 class PolysocketServerConnection(PolysocketConnection, ServerConnection):
@@ -36,52 +41,15 @@ class PolysocketServerConnection(PolysocketConnection, ServerConnection):
 
     def __init__(self, *args: Any, site: WebsocketsServer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.site = site
+        self.connections = site.connections
 
     def connection_made(self, transport: Any) -> None:
-        self.site.connections.add(self)
+        self.connections.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.site.connections.discard(self)
+        self.connections.discard(self)
         super().connection_lost(exc)
-
-
-def _process_request(connection: ServerConnection, request: Request) -> Response | None:
-    # Every request, upgrade or not: websockets parses any GET (and, in recent versions, any
-    # method without a body) before deciding on the handshake.
-    assert isinstance(connection, PolysocketServerConnection)
-    method = getattr(request, "method", "GET")
-    path, _, query = request.path.partition("?")
-    headers = request.headers.raw_items()
-    incoming = kit.http_request(method, path, query, headers, connection.remote_address)
-    answer = connection.site.app.route(incoming)
-    if isinstance(answer, Accept):  # websockets then checks the upgrade and completes it
-        connection.incoming, connection.accepted = incoming, answer
-        return None
-    status, reason, body = (
-        answer.status,
-        kit.answer_reason(answer),
-        kit.answer_payload(answer, method),
-    )
-    return Response(status, reason, Headers(kit.answer_fields(answer)), body)
-
-
-def _process_response(connection: ServerConnection, request: Request, response: Response) -> None:
-    if "Server" not in response.headers:  # server_header=None: the core's, if any, once
-        response.headers["Server"] = SERVER
-
-
-def _select_subprotocol(connection: ServerConnection, _: Sequence[Subprotocol]) -> Any:
-    assert isinstance(connection, PolysocketServerConnection) and connection.accepted
-    return connection.accepted.subprotocol
-
-
-async def _handler(connection: ServerConnection) -> None:
-    assert isinstance(connection, PolysocketServerConnection) and connection.incoming
-    site = connection.site
-    site.sessions.start(connection.incoming, WebsocketsTransport(connection, site.options))
-    await connection.wait_closed()  # websockets closes the connection when this returns
 
 
 class WebsocketsServer:
@@ -99,27 +67,48 @@ class WebsocketsServer:
         try:
             for sock in sockets:
                 server = await serve(
-                    _handler,
+                    self._handler,
                     sock=sock,
-                    process_request=_process_request,
-                    process_response=_process_response,
-                    server_header=None,
-                    select_subprotocol=_select_subprotocol,
+                    process_request=self._process_request,
+                    select_subprotocol=self._select_subprotocol,
                     ssl=self.options.ssl,
-                    # deflate: accepted when the client offers it
-                    **library_options(PolysocketServerConnection, self.options, site=self),
+                    **shared_options(PolysocketServerConnection, self.options, site=self),
                 )
                 self._servers.append(server)
         except BaseException:
             for server in self._servers:
                 server.close()
-            for sock in sockets:
+            for sock in sockets[len(self._servers) :]:  # the others are their servers'
                 sock.close()
             raise
 
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Every request, upgrade or not: websockets parses any GET (and, in recent versions,
+        # any method without a body) before deciding on the handshake.
+        assert isinstance(connection, PolysocketServerConnection)
+        method = getattr(request, "method", "GET")
+        path, _, query = request.path.partition("?")
+        headers = request.headers.raw_items()
+        incoming = kit.http_request(method, path, query, headers, connection.remote_address)
+        answer = self.app.route(incoming)
+        if isinstance(answer, Accept):  # websockets then checks the upgrade and completes it
+            connection.incoming, connection.accepted = incoming, answer
+            return None
+        fields, body = Headers(kit.answer_fields(answer)), kit.answer_payload(answer, method)
+        return Response(answer.status, kit.answer_reason(answer), fields, body)
+
+    def _select_subprotocol(self, connection: ServerConnection, _: Sequence[Subprotocol]) -> Any:
+        assert isinstance(connection, PolysocketServerConnection) and connection.accepted
+        return connection.accepted.subprotocol
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, PolysocketServerConnection) and connection.incoming
+        self.sessions.start(connection.incoming, WebsocketsTransport(connection, self.options))
+        await connection.wait_closed()  # websockets closes the connection when this returns
+
     async def close(self) -> None:
         for server in self._servers:
-            server.close(close_connections=False)  # stops listening once its task starts
+            server.close(close_connections=False)  # stops listening when its task starts
         await asyncio.sleep(0)
         # The core has closed its sessions: drop what is left (half-done handshakes, plain
         # HTTP requests, sessions that did not close) and wait for the sessions to return.

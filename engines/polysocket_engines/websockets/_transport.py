@@ -1,7 +1,6 @@
 """websockets' sans-I/O protocol and asyncio connection, subclassed for both sides, and the
-transport over them. websockets builds the protocol inside ``connect()``/``serve()`` with no
-factory to pass (only ``create_connection``): the connection makes it ours (``__class__``)
-before any byte reaches it."""
+transport over them. websockets builds the protocol inside ``connect()``/``serve()`` and takes
+no factory for it: the connection makes it ours (``__class__``) before a byte reaches it."""
 
 from __future__ import annotations
 
@@ -9,12 +8,12 @@ import asyncio
 from functools import partial
 from typing import Any, ClassVar
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
-from websockets.server import ServerProtocol
 
 from polysocket.enginekit import CloseCode
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
@@ -23,97 +22,87 @@ TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOS
 
 
 class PolysocketProtocol(Protocol):
-    """Reassembles each fragmented message (bounded by max_size as a whole) before websockets
-    sees it: its assembler caps a message at 4096 frames (``MAX_FRAGMENTS``), a limit no
-    other engine has; and a close frame in the middle of a message ends the connection
-    normally, dropping the message (RFC 6455 5.4, 5.5), where websockets would fail it."""
+    """Reassembles a fragmented message (max_size bounds it whole) before websockets sees
+    it: its assembler caps a message at 4096 frames, a limit no other engine has; and a close
+    frame in the middle of a message just drops it (RFC 6455 5.4) where websockets fails."""
 
     connection: PolysocketConnection
     max_message: int | None
-    message_opcode: Opcode | None = None  # while a fragmented message is unfinished
-    message_fragments: list[bytes | bytearray | memoryview]
-    message_size = 0
+    unfinished: Opcode | None = None  # the first frame's opcode of a fragmented message
+    fragments: list[bytes | bytearray | memoryview]
+    size = 0
 
     def recv_frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if self.message_opcode is None:
-            if frame.fin or (opcode is not TEXT and opcode is not BINARY):
-                super().recv_frame(frame)  # a stray continuation frame is refused there
-                return
-            self.message_opcode, self.message_fragments, self.message_size = opcode, [], 0
-        elif opcode is not CONT:
-            if opcode is TEXT or opcode is BINARY:
+        opcode, unfinished = frame.opcode, self.unfinished
+        if opcode is CONT and unfinished is not None:
+            self.fragments.append(frame.data)
+            self.size += len(frame.data)
+            if self.max_message is not None and self.size > self.max_message:
+                raise PayloadTooBig(self.size, self.max_message)
+            if frame.fin:
+                self.unfinished = None
+                super().recv_frame(Frame(unfinished, b"".join(self.fragments)))
+        elif opcode is TEXT or opcode is BINARY:
+            if unfinished is not None:
                 raise ProtocolError("expected a continuation frame")
+            if frame.fin:
+                super().recv_frame(frame)
+            else:
+                self.unfinished, self.fragments, self.size = opcode, [frame.data], len(frame.data)
+        else:  # control frames, and continuation frames websockets refuses
             if opcode is CLOSE:
-                self.message_opcode = None
+                self.unfinished = None
             super().recv_frame(frame)
-            return
-        self.message_fragments.append(frame.data)
-        self.message_size += len(frame.data)
-        if self.max_message is not None and self.message_size > self.max_message:
-            raise PayloadTooBig(self.message_size, self.max_message)
-        if frame.fin:
-            whole = Frame(self.message_opcode, b"".join(self.message_fragments))
-            self.message_opcode = None
-            super().recv_frame(whole)
 
     def fail(self, code: int, reason: str = "") -> None:
-        sent = self.close_sent
+        sent, connection = self.close_sent, self.connection
         super().fail(code, reason)
-        if self.close_sent is not sent:  # this side failed the connection
-            self.connection.failing(code)
-
-
-class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol):
-    pass
-
-
-class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol):
-    pass
+        if self.close_sent is sent:  # no close frame sent: the connection was ending already
+            return
+        connection.failed = True
+        task = connection.keepalive_task  # which fails a connection only for a missing pong
+        if code == CloseCode.INTERNAL_ERROR and task is not None and task is asyncio.current_task():
+            connection.keepalive_lost = True
+            asyncio.get_running_loop().call_soon(connection.transport.abort)  # after the frame
 
 
 class PolysocketConnection(Connection):
     """websockets enforces close_timeout only inside its own close(): this drops TCP
     ``close_timeout`` after the closing handshake started however it did (the peer's close
-    frame, a failure), and right after the close frame of a keepalive timeout, so that
-    neither waits for a peer that stopped answering."""
+    frame, a failure), and right after the close frame of a keepalive timeout."""
 
     protocol_class: ClassVar[type[PolysocketProtocol]]
+    deadline: asyncio.TimerHandle | None = None
+    failed = keepalive_lost = False  # this side failed the connection; for a missing pong
 
     def __init__(self, protocol: Protocol, *args: Any, max_size: int | None, **kwargs: Any) -> None:
         protocol.__class__ = self.protocol_class
         assert isinstance(protocol, PolysocketProtocol)
         protocol.connection, protocol.max_message = self, max_size
         super().__init__(protocol, *args, **kwargs)
-        self.deadline: asyncio.TimerHandle | None = None
-        self.failed = self.keepalive_lost = False
-
-    def failing(self, code: int) -> None:
-        self.failed = True
-        task = self.keepalive_task  # which fails a connection only for a missing pong
-        if code == CloseCode.INTERNAL_ERROR and task is not None and task is asyncio.current_task():
-            self.keepalive_lost = True
-            asyncio.get_running_loop().call_soon(self.transport.abort)  # after the close frame
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        timeout = self.close_timeout
+        timeout = self.close_timeout  # aborting a closed connection does nothing
         if self.deadline is None and self.protocol.state is State.CLOSING and timeout is not None:
             self.deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-        super().connection_lost(exc)
+
+class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol):
+    pass
 
 
-def library_options(
+class PolysocketClientConnection(PolysocketConnection, ClientConnection):
+    protocol_class = PolysocketClientProtocol
+
+
+def shared_options(
     connection: type[PolysocketConnection], options: ConnectionOptions, **extra: Any
 ) -> dict[str, Any]:
-    """The options of ``connect()`` and ``serve()`` that are the same on both sides."""
+    """What ``connect()`` and ``serve()`` take alike."""
     max_size = options.max_size or None
     return dict(
-        # A "factory for the connection" in websockets' docs, though typed as a class.
+        # websockets' docs call it a factory, though its type says class
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
         compression="deflate" if options.compression == "deflate" else None,
@@ -127,16 +116,14 @@ class WebsocketsTransport:
     """A client or a server connection: the same rules on both sides."""
 
     def __init__(self, ws: PolysocketConnection, options: ConnectionOptions) -> None:
-        self._ws = ws
-        self._options = options
+        self._ws, self._options = ws, options
         self.subprotocol: str | None = ws.subprotocol
 
     async def send(self, message: Message) -> None:
         try:
             await self._ws.send(message)  # str as a text message, bytes as binary
         except ConnectionClosed as exc:
-            ended = self._ending(exc)
-            raise TransportClosed(ended.code, ended.reason) from exc
+            raise self._ending(exc) from exc
 
     async def receive(self) -> Message:
         try:
@@ -145,18 +132,16 @@ class WebsocketsTransport:
             raise self._ending(exc) from exc
 
     def _ending(self, exc: ConnectionClosed) -> TransportClosed:
-        sent, cause = exc.sent, exc.__cause__
+        sent, cause, options = exc.sent, exc.__cause__, self._options
         if self._ws.keepalive_lost:
-            timeout = self._options.keepalive_timeout
+            timeout = options.keepalive_timeout
             lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
             return TransportClosed(None, error=lost)
         if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
-            if sent.code != CloseCode.MESSAGE_TOO_BIG:
-                return TransportClosed(sent.code, error=cause or exc)
-            size = cause.size if isinstance(cause, PayloadTooBig) else None
-            return TransportClosed(
-                sent.code, error=MessageTooBigError(self._options.max_size, size)
-            )
+            if sent.code == CloseCode.MESSAGE_TOO_BIG:
+                size = cause.size if isinstance(cause, PayloadTooBig) else None
+                cause = MessageTooBigError(options.max_size, size)
+            return TransportClosed(sent.code, error=cause or exc)
         if exc.rcvd is not None:  # websockets parses an empty close frame as 1005 already
             return TransportClosed(exc.rcvd.code, exc.rcvd.reason)
         return TransportClosed(None)
