@@ -12,13 +12,10 @@ from polysocket import ConnectError, hookimpl
 from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
 
 PRIVATE_API: dict[str, str] = {
-    "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, and a close frame"
-    " in the middle of one",
-    "websockets.asyncio.connection.Connection.keepalive_task": "fail() called from it means"
-    " a keepalive timeout",
+    "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, close mid-message",
+    "websockets.asyncio.connection.Connection.keepalive_task": "fail() from it: a lost pong",
     "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
-    "websockets.asyncio.connection.Connection.send_data": "close() writes its close frame"
-    " without websockets' close(), which waits for the peer",
+    "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
 }
 
 
