@@ -27,8 +27,7 @@ from ._transport import (
 _log = logging.getLogger(__name__)
 
 
-class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol):
-    pass
+class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol): ...
 
 
 class PolysocketServerConnection(PolysocketConnection, ServerConnection):

@@ -88,8 +88,7 @@ class PolysocketConnection(Connection):
             self.deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
 
 
-class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol):
-    pass
+class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol): ...
 
 
 class PolysocketClientConnection(PolysocketConnection, ClientConnection):
@@ -99,10 +98,10 @@ class PolysocketClientConnection(PolysocketConnection, ClientConnection):
 def shared_options(
     connection: type[PolysocketConnection], options: ConnectionOptions, **extra: Any
 ) -> dict[str, Any]:
-    """What ``connect()`` and ``serve()`` take alike."""
+    """What ``connect()`` and ``serve()`` take alike. websockets' docs call
+    ``create_connection`` a factory, though its type says class."""
     max_size = options.max_size or None
     return dict(
-        # websockets' docs call it a factory, though its type says class
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
         compression="deflate" if options.compression == "deflate" else None,
