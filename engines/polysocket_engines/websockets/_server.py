@@ -96,9 +96,12 @@ class WebsocketsServer:
         fields, body = Headers(kit.answer_fields(answer)), kit.answer_payload(answer, method)
         return Response(answer.status, kit.answer_reason(answer), fields, body)
 
-    def _select_subprotocol(self, connection: ServerConnection, _: Sequence[Subprotocol]) -> Any:
+    def _select_subprotocol(
+        self, connection: ServerConnection, _: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
         assert isinstance(connection, PolysocketServerConnection) and connection.accepted
-        return connection.accepted.subprotocol
+        chosen = connection.accepted.subprotocol
+        return None if chosen is None else Subprotocol(chosen)
 
     async def _handler(self, connection: ServerConnection) -> None:
         assert isinstance(connection, PolysocketServerConnection) and connection.incoming
