@@ -1,0 +1,117 @@
+"""The server side: a ``tornado.web.Application`` whose one handler takes every request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, RequestHandler
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+
+from polysocket.enginekit import SessionTracker, answer_headers, bind_sockets, http_request
+from polysocket.transport import Accept, HttpResponse, ServerApp, ServerOptions
+
+from ._transport import Delegate, StrictProtocol, TornadoTransport
+
+_log = logging.getLogger(__name__)
+
+_TORNADO_MAX_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size / max_body_size
+
+
+class _AnyMethod(tuple[str, ...]):
+    """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+class TornadoServer:
+    def __init__(self, app: ServerApp, options: ServerOptions, host: str, port: int) -> None:
+        self.app = app
+        self.options = options
+        self.sessions = SessionTracker(app)
+        limit = options.max_size
+        application = Application(
+            [(r".*", Handler, {"server": self})],
+            websocket_max_message_size=limit or sys.maxsize,
+            websocket_ping_interval=None,  # the transport's keepalive (see the package)
+            # The core's refusals (404, 426) are ordinary answers: no warnings for them.
+            log_function=lambda h: _log.info("%d %s", h.get_status(), h.request.uri),
+        )
+        self._http = HTTPServer(
+            application,
+            # One frame is read into the stream's buffer whole: let it hold max_size.
+            max_buffer_size=max(_TORNADO_MAX_BUFFER, (limit or sys.maxsize - 1024) + 1024),
+            max_body_size=_TORNADO_MAX_BUFFER,
+            ssl_options=options.ssl,
+        )
+        sockets = bind_sockets(host, port)
+        self._http.add_sockets(sockets)
+        self.port: int = sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self._http.stop()  # stop listening
+        await self.sessions.close(self.options.close_timeout)
+        try:  # HTTP connections: idle keep-alive ones, requests being answered, handshakes
+            await asyncio.wait_for(self._http.close_all_connections(), self.options.close_timeout)
+        except TimeoutError:
+            _log.warning("tornado server connections did not close within close_timeout")
+
+
+class Handler(Delegate, WebSocketHandler):
+    """Every request, any path and method: the core routes it in ``prepare()``."""
+
+    SUPPORTED_METHODS = _AnyMethod(RequestHandler.SUPPORTED_METHODS)
+
+    def initialize(self, server: TornadoServer) -> None:
+        self._server = server
+        self._subprotocol: str | None = None
+        self.transport = TornadoTransport(server.options)
+
+    def prepare(self) -> None:
+        request = self.request
+        peer = getattr(getattr(request.connection, "context", None), "address", None)
+        self._incoming = http_request(
+            request.method or "GET", request.path, request.query, request.headers.get_all(), peer
+        )
+        answer = self._server.app.route(self._incoming)
+        if isinstance(answer, Accept):
+            if request.method == "GET":  # WebSocketHandler.get() completes the handshake next
+                self._subprotocol = answer.subprotocol
+                return
+            answer = HttpResponse(400, b"a WebSocket handshake is a GET request\n")
+        self.set_status(answer.status)
+        for name, value in answer_headers(answer).items():
+            self.set_header(name, value)
+        # tornado refuses a body, even b"", for these
+        no_body = answer.status < 200 or answer.status in (204, 304)
+        self.finish(None if no_body else bytes(answer.body))
+
+    def compute_etag(self) -> str | None:
+        return None  # no ETag, no 304: the core's answer is sent as is
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # pages on other origins, and the page the core serves
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        # {}: accept permessage-deflate when the client offers it; None: never.
+        return {} if self._server.options.compression == "deflate" else None
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self._subprotocol
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        stock = super().get_websocket_protocol()  # tornado's parameters; None but for version 13
+        if not isinstance(stock, WebSocketProtocol13):
+            return None
+        return self.transport.attach(StrictProtocol(self, False, stock.params))
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.transport.open()  # tornado's frame loop starts once this returns
+        self._server.sessions.start(self._incoming, self.transport)
+
+    def on_close(self) -> None:
+        self.transport.queue.put(None)  # the end, after the messages queued

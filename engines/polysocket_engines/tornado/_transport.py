@@ -1,0 +1,181 @@
+"""One tornado connection, client or server, as a polysocket transport.
+
+tornado runs the frame loop and calls the connection's handler (the client connection or the
+request handler) for every message and pong: :class:`Delegate` hands them to the transport.
+Where tornado is lenient or silent, :class:`StrictProtocol` does what RFC 6455 asks: tornado
+drops TCP on a broken frame or bad UTF-8 and echoes any close frame; it fails the connection
+with a close frame (1002, 1007) instead. After failing (also with tornado's own 1009) only the
+peer's EOF is read, close_timeout at most: resetting a peer that is still sending can destroy
+our close frame before it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.queues import Queue
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
+from polysocket.transport import (
+    ConnectionOptions,
+    Message,
+    MessageTooBigError,
+    ProtocolViolation,
+    TransportClosed,
+)
+
+#: Unread messages a connection holds before tornado's frame loop waits (websockets' default).
+QUEUE_SIZE = 16
+
+
+class StrictProtocol(WebSocketProtocol13):
+    """tornado's protocol object, strict where tornado is lenient (see the module)."""
+
+    close_timeout = 10.0
+    closing = False  # the core's close(): our close frame fails nothing
+    failed: TransportClosed | None = None  # how this side failed the connection (or lost it)
+    dropped = False  # ended before the peer's close frame (close_code is None, as for b"")
+    discarding = False  # failed: reading nothing but the peer's EOF
+    decoding_text = False  # tornado's one _abort() inside a text message is for bad UTF-8
+    keepalive: Keepalive | None = None
+
+    def ending(self) -> TransportClosed:
+        if self.failed or self.dropped:
+            return self.failed or TransportClosed(None)
+        code = CloseCode.NO_STATUS if self.close_code is None else self.close_code
+        return TransportClosed(code, self.close_reason or "")
+
+    def fail(self, code: int, text: str) -> None:
+        self.failed = TransportClosed(code, error=ProtocolViolation(code, text))
+        self.close(code)
+        self.discarding = True
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if not (self.failed or self.closing or self.server_terminated or self.client_terminated):
+            # Only tornado closes first on its own, for a message over max_message_size.
+            error = MessageTooBigError(self.params.max_message_size)
+            self.failed = TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=error)
+        if self.keepalive is not None:
+            self.keepalive.stop()  # a close frame sent or received: close_timeout bounds it
+        waiting = self._waiting
+        super().close(code, reason)
+        if self._waiting is not waiting:  # tornado's 5 s wait for the peer's close frame:
+            # the core bounds its own close(); a failure is bounded here.
+            loop = self.stream.io_loop
+            loop.remove_timeout(self._waiting)
+            self._waiting = loop.call_later(self.close_timeout, self._abort)
+            if self.closing:
+                loop.remove_timeout(self._waiting)
+
+    def _abort(self) -> None:
+        stream = self.stream
+        if stream and not (stream.closed() or self.client_terminated or self.discarding):
+            if not self.server_terminated:  # a broken frame: tornado would just drop TCP
+                if self.decoding_text:
+                    self.fail(CloseCode.INVALID_DATA, "the peer sent text that is not UTF-8")
+                else:
+                    self.fail(CloseCode.PROTOCOL_ERROR, "the peer sent a broken frame")
+                return
+            if self.failed:  # tornado's close(1009) comes with an _abort()
+                self.discarding = True
+                return
+        self.dropped = self.dropped or not self.client_terminated
+        super()._abort()
+
+    def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
+        if opcode == 0x8 and not self.client_terminated:  # tornado would echo it as it is
+            if len(data) == 1 or (len(data) > 1 and not valid_close_code(int.from_bytes(data[:2]))):
+                self.fail(CloseCode.PROTOCOL_ERROR, f"the peer's close frame is invalid: {data!r}")
+                return None
+            try:
+                data[2:].decode()
+            except UnicodeDecodeError:
+                self.fail(CloseCode.INVALID_DATA, "the peer's close reason is not UTF-8")
+                return None
+        self.decoding_text = opcode == 0x1
+        try:
+            return super()._handle_message(opcode, data)
+        finally:
+            self.decoding_text = False
+
+    async def _receive_frame(self) -> None:
+        if not self.discarding:
+            return await super()._receive_frame()
+        await self.stream.write(b"")  # resolves once our close frame is out
+        if isinstance(self.stream, SSLIOStream):
+            self.stream.close()  # TLS cannot half-close: waiting would only end at the timer
+        with contextlib.suppress(OSError, AttributeError):
+            self.stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
+        while True:  # until EOF, whose StreamClosedError ends tornado's frame loop
+            await self.stream.read_bytes(65536, partial=True)
+
+
+class TornadoTransport:
+    """The engine contract on one connection (see :mod:`polysocket.transport`)."""
+
+    proto: StrictProtocol
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self.subprotocol: str | None = None
+        # put() returns a pending future while it is full: tornado's frame loop waits for it.
+        self.queue: Queue[Message | None] = Queue(QUEUE_SIZE)
+        self.options = options
+
+    def attach(self, proto: StrictProtocol) -> StrictProtocol:
+        """What the handler's ``get_websocket_protocol()`` returns."""
+        proto.close_timeout = self.options.close_timeout
+        self.proto = proto
+        return proto
+
+    def open(self) -> None:
+        """The handshake is complete."""
+        self.subprotocol = self.proto.selected_subprotocol
+        interval, timeout = self.options.ping_interval, self.options.keepalive_timeout
+        if interval is not None and timeout is not None:
+            ping = self.proto.write_ping
+            keepalive = Keepalive(lambda: ping(b""), interval, timeout, self._lost, self.queue.full)
+            self.proto.keepalive = keepalive
+
+    async def send(self, message: Message) -> None:
+        if self.proto.server_terminated:  # failed: no frame may follow our close frame
+            raise TransportClosed(None)
+        try:  # resolves once the frame is written out: tornado's flow control
+            await self.proto.write_message(message, binary=not isinstance(message, str))
+        except WebSocketClosedError as exc:
+            raise TransportClosed(None) from exc
+
+    async def receive(self) -> Message:
+        message = await self.queue.get()
+        if message is None:
+            raise self.proto.ending()
+        return message
+
+    async def close(self, code: int, reason: str) -> None:
+        self.proto.closing = True
+        self.proto.close(code, reason)
+        with contextlib.suppress(StreamClosedError):
+            await self.proto.stream.write(b"")  # resolves once our close frame is out
+
+    def abort(self) -> None:
+        self.proto.stream.close()  # the frame loop's pending read fails: it ends
+
+    def _lost(self, error: TimeoutError) -> None:
+        self.proto.failed = TransportClosed(None, error=error)
+        self.abort()
+
+
+class Delegate:
+    """The calls tornado's frame loop makes on its handler, the same on both sides."""
+
+    transport: TornadoTransport
+
+    def on_message(self, message: str | bytes) -> asyncio.Future[None]:
+        return self.transport.queue.put(message)
+
+    def on_pong(self, data: bytes) -> None:
+        if self.transport.proto.keepalive is not None:
+            self.transport.proto.keepalive.pong()
