@@ -16,7 +16,7 @@ import enum
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .context import current_call
@@ -220,15 +220,16 @@ class Connection:
         if wake:
             self._wake_writer.set()
 
-    async def _read_loop(self) -> None:
-        receive = self._transport.receive
+    def _deliver(self, message: str | bytes) -> Awaitable[None] | None:
         dispatcher = self.dispatcher
-        push = dispatcher.push
+        dispatcher.push(message)
+        if dispatcher.backlog > BACKLOG_HIGH and self.state is State.OPEN:
+            return dispatcher.wait_for_backlog()  # request_close() ends the wait
+        return None
+
+    async def _read_loop(self) -> None:
         try:
-            while True:
-                push(await receive())
-                if dispatcher.backlog > BACKLOG_HIGH and self.state is State.OPEN:
-                    await dispatcher.wait_for_backlog()
+            await self._transport.read_forever(self._deliver)
         except TransportClosed as closed:
             self._end(closed)
         except Exception as exc:  # an engine bug: fail this connection, never the loop
@@ -237,7 +238,9 @@ class Connection:
             self._end(TransportClosed(ABNORMAL, error=exc))
 
     async def _write_loop(self) -> None:
-        send = self._transport.send
+        # The engine's own send: this connection's state already refuses sends after
+        # close() or the end, and the writer stops at the first TransportClosed.
+        send = self._transport.raw.send
         while True:
             await self._wake_writer.wait()
             self._wake_writer.clear()

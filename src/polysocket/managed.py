@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from .transport import Message, Transport, TransportClosed
 
@@ -85,6 +86,29 @@ class ManagedTransport:
             self._receiving = False
             if self._closing:
                 self._wake.set()
+
+    async def read_forever(self, deliver: Callable[[Message], Awaitable[None] | None]) -> None:
+        """Hand every message to ``deliver`` until the end, then raise :class:`TransportClosed`.
+
+        The per-message path of the core's reader: one call for the connection's life
+        instead of a wrapped ``receive()`` per message. ``deliver`` returns an awaitable when
+        the reader must pause (a backlog); the reader counts as receiving meanwhile, so
+        ``close()`` leaves the messages to it (the owner ends the pause when it closes).
+        """
+        if self._ended is not None:
+            raise self._ended
+        receive = self._raw.receive
+        self._receiving = True
+        try:
+            while True:
+                paused = deliver(await receive())
+                if paused is not None:
+                    await paused
+        except TransportClosed as closed:
+            raise self._end(closed) from None
+        finally:
+            self._receiving = False
+            self._wake.set()
 
     def _end(self, closed: TransportClosed) -> TransportClosed:
         if self._ended is None:

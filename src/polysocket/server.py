@@ -211,13 +211,18 @@ class EndpointServer:
             await transport.close(CloseCode.GOING_AWAY, "endpoint removed")
             return
         session = ServerSession(name, request)
+
+        def forget() -> None:
+            sessions.remove(session)
+            self._connections.discard(connection)
+
         connection = Connection(
             transport,
             endpoint.handler,
             session,
             asyncio.get_running_loop(),
             self._options.close_timeout,
-            on_ended=lambda: (sessions.remove(session), self._connections.discard(connection)),
+            on_ended=forget,
             replies=True,
         )
         session._connection = connection

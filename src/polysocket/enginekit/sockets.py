@@ -17,7 +17,7 @@ def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
     """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, object]] = set()
     error: OSError | None = None
     try:
         for family, kind, proto, _, address in infos:
