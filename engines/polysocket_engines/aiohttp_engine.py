@@ -233,7 +233,7 @@ class AiohttpEngine(Engine):
                 heartbeat=options.ping_interval,
                 compress=bool(options.compression),
             )
-            await ws.prepare(request)
+            await ws.prepare(_one_protocol_line(request))
             tcp = request.transport
             if tcp is not None:
                 _close_after_peer(tcp, ws, options.close_timeout)
@@ -259,6 +259,19 @@ def _http_request(request: Any) -> HttpRequest:
     return http_request(
         request.method, request.path, request.query_string, request.headers.items(), peer
     )
+
+
+def _one_protocol_line(request: Any) -> Any:
+    """``request``, with a Sec-WebSocket-Protocol sent on several lines (RFC 6455 11.3.4)
+    joined into one: aiohttp's handshake selects from the first line only."""
+    offered = request.headers.getall("Sec-WebSocket-Protocol", ())
+    if len(offered) < 2:
+        return request
+    from multidict import CIMultiDict
+
+    headers = CIMultiDict(request.headers)
+    headers["Sec-WebSocket-Protocol"] = ", ".join(offered)  # replaces every line
+    return request.clone(headers=headers)
 
 
 class AiohttpServer:
