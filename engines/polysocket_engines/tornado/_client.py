@@ -1,7 +1,5 @@
-"""The client side: what ``tornado.websocket.websocket_connect`` does, with a connection
-class of our own (it always builds tornado's, whose protocol object is tornado's)."""
-
-from __future__ import annotations
+"""The client: ``websocket_connect`` always builds tornado's own connection class (and so its
+protocol object), so this builds the request and the connection as it does."""
 
 import sys
 from urllib.parse import urlsplit
@@ -15,15 +13,13 @@ from polysocket.transport import ClientOptions
 
 from ._transport import Delegate, StrictProtocol, TornadoTransport
 
-_NO_HTTP_RESPONSE = 599  # tornado's HTTPClientError code for "no HTTP response" (timeouts, EOF)
-
 
 class ClientConnection(Delegate, WebSocketClientConnection):
     def __init__(self, request: HTTPRequest, options: ClientOptions) -> None:
         self.transport = TornadoTransport(options)
         super().__init__(
             request,
-            compression_options={} if options.compression == "deflate" else None,  # {}: offer it
+            compression_options={} if options.compression == "deflate" else None,  # {}: offer
             max_message_size=options.max_size or sys.maxsize,
             subprotocols=list(options.subprotocols) or None,
         )
@@ -34,7 +30,7 @@ class ClientConnection(Delegate, WebSocketClientConnection):
     def on_ws_connection_close(self, code: int | None = None, reason: str | None = None) -> None:
         super().on_ws_connection_close(code, reason)
         self.protocol = None  # over: tornado's __del__ warns about a connection that has one
-        self.transport.queue.put(None)  # the end, after the messages queued
+        self.transport.queue.put(None)
 
 
 async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
@@ -53,7 +49,7 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
     try:
         await connection.connect_future
     except HTTPClientError as exc:
-        if exc.code == _NO_HTTP_RESPONSE:
+        if exc.code == 599:  # tornado's code for "no HTTP response" (timeouts, EOF)
             raise
         raise ConnectError.rejected(uri, exc.code, exc.message) from exc
     connection.transport.open()

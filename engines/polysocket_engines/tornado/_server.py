@@ -1,8 +1,7 @@
-"""The server side: a ``tornado.web.Application`` whose one handler takes every request."""
-
-from __future__ import annotations
+"""The server: a ``tornado.web.Application`` whose one handler takes every request."""
 
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -17,15 +16,7 @@ from polysocket.transport import Accept, HttpResponse, ServerApp, ServerOptions
 from ._transport import Delegate, StrictProtocol, TornadoTransport
 
 _log = logging.getLogger(__name__)
-
-_TORNADO_MAX_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size / max_body_size
-
-
-class _AnyMethod(tuple[str, ...]):
-    """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
+_BUFFER = 100 * 1024 * 1024  # tornado's default max_buffer_size and max_body_size
 
 
 class TornadoServer:
@@ -33,19 +24,18 @@ class TornadoServer:
         self.app = app
         self.options = options
         self.sessions = SessionTracker(app)
-        limit = options.max_size
         application = Application(
             [(r".*", Handler, {"server": self})],
-            websocket_max_message_size=limit or sys.maxsize,
-            websocket_ping_interval=None,  # the transport's keepalive (see the package)
+            websocket_max_message_size=options.max_size or sys.maxsize,
             # The core's refusals (404, 426) are ordinary answers: no warnings for them.
             log_function=lambda h: _log.info("%d %s", h.get_status(), h.request.uri),
         )
+        # One frame is read into the stream's buffer whole: let it hold max_size.
+        frame = sys.maxsize - 1024 if options.max_size is None else options.max_size
         self._http = HTTPServer(
             application,
-            # One frame is read into the stream's buffer whole: let it hold max_size.
-            max_buffer_size=max(_TORNADO_MAX_BUFFER, (limit or sys.maxsize - 1024) + 1024),
-            max_body_size=_TORNADO_MAX_BUFFER,
+            max_buffer_size=max(_BUFFER, frame + 1024),
+            max_body_size=_BUFFER,
             ssl_options=options.ssl,
         )
         sockets = bind_sockets(host, port)
@@ -55,10 +45,16 @@ class TornadoServer:
     async def close(self) -> None:
         self._http.stop()  # stop listening
         await self.sessions.close(self.options.close_timeout)
-        try:  # HTTP connections: idle keep-alive ones, requests being answered, handshakes
+        # HTTP connections left: idle keep-alive ones, answers being sent, handshakes
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._http.close_all_connections(), self.options.close_timeout)
-        except TimeoutError:
-            _log.warning("tornado server connections did not close within close_timeout")
+
+
+class _AnyMethod(tuple[str, ...]):
+    """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 class Handler(Delegate, WebSocketHandler):
@@ -67,20 +63,20 @@ class Handler(Delegate, WebSocketHandler):
     SUPPORTED_METHODS = _AnyMethod(RequestHandler.SUPPORTED_METHODS)
 
     def initialize(self, server: TornadoServer) -> None:
-        self._server = server
-        self._subprotocol: str | None = None
+        self.server = server
         self.transport = TornadoTransport(server.options)
+        self.subprotocol: str | None = None
 
     def prepare(self) -> None:
         request = self.request
         peer = getattr(getattr(request.connection, "context", None), "address", None)
-        self._incoming = http_request(
-            request.method or "GET", request.path, request.query, request.headers.get_all(), peer
-        )
-        answer = self._server.app.route(self._incoming)
+        headers = request.headers.get_all()
+        method = request.method or "GET"
+        self.incoming = http_request(method, request.path, request.query, headers, peer)
+        answer = self.server.app.route(self.incoming)
         if isinstance(answer, Accept):
-            if request.method == "GET":  # WebSocketHandler.get() completes the handshake next
-                self._subprotocol = answer.subprotocol
+            if method == "GET":  # WebSocketHandler.get() completes the handshake next
+                self.subprotocol = answer.subprotocol
                 return
             answer = HttpResponse(400, b"a WebSocket handshake is a GET request\n")
         self.set_status(answer.status)
@@ -90,7 +86,7 @@ class Handler(Delegate, WebSocketHandler):
         no_body = answer.status < 200 or answer.status in (204, 304)
         self.finish(None if no_body else bytes(answer.body))
 
-    def compute_etag(self) -> str | None:
+    def compute_etag(self) -> None:
         return None  # no ETag, no 304: the core's answer is sent as is
 
     def check_origin(self, origin: str) -> bool:
@@ -98,20 +94,20 @@ class Handler(Delegate, WebSocketHandler):
 
     def get_compression_options(self) -> dict[str, Any] | None:
         # {}: accept permessage-deflate when the client offers it; None: never.
-        return {} if self._server.options.compression == "deflate" else None
+        return {} if self.server.options.compression == "deflate" else None
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        return self._subprotocol
+        return self.subprotocol
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        stock = super().get_websocket_protocol()  # tornado's parameters; None but for version 13
+        stock = super().get_websocket_protocol()  # tornado's parameters; None unless version 13
         if not isinstance(stock, WebSocketProtocol13):
             return None
         return self.transport.attach(StrictProtocol(self, False, stock.params))
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.transport.open()  # tornado's frame loop starts once this returns
-        self._server.sessions.start(self._incoming, self.transport)
+        self.server.sessions.start(self.incoming, self.transport)
 
     def on_close(self) -> None:
-        self.transport.queue.put(None)  # the end, after the messages queued
+        self.transport.queue.put(None)

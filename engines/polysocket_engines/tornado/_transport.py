@@ -1,15 +1,13 @@
 """One tornado connection, client or server, as a polysocket transport.
 
-tornado runs the frame loop and calls the connection's handler (the client connection or the
-request handler) for every message and pong: :class:`Delegate` hands them to the transport.
-Where tornado is lenient or silent, :class:`StrictProtocol` does what RFC 6455 asks: tornado
-drops TCP on a broken frame or bad UTF-8 and echoes any close frame; it fails the connection
-with a close frame (1002, 1007) instead. After failing (also with tornado's own 1009) only the
-peer's EOF is read, close_timeout at most: resetting a peer that is still sending can destroy
-our close frame before it is read.
+tornado's frame loop calls the connection's handler (the client connection or the request
+handler) for every message and pong; :class:`Delegate` hands them to the transport. Where
+tornado is lenient, :class:`StrictProtocol` follows RFC 6455: tornado drops TCP on a broken
+frame or bad UTF-8 and echoes any close frame, where the connection must be failed with a
+close frame (1002, 1007). After failing (also with tornado's own 1009) only the peer's EOF
+is read, close_timeout at most: a reset while the peer still sends can destroy our close
+frame before it is read.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -28,62 +26,49 @@ from polysocket.transport import (
     TransportClosed,
 )
 
-#: Unread messages a connection holds before tornado's frame loop waits (websockets' default).
-QUEUE_SIZE = 16
-
 
 class StrictProtocol(WebSocketProtocol13):
     """tornado's protocol object, strict where tornado is lenient (see the module)."""
 
     close_timeout = 10.0
     closing = False  # the core's close(): our close frame fails nothing
-    failed: TransportClosed | None = None  # how this side failed the connection (or lost it)
-    dropped = False  # ended before the peer's close frame (close_code is None, as for b"")
-    discarding = False  # failed: reading nothing but the peer's EOF
+    #: How the connection ended, unless the peer's close frame says it: failed, lost.
+    outcome: TransportClosed | None = None
     decoding_text = False  # tornado's one _abort() inside a text message is for bad UTF-8
     keepalive: Keepalive | None = None
 
-    def ending(self) -> TransportClosed:
-        if self.failed or self.dropped:
-            return self.failed or TransportClosed(None)
-        code = CloseCode.NO_STATUS if self.close_code is None else self.close_code
-        return TransportClosed(code, self.close_reason or "")
-
     def fail(self, code: int, text: str) -> None:
-        self.failed = TransportClosed(code, error=ProtocolViolation(code, text))
+        self.outcome = TransportClosed(code, error=ProtocolViolation(code, text))
         self.close(code)
-        self.discarding = True
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        if not (self.failed or self.closing or self.server_terminated or self.client_terminated):
-            # Only tornado closes first on its own, for a message over max_message_size.
-            error = MessageTooBigError(self.params.max_message_size)
-            self.failed = TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=error)
         if self.keepalive is not None:
             self.keepalive.stop()  # a close frame sent or received: close_timeout bounds it
         waiting = self._waiting
         super().close(code, reason)
-        if self._waiting is not waiting:  # tornado's 5 s wait for the peer's close frame:
-            # the core bounds its own close(); a failure is bounded here.
+        if waiting is None and self._waiting is not None:  # tornado's 5 s close timer, just set:
+            # the core bounds its close() by close_timeout; a failure is bounded here, by it too.
             loop = self.stream.io_loop
             loop.remove_timeout(self._waiting)
-            self._waiting = loop.call_later(self.close_timeout, self._abort)
-            if self.closing:
-                loop.remove_timeout(self._waiting)
+            self._waiting = (
+                None if self.closing else loop.call_later(self.close_timeout, self.stream.close)
+            )
 
     def _abort(self) -> None:
         stream = self.stream
-        if stream and not (stream.closed() or self.client_terminated or self.discarding):
+        if stream is not None and not (stream.closed() or self.client_terminated):
             if not self.server_terminated:  # a broken frame: tornado would just drop TCP
                 if self.decoding_text:
                     self.fail(CloseCode.INVALID_DATA, "the peer sent text that is not UTF-8")
                 else:
                     self.fail(CloseCode.PROTOCOL_ERROR, "the peer sent a broken frame")
+            elif not (self.closing or self.outcome):  # tornado's close(1009) comes first
+                error = MessageTooBigError(self.params.max_message_size)
+                self.outcome = TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=error)
+            if self.outcome is not None:  # failed: the frame loop reads on, to the peer's EOF
                 return
-            if self.failed:  # tornado's close(1009) comes with an _abort()
-                self.discarding = True
-                return
-        self.dropped = self.dropped or not self.client_terminated
+        if self.outcome is None and not self.client_terminated:
+            self.outcome = TransportClosed(None)  # no close frame came
         super()._abort()
 
     def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
@@ -103,15 +88,16 @@ class StrictProtocol(WebSocketProtocol13):
             self.decoding_text = False
 
     async def _receive_frame(self) -> None:
-        if not self.discarding:
+        if self.outcome is None:
             return await super()._receive_frame()
-        await self.stream.write(b"")  # resolves once our close frame is out
-        if isinstance(self.stream, SSLIOStream):
-            self.stream.close()  # TLS cannot half-close: waiting would only end at the timer
-        with contextlib.suppress(OSError, AttributeError):
-            self.stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
+        stream = self.stream  # failed: our close frame is the last frame either way
+        await stream.write(b"")  # resolves once it is out
+        if isinstance(stream, SSLIOStream):
+            stream.close()  # TLS cannot half-close: waiting would only end at the timer
+        with contextlib.suppress(OSError, AttributeError):  # (closed: socket is None)
+            stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
         while True:  # until EOF, whose StreamClosedError ends tornado's frame loop
-            await self.stream.read_bytes(65536, partial=True)
+            await stream.read_bytes(65536, partial=True)
 
 
 class TornadoTransport:
@@ -121,8 +107,9 @@ class TornadoTransport:
 
     def __init__(self, options: ConnectionOptions) -> None:
         self.subprotocol: str | None = None
-        # put() returns a pending future while it is full: tornado's frame loop waits for it.
-        self.queue: Queue[Message | None] = Queue(QUEUE_SIZE)
+        # Unread messages, 16 at most (websockets' default): put() on a full queue returns a
+        # pending future, which tornado's frame loop awaits before it reads the next frame.
+        self.queue: Queue[Message | None] = Queue(16)
         self.options = options
 
     def attach(self, proto: StrictProtocol) -> StrictProtocol:
@@ -150,8 +137,10 @@ class TornadoTransport:
 
     async def receive(self) -> Message:
         message = await self.queue.get()
-        if message is None:
-            raise self.proto.ending()
+        if message is None:  # the end (see Delegate)
+            proto = self.proto
+            code = CloseCode.NO_STATUS if proto.close_code is None else proto.close_code
+            raise proto.outcome or TransportClosed(code, proto.close_reason or "")
         return message
 
     async def close(self, code: int, reason: str) -> None:
@@ -164,12 +153,13 @@ class TornadoTransport:
         self.proto.stream.close()  # the frame loop's pending read fails: it ends
 
     def _lost(self, error: TimeoutError) -> None:
-        self.proto.failed = TransportClosed(None, error=error)
+        self.proto.outcome = TransportClosed(None, error=error)
         self.abort()
 
 
 class Delegate:
-    """The calls tornado's frame loop makes on its handler, the same on both sides."""
+    """The calls tornado's frame loop makes on its handler, the same on both sides; the
+    handler puts ``None`` in the queue when the loop has ended."""
 
     transport: TornadoTransport
 
