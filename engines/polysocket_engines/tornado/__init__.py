@@ -1,12 +1,9 @@
-"""The tornado engine: ``engine="tornado"``.
-
-``_client`` does what ``tornado.websocket.websocket_connect`` does, with a connection class of
-its own; ``_server`` is a ``tornado.web.Application`` whose one handler takes every request;
-both hand tornado a protocol object of ``_transport``, strict where tornado is lenient.
-Keepalive is ``enginekit.Keepalive``, not tornado's ``ping_interval``: tornado >= 6.5 clamps
-``ping_timeout`` to ``ping_interval``, older ones check the pong only at the next ping, and
-both end a timed-out connection with a close frame that looks like a normal closure.
-"""
+"""The tornado engine, ``engine="tornado"``: ``_client`` connects as ``websocket_connect``
+does, ``_server`` is an ``Application`` whose one handler takes every request, and both hand
+tornado the protocol object of ``_transport``, strict where tornado is lenient. The keepalive
+is ``enginekit.Keepalive``: tornado >= 6.5 clamps ``ping_timeout`` to ``ping_interval``, older
+ones check the pong only at the next ping, and both close a silent peer's connection as if
+normally. tornado is imported inside ``connect``/``serve`` only."""
 
 from polysocket import hookimpl
 from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport

@@ -10,7 +10,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
-from polysocket.enginekit import SessionTracker, answer_headers, bind_sockets, http_request
+from polysocket import enginekit
 from polysocket.transport import Accept, HttpResponse, ServerApp, ServerOptions
 
 from ._transport import Delegate, StrictProtocol, TornadoTransport
@@ -23,7 +23,7 @@ class TornadoServer:
     def __init__(self, app: ServerApp, options: ServerOptions, host: str, port: int) -> None:
         self.app = app
         self.options = options
-        self.sessions = SessionTracker(app)
+        self.sessions = enginekit.SessionTracker(app)
         application = Application(
             [(r".*", Handler, {"server": self})],
             websocket_max_message_size=options.max_size or sys.maxsize,
@@ -38,7 +38,7 @@ class TornadoServer:
             max_body_size=_BUFFER,
             ssl_options=options.ssl,
         )
-        sockets = bind_sockets(host, port)
+        sockets = enginekit.bind_sockets(host, port)
         self._http.add_sockets(sockets)
         self.port: int = sockets[0].getsockname()[1]
 
@@ -65,26 +65,24 @@ class Handler(Delegate, WebSocketHandler):
     def initialize(self, server: TornadoServer) -> None:
         self.server = server
         self.transport = TornadoTransport(server.options)
-        self.subprotocol: str | None = None
 
     def prepare(self) -> None:
         request = self.request
         peer = getattr(getattr(request.connection, "context", None), "address", None)
         headers = request.headers.get_all()
         method = request.method or "GET"
-        self.incoming = http_request(method, request.path, request.query, headers, peer)
+        self.incoming = enginekit.http_request(method, request.path, request.query, headers, peer)
         answer = self.server.app.route(self.incoming)
         if isinstance(answer, Accept):
             if method == "GET":  # WebSocketHandler.get() completes the handshake next
-                self.subprotocol = answer.subprotocol
+                self.accept = answer
                 return
             answer = HttpResponse(400, b"a WebSocket handshake is a GET request\n")
         self.set_status(answer.status)
-        for name, value in answer_headers(answer).items():
+        for name, value in enginekit.answer_headers(answer).items():
             self.set_header(name, value)
-        # tornado refuses a body, even b"", for these
-        no_body = answer.status < 200 or answer.status in (204, 304)
-        self.finish(None if no_body else bytes(answer.body))
+        # None for 1xx, 204, 304: tornado refuses a body, even b"" (and drops HEAD's itself)
+        self.finish(enginekit.answer_payload(answer, "GET") or None)
 
     def compute_etag(self) -> None:
         return None  # no ETag, no 304: the core's answer is sent as is
@@ -97,7 +95,7 @@ class Handler(Delegate, WebSocketHandler):
         return {} if self.server.options.compression == "deflate" else None
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        return self.subprotocol
+        return self.accept.subprotocol
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         stock = super().get_websocket_protocol()  # tornado's parameters; None unless version 13

@@ -20,7 +20,6 @@ from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
     ConnectionOptions,
-    Message,
     MessageTooBigError,
     ProtocolViolation,
     TransportClosed,
@@ -46,13 +45,11 @@ class StrictProtocol(WebSocketProtocol13):
             self.keepalive.stop()  # a close frame sent or received: close_timeout bounds it
         waiting = self._waiting
         super().close(code, reason)
-        if waiting is None and self._waiting is not None:  # tornado's 5 s close timer, just set:
-            # the core bounds its close() by close_timeout; a failure is bounded here, by it too.
-            loop = self.stream.io_loop
-            loop.remove_timeout(self._waiting)
-            self._waiting = (
-                None if self.closing else loop.call_later(self.close_timeout, self.stream.close)
-            )
+        if waiting is None and self._waiting is not None:
+            # tornado's 5 s wait for the peer's close frame, just set: close_timeout bounds it
+            # instead (the core's close(), or _receive_frame after a failure). Left set, but
+            # cancelled, so that tornado sets no other.
+            self.stream.io_loop.remove_timeout(self._waiting)
 
     def _abort(self) -> None:
         stream = self.stream
@@ -91,11 +88,13 @@ class StrictProtocol(WebSocketProtocol13):
         if self.outcome is None:
             return await super()._receive_frame()
         stream = self.stream  # failed: our close frame is the last frame either way
-        await stream.write(b"")  # resolves once it is out
+        stream.io_loop.call_later(self.close_timeout, stream.close)  # the peer may never close
+        await stream.write(b"")  # resolves once our close frame is out
         if isinstance(stream, SSLIOStream):
             stream.close()  # TLS cannot half-close: waiting would only end at the timer
-        with contextlib.suppress(OSError, AttributeError):  # (closed: socket is None)
-            stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
+        else:
+            with contextlib.suppress(OSError):
+                stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
         while True:  # until EOF, whose StreamClosedError ends tornado's frame loop
             await stream.read_bytes(65536, partial=True)
 
@@ -109,7 +108,7 @@ class TornadoTransport:
         self.subprotocol: str | None = None
         # Unread messages, 16 at most (websockets' default): put() on a full queue returns a
         # pending future, which tornado's frame loop awaits before it reads the next frame.
-        self.queue: Queue[Message | None] = Queue(16)
+        self.queue: Queue[str | bytes | None] = Queue(16)
         self.options = options
 
     def attach(self, proto: StrictProtocol) -> StrictProtocol:
@@ -127,7 +126,7 @@ class TornadoTransport:
             keepalive = Keepalive(lambda: ping(b""), interval, timeout, self._lost, self.queue.full)
             self.proto.keepalive = keepalive
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: str | bytes) -> None:
         if self.proto.server_terminated:  # failed: no frame may follow our close frame
             raise TransportClosed(None)
         try:  # resolves once the frame is written out: tornado's flow control
@@ -135,7 +134,7 @@ class TornadoTransport:
         except WebSocketClosedError as exc:
             raise TransportClosed(None) from exc
 
-    async def receive(self) -> Message:
+    async def receive(self) -> str | bytes:
         message = await self.queue.get()
         if message is None:  # the end (see Delegate)
             proto = self.proto
