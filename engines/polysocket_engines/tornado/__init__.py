@@ -15,7 +15,7 @@ PRIVATE_API: dict[str, str] = {
     "tornado.websocket.WebSocketProtocol13._abort": "fail broken frames with a close frame",
     "tornado.websocket.WebSocketProtocol13._handle_message": "check close frames, see text",
     "tornado.websocket.WebSocketProtocol13._receive_frame": "after failing, await the EOF",
-    "tornado.websocket.WebSocketProtocol13._waiting": "the 5 s close timer: close_timeout",
+    "tornado.websocket.WebSocketProtocol13._waiting": "its 5 s close timer, cancelled once set",
 }
 
 
