@@ -1,0 +1,63 @@
+"""The client: a ``ClientSession`` per connection, its WebSocket a :class:`ClientWebSocket`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from polysocket import ConnectError
+from polysocket.transport import ClientOptions
+
+from ._transport import AiohttpTransport, CloseFrameOnly, msg_limit
+
+
+class ClientWebSocket(CloseFrameOnly, aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket whose ``close()`` only sends the close frame."""
+
+
+class ClientTransport(AiohttpTransport):
+    """A client connection: its ``ClientSession`` ends with it."""
+
+    def __init__(
+        self,
+        ws: ClientWebSocket,
+        tcp: asyncio.Transport,
+        session: aiohttp.ClientSession,
+        options: ClientOptions,
+    ) -> None:
+        super().__init__(ws, tcp, ws.protocol, options)
+        self._response = ws._response
+        self._session = session
+
+    async def _finish(self) -> None:
+        self._response.close()  # closes TCP and hands the connection back to the connector
+        await self._session.close()
+
+
+async def connect(uri: str, options: ClientOptions) -> ClientTransport:
+    session = aiohttp.ClientSession(ws_response_class=ClientWebSocket)
+    try:
+        ws = await session.ws_connect(
+            uri,
+            protocols=tuple(options.subprotocols),
+            headers=dict(options.headers),
+            max_msg_size=msg_limit(options.max_size),
+            autoclose=False,
+            heartbeat=options.ping_interval,
+            compress=15 if options.compression else 0,
+            ssl=options.ssl if options.ssl is not None else True,
+        )
+        assert isinstance(ws, ClientWebSocket)
+        response = ws._response
+        tcp = response.connection.transport if response.connection else None
+        if tcp is None:
+            response.close()
+            raise ConnectionResetError(f"{uri} dropped the connection after the handshake")
+    except aiohttp.WSServerHandshakeError as exc:
+        await session.close()
+        raise ConnectError.rejected(uri, exc.status, exc.message) from exc
+    except BaseException:
+        await session.close()
+        raise
+    return ClientTransport(ws, tcp, session, options)
