@@ -1,43 +1,21 @@
-"""The aiohttp engine: polysocket's default.
-
-aiohttp is imported inside ``connect``/``serve`` only, so that ``polysocket engines`` can say
-what to install when it is missing.
-
-- client (``_client``): ``ClientSession.ws_connect``, one session per connection.
-- server (``_server``): aiohttp's low-level ``web.Server`` on ``enginekit.bind_sockets``.
-- both (``_transport``): aiohttp's WebSocket responses with ``autoclose=False`` and a
-  ``close()`` that only sends the close frame; the transport owns TCP (see there why).
-- keepalive: aiohttp's heartbeat, with ``ping_timeout`` as its wait for the pong.
-
-Known limitation: aiohttp answers pings inside ``receive()`` only. The core's reader always
-awaits it, except while a handler's backlog pauses reading.
+"""The aiohttp engine, polysocket's default: ``_client`` (a ``ClientSession`` per connection),
+``_server`` (aiohttp's low-level ``web.Server``) and ``_transport`` (both sides' connection, and
+why aiohttp's ``close()`` is replaced); aiohttp is imported inside connect/serve only. Known
+limitation: aiohttp answers pings inside ``receive()`` only (the core's reader awaits it all
+the time, except while a handler's backlog pauses reading).
 """
 
 from __future__ import annotations
 
 from polysocket import hookimpl
-from polysocket.transport import (
-    ClientOptions,
-    Engine,
-    Server,
-    ServerApp,
-    ServerOptions,
-    Transport,
-)
+from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport
 
-__all__ = ["PRIVATE_API", "AiohttpEngine", "polysocket_register_engines"]
-
+_PONG_WAIT = "the heartbeat's wait for a pong (heartbeat/2, no setting for it): ping_timeout"
 PRIVATE_API: dict[str, str] = {
-    "aiohttp.client_ws.ClientWebSocketResponse._response": (
-        "the client's ClientResponse: its connection's TCP transport (half-closed after"
-        " failing, aborted) and close(), which hands the connection back to the connector"
-    ),
-    "aiohttp.client_ws.ClientWebSocketResponse._pong_heartbeat": (
-        "how long the heartbeat waits for a pong (heartbeat/2, no setting): ping_timeout"
-    ),
-    "aiohttp.web_ws.WebSocketResponse._pong_heartbeat": (
-        "how long the heartbeat waits for a pong (heartbeat/2, no setting): ping_timeout"
-    ),
+    "aiohttp.client_ws.ClientWebSocketResponse._response": "the client's connection: its TCP"
+    " transport (half-closed after a failure, aborted) and close(), releasing it",
+    "aiohttp.client_ws.ClientWebSocketResponse._pong_heartbeat": _PONG_WAIT,
+    "aiohttp.web_ws.WebSocketResponse._pong_heartbeat": _PONG_WAIT,
 }
 
 
@@ -57,9 +35,7 @@ class AiohttpEngine(Engine):
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
         from ._server import AiohttpServer
 
-        server = AiohttpServer(app, options)
-        await server.start(host, port)
-        return server
+        return await AiohttpServer(app, options).start(host, port)
 
 
 @hookimpl

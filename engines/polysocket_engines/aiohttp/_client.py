@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
 from polysocket import ConnectError
@@ -20,13 +18,11 @@ class ClientTransport(AiohttpTransport):
     """A client connection: its ``ClientSession`` ends with it."""
 
     def __init__(
-        self,
-        ws: ClientWebSocket,
-        tcp: asyncio.Transport,
-        session: aiohttp.ClientSession,
-        options: ClientOptions,
+        self, ws: ClientWebSocket, session: aiohttp.ClientSession, options: ClientOptions
     ) -> None:
-        super().__init__(ws, tcp, ws.protocol, options)
+        connection = ws._response.connection
+        assert connection is not None and connection.transport is not None  # as aiohttp's
+        super().__init__(ws, connection.transport, ws.protocol, options)
         self._response = ws._response
         self._session = session
 
@@ -48,16 +44,10 @@ async def connect(uri: str, options: ClientOptions) -> ClientTransport:
             compress=15 if options.compression else 0,
             ssl=options.ssl if options.ssl is not None else True,
         )
-        assert isinstance(ws, ClientWebSocket)
-        response = ws._response
-        tcp = response.connection.transport if response.connection else None
-        if tcp is None:
-            response.close()
-            raise ConnectionResetError(f"{uri} dropped the connection after the handshake")
-    except aiohttp.WSServerHandshakeError as exc:
+        assert isinstance(ws, ClientWebSocket)  # ws_response_class
+        return ClientTransport(ws, session, options)
+    except BaseException as exc:
         await session.close()
-        raise ConnectError.rejected(uri, exc.status, exc.message) from exc
-    except BaseException:
-        await session.close()
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            raise ConnectError.rejected(uri, exc.status, exc.message) from exc
         raise
-    return ClientTransport(ws, tcp, session, options)

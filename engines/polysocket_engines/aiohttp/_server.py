@@ -1,5 +1,4 @@
-"""The server: aiohttp's low-level ``web.Server`` on ``enginekit.bind_sockets`` (one port for
-every address of the host), every request answered as ``app.route`` decides."""
+"""The server: aiohttp's low-level ``web.Server`` on ``enginekit.bind_sockets``."""
 
 from __future__ import annotations
 
@@ -23,12 +22,13 @@ class AiohttpServer:
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int) -> AiohttpServer:
         sockets = bind_sockets(host, port)
         self.port = sockets[0].getsockname()[1]
         await self._runner.setup()
         for sock in sockets:
             await web.SockSite(self._runner, sock, ssl_context=self._options.ssl).start()
+        return self
 
     async def close(self) -> None:
         await self._runner.cleanup()

@@ -1,13 +1,10 @@
-"""One connection, either side: aiohttp's WebSocket response under the engine contract.
+"""The connection of both sides: aiohttp's WebSocket response under the engine contract.
 
-aiohttp's own ``close()`` does not fit the contract: it waits for the peer's close frame,
-discarding the messages that come before it (the core closes, then keeps receiving them), and
-closes TCP. aiohttp also calls it itself when it fails a connection (a message over
-``max_msg_size``, a broken frame) while the peer may still be sending: closing TCP then resets
-the connection, and the reset can destroy the close frame before the peer reads it (it would
-see 1006, not 1009). So the WebSocket responses of both sides mix in :class:`CloseFrameOnly`,
-whose ``close()`` sends the close frame and nothing more, and the transport owns TCP: after a
-failure it lets the peer finish first (``_linger``).
+aiohttp's ``close()`` waits for the peer's close frame, dropping the messages before it (the
+core closes, then receives them), and closes TCP. aiohttp calls it itself to fail a connection
+(a message over ``max_msg_size``, a broken frame) while the peer may still be sending: a TCP
+close then resets, and a reset can destroy the close frame before the peer reads it (it sees
+1006, not 1009). So both sides mix in :class:`CloseFrameOnly`; the transport owns TCP.
 """
 
 from __future__ import annotations
@@ -32,36 +29,27 @@ if TYPE_CHECKING:
     from ._client import ClientWebSocket
     from ._server import ServerWebSocket
 
-#: How often a failed connection looks whether the peer has closed its side yet.
-PEER_POLL = 0.02
-
 
 def msg_limit(max_size: int | None) -> int:
-    """aiohttp's ``max_msg_size``: aiohttp refuses a message of exactly that many bytes,
-    ``max_size`` allows it; 0 means no limit to both."""
-    return max_size + 1 if max_size else 0
+    """aiohttp refuses a message of exactly ``max_msg_size`` bytes, ``max_size`` allows it."""
+    return max_size + 1 if max_size else 0  # 0: no limit, to both
 
 
-class _WebSocket(Protocol):
+class _Frames(Protocol):  # what CloseFrameOnly needs of aiohttp's classes
     close_sent: bool
 
-    async def send_frame(
-        self, message: bytes, opcode: aiohttp.WSMsgType, compress: int | None = None
-    ) -> None: ...
+    async def send_frame(self, message: bytes, opcode: aiohttp.WSMsgType) -> None: ...
 
 
 class CloseFrameOnly:
-    """Mixed into aiohttp's WebSocket responses: ``close()`` sends the close frame, once.
-
-    Once, because aiohttp calls ``close()`` again at the peer's EOF and, on the server, when
-    the handler returns. The engine calls it to close and to answer the peer's close frame.
-    """
+    """``close()`` sends the close frame, once: the engine calls it to close and to answer the
+    peer's; aiohttp again at the peer's EOF, and on the server when the handler returns."""
 
     _pong_heartbeat: float
     close_sent = False
 
     async def close(
-        self: _WebSocket, *, code: int = CloseCode.NORMAL, message: bytes = b"", **_: object
+        self: _Frames, *, code: int = CloseCode.NORMAL, message: bytes = b"", **_: object
     ) -> bool:
         if self.close_sent:
             return False
@@ -71,14 +59,13 @@ class CloseFrameOnly:
         return True
 
     def pong_within(self, timeout: float | None) -> None:
-        """aiohttp's heartbeat waits heartbeat/2 for the pong; polysocket's ``ping_timeout``."""
+        """aiohttp's heartbeat waits heartbeat/2 for the pong; polysocket ``ping_timeout``."""
         if timeout is not None:
             self._pong_heartbeat = timeout
 
 
 class AiohttpTransport:
-    """A connection of either side. It ends in ``receive()``: at the peer's close frame
-    (answered, unless it answers ours) TCP closes; after a failure, once the peer is done."""
+    """A connection of either side; ``receive()`` ends it, and closes TCP when it does."""
 
     def __init__(
         self,
@@ -94,6 +81,8 @@ class AiohttpTransport:
         ws.pong_within(options.keepalive_timeout)
 
     async def send(self, message: Message) -> None:
+        if self._ws.close_sent:  # by aiohttp, failing the connection: receive() is ending it
+            raise TransportClosed(None)
         try:
             if isinstance(message, str):
                 await self._ws.send_str(message)
@@ -108,39 +97,36 @@ class AiohttpTransport:
         if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
             return msg.data  # type: ignore[no-any-return]  # aiohttp types data as Any
         if kind is aiohttp.WSMsgType.CLOSE:
-            ended: TransportClosed | None = await self._peer_closed(msg.data, msg.extra or "")
-        else:  # ERROR: aiohttp failed the connection (or the heartbeat did); CLOSED: lost
+            ended = await self._peer_closed(msg.data, msg.extra or "")
+        else:  # ERROR: aiohttp failed the connection (or its heartbeat did); CLOSED: lost
             await self._linger()
-            ended = self._failed(msg.data) if kind is aiohttp.WSMsgType.ERROR else None
+            ended = self._failed(msg.data if kind is aiohttp.WSMsgType.ERROR else None)
         await self._finish()
-        raise ended or TransportClosed(None)
+        raise ended
 
     async def _peer_closed(self, code: int, reason: str) -> TransportClosed:
         # code 0: a close frame without one. aiohttp lets 1006 and codes from 5000 up through.
         if code and not valid_close_code(code):
             await self._ws.close(code=CloseCode.PROTOCOL_ERROR)
             text = f"the peer sent the invalid close code {code}"
-            violation = ProtocolViolation(CloseCode.PROTOCOL_ERROR, text)
-            return TransportClosed(CloseCode.PROTOCOL_ERROR, error=violation)
+            return TransportClosed(1002, error=ProtocolViolation(1002, text))
         await self._ws.close(code=code or CloseCode.NORMAL)  # the answer, unless it answers ours
         return TransportClosed(code or CloseCode.NO_STATUS, reason)
 
-    def _failed(self, exc: BaseException) -> TransportClosed:
-        if isinstance(exc, aiohttp.WebSocketError):
+    def _failed(self, exc: BaseException | None) -> TransportClosed:
+        if isinstance(exc, aiohttp.WebSocketError):  # CloseFrameOnly.close() sent the code
             if exc.code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(exc.code, error=MessageTooBigError(self._options.max_size))
             return TransportClosed(exc.code, error=ProtocolViolation(exc.code, str(exc)))
         if isinstance(exc, TimeoutError):  # the heartbeat's pong did not come
             timeout = self._options.keepalive_timeout
-            lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
-            return TransportClosed(None, error=lost)
-        return TransportClosed(CloseCode.ABNORMAL, error=exc)
+            exc = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
+        return TransportClosed(None, error=exc)
 
     async def _linger(self) -> None:
-        """Let a peer that is still sending read the close frame aiohttp failed the connection
-        with (see the module): half-close TCP, so that the peer reads it, then EOF, and wait
-        for the peer's EOF (at which asyncio closes the transport, as aiohttp's protocols keep
-        no connection half-open), ``close_timeout`` at most. TLS cannot half-close."""
+        """Half-close TCP, so that a peer still sending reads the close frame aiohttp failed the
+        connection with, then EOF; wait for its EOF (asyncio then closes the transport: aiohttp
+        keeps no connection half-open), ``close_timeout`` at most. TLS cannot half-close."""
         tcp = self._tcp
         if tcp.is_closing() or not tcp.can_write_eof():
             return
@@ -148,12 +134,11 @@ class AiohttpTransport:
         try:
             async with asyncio.timeout(self._options.close_timeout):
                 while not tcp.is_closing():
-                    await asyncio.sleep(PEER_POLL)
+                    await asyncio.sleep(0.02)  # asyncio tells only aiohttp's protocol
         except TimeoutError:
             tcp.abort()
 
-    async def _finish(self) -> None:
-        """The connection has ended: close TCP (after what is buffered is written)."""
+    async def _finish(self) -> None:  # the end: close TCP, once what is buffered is written
         self._tcp.close()
 
     async def close(self, code: int, reason: str) -> None:
