@@ -1,8 +1,8 @@
 """The aiohttp engine, polysocket's default: ``_client`` (a ``ClientSession`` per connection),
-``_server`` (aiohttp's low-level ``web.Server``) and ``_transport`` (both sides' connection, and
-why aiohttp's ``close()`` is replaced); aiohttp is imported inside connect/serve only. Known
-limitation: aiohttp answers pings inside ``receive()`` only (the core's reader awaits it all
-the time, except while a handler's backlog pauses reading).
+``_server`` (aiohttp's low-level ``web.Server``), ``_transport`` (both sides' connection, and
+why aiohttp's ``close()`` is replaced). aiohttp is imported inside connect/serve only. Known
+limitation: aiohttp answers pings inside ``receive()`` only, which the core's reader awaits
+except while a handler's backlog pauses reading.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ PRIVATE_API: dict[str, str] = {
 
 
 class AiohttpEngine(Engine):
-    name = "aiohttp"
-    library = "aiohttp"
-    install_hint = "aiohttp"
+    name = library = install_hint = "aiohttp"  # the engine, its import, what to pip install
     capabilities = frozenset(
         {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
     )

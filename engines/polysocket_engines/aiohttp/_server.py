@@ -48,7 +48,7 @@ class AiohttpServer:
         ws = ServerWebSocket(
             protocols=(decision.subprotocol,) if decision.subprotocol else (),
             max_msg_size=msg_limit(options.max_size),
-            autoclose=False,
+            autoclose=False,  # the transport answers a close frame, echoing its code
             heartbeat=options.ping_interval,
             compress=options.compression is not None,
         )

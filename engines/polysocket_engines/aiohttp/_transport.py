@@ -2,16 +2,15 @@
 
 aiohttp's ``close()`` waits for the peer's close frame, dropping the messages before it (the
 core closes, then receives them), and closes TCP. aiohttp calls it itself to fail a connection
-(a message over ``max_msg_size``, a broken frame) while the peer may still be sending: a TCP
-close then resets, and a reset can destroy the close frame before the peer reads it (it sees
-1006, not 1009). So both sides mix in :class:`CloseFrameOnly`; the transport owns TCP.
+(a message too big, a broken frame) while the peer may still be sending: the TCP close resets,
+and a reset can destroy the close frame before the peer reads it (it sees 1006, not 1009). So
+both sides mix in :class:`CloseFrameOnly`, and the transport owns TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -48,14 +47,12 @@ class CloseFrameOnly:
     _pong_heartbeat: float
     close_sent = False
 
-    async def close(
-        self: _Frames, *, code: int = CloseCode.NORMAL, message: bytes = b"", **_: object
-    ) -> bool:
+    async def close(self: _Frames, *, code: int = 1000, message: bytes = b"", **_: object) -> bool:
         if self.close_sent:
             return False
         self.close_sent = True
         with contextlib.suppress(ConnectionError):  # TCP is gone: receive() says how it ended
-            await self.send_frame(struct.pack("!H", code) + message, aiohttp.WSMsgType.CLOSE)
+            await self.send_frame(code.to_bytes(2, "big") + message, aiohttp.WSMsgType.CLOSE)
         return True
 
     def pong_within(self, timeout: float | None) -> None:
