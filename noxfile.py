@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import time
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = [
@@ -21,7 +25,8 @@ nox.options.sessions = [
 nox.options.error_on_missing_interpreters = True
 
 ENGINES = ["aiohttp", "websockets", "tornado"]
-PEERS = Path(__file__).parent / "conformance" / "polysocket_conformance" / "peers"
+SUITE = Path(__file__).parent / "conformance" / "polysocket_conformance"
+PEERS = SUITE / "peers"
 PICOWS = "engines/polysocket-picows"
 #: Engines shipped as distributions of their own, installed like any outside plugin.
 DISTRIBUTIONS = {"picows": PICOWS}
@@ -167,3 +172,102 @@ def autobahn_performance(session: nox.Session, engine: str, side: str) -> None:
         "--case-timeout=120",
         *session.posargs,
     )
+
+
+MUTANTS = "conformance/mutants"
+#: Per-test limit in the mutants session: a mutant that hangs a test is killed by it.
+MUTANT_TEST_TIMEOUT = 20
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """The conformance suite against every mutant engine (polysocket_mutants): each is the
+    aiohttp engine with one planted bug, and the suite must fail (pytest exit code 1). A
+    mutant the suite passes, or any other exit code, fails the session. The control (no
+    bug) must pass. `nox -s mutants -- NAME...` runs only those mutants (the control too
+    only if named)."""
+    _install(session)
+    session.install("-e", MUTANTS)
+    _install_node_peer(session)
+    session.run("pytest", f"{MUTANTS}/tests", "-q", "-p", "no:randomly")
+    listing = session.run("python", "-m", "polysocket_mutants", silent=True)
+    assert isinstance(listing, str)
+    plan = json.loads(listing)
+    if session.posargs:
+        unknown = set(session.posargs) - {mutant["name"] for mutant in plan}
+        if unknown:
+            session.error(f"no such mutant: {', '.join(sorted(unknown))}")
+        plan = [mutant for mutant in plan if mutant["name"] in session.posargs]
+    modules = sorted(path.stem for path in SUITE.glob("test_*.py"))
+    rows: list[tuple[str, str, float, str]] = []
+    wrong: list[str] = []
+    started = time.monotonic()
+    for mutant in plan:
+        name, expect = mutant["name"], mutant["expect"]
+        first = [module for module in mutant["first"] if module in modules]
+        if first != mutant["first"]:
+            session.warn(f"{name}: no such test module: {set(mutant['first']) - set(first)}")
+        order = [*first, *(module for module in modules if module not in first)]
+        began = time.monotonic()
+        try:
+            output = session.run(
+                "pytest",
+                "--pyargs",
+                *(f"polysocket_conformance.{module}" for module in order),
+                f"--polysocket-engine={name}",
+                "-m",
+                "not polysocket_interop",
+                "-x",
+                "-q",
+                "-p",
+                "no:randomly",
+                f"--timeout={MUTANT_TEST_TIMEOUT}",
+                "-rfE",
+                success_codes=[1] if expect == "fail" else [0],
+                silent=True,
+            )
+            code = 1 if expect == "fail" else 0
+        except CommandFailed as failed:
+            code, output = _exit_code(failed), ""
+        seconds = time.monotonic() - began
+        failure = _first_failure(str(output)) if code == 1 else ""
+        first = failure.split(" - ", 1)[0].split("/")[-1]
+        first = first.replace(f"{name}-", "").replace(f"[{name}]", "")
+        verdict = {0: "survived", 1: "killed"}.get(code, f"pytest exit code {code}")
+        if expect == "pass":
+            verdict = "passed (control)" if code == 0 else f"control failed: {verdict}"
+        rows.append((name, verdict, seconds, first))
+        session.log(f"{name}: {verdict} in {seconds:.1f} s {failure}")
+        if expect == "fail" and code != 1:
+            why = "the suite passed" if code == 0 else f"pytest exited with {code}, not 1"
+            wrong.append(f"{name} ({mutant['bug']}): {why}")
+        elif expect == "pass" and code != 0:
+            wrong.append(f"{name}: the suite failed without any planted bug (exit {code})")
+    width = max(len(row[0]) for row in rows)
+    session.log(
+        f"mutants, {time.monotonic() - started:.0f} s in all:\n"
+        + "\n".join(
+            f"  {n:<{width}}  {verdict:<16} {seconds:6.1f} s  {first}"
+            for n, verdict, seconds, first in rows
+        )
+    )
+    if wrong:
+        session.error("the mutation check failed:\n  " + "\n  ".join(wrong))
+
+
+def _first_failure(output: str) -> str:
+    """The first FAILED/ERROR line of a pytest ``-rfE`` summary."""
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line
+    return "(no FAILED line)"
+
+
+def _exit_code(failed: CommandFailed) -> int | None:
+    """The exit code of a failed command: an attribute from nox 2026.07 on, before that only
+    in the message ("Returned code N")."""
+    code = getattr(failed, "return_code", None)
+    if code is None:
+        match = re.fullmatch(r"Returned code (-?\d+)", str(failed.reason))
+        code = int(match[1]) if match else None
+    return code

@@ -6,12 +6,14 @@ Run the suite against any installed engine, without a copy of the polysocket rep
 
 Without ``--polysocket-engine`` every engine the registry reports as available is tested.
 Every conformance test that takes an ``engine`` argument runs once per engine; every test
-that takes ``peer`` runs once per echo peer (``websockets`` and ``node-ws``).
+that takes ``peer`` runs once per echo peer (``websockets`` and ``node-ws``), whether or not
+it takes ``engine``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -98,8 +100,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return [f"polysocket engines: {', '.join(selected_engines(config))}"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest parametrizes `peer`: ids read [ENGINE-PEER]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not {"engine", "peer", "other_engine"} & set(metafunc.fixturenames):
+    if not {"engine", "other_engine"} & set(metafunc.fixturenames):
         return
     if not (
         _is_conformance_module(metafunc.module)
@@ -113,8 +116,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # the interop partner: every available engine, whichever ones are under test
         others = available_engines()
         metafunc.parametrize("other_engine", others, ids=[f"with-{n}" for n in others])
-    if "peer" in metafunc.fixturenames:
-        metafunc.parametrize("peer", KINDS, ids=KINDS, indirect=True)
 
 
 #: Per-test limit when pytest-timeout is installed but not configured (a hung engine must
@@ -137,7 +138,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_report_key, {})[report.when] = report
     return report
@@ -146,7 +149,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 # -- peers ----------------------------------------------------------------------------------
 
 
-def _start_or_skip(kind: str, log_dir: Any) -> Peer:
+def _start_or_skip(kind: str, log_dir: Path) -> Peer:
     try:
         return start_peer(kind, log_dir)
     except PeerUnavailable as exc:
@@ -181,26 +184,21 @@ _SESSION_FIXTURES = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(params=KINDS, ids=KINDS)
 def peer(request: pytest.FixtureRequest) -> Peer:
     """A running echo peer that is not polysocket: ``.uri``, ``.kind``, ``.query()``...
 
-    Parametrized over both kinds by ``pytest_generate_tests`` (next to ``engine``, so test
-    ids read ``[ENGINE-PEER]``).
+    Parametrized over both kinds in any test that takes it, with or without ``engine``
+    (next to ``engine``, test ids read ``[ENGINE-PEER]``).
     """
-    kind = getattr(request, "param", None)
-    if kind is None:
-        pytest.fail(
-            "the `peer` fixture is parametrized only for conformance tests; mark the test"
-            f" @pytest.mark.{MARKER} and give it an `engine` argument"
-        )
+    kind: str = request.param
     shared: Peer = request.getfixturevalue(_SESSION_FIXTURES[kind])
     shared.check_alive()
     return shared
 
 
 @pytest.fixture
-def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
+def start_private_peer(tmp_path: Path) -> Iterator[Callable[[str], Peer]]:
     """Factory: start a fresh peer process of a kind, only for this test (it may kill it)."""
     started: list[Peer] = []
 
@@ -216,14 +214,20 @@ def start_private_peer(tmp_path: Any) -> Iterator[Callable[[str], Peer]]:
 
 @pytest.fixture
 def raw_server() -> Iterator[Callable[..., RawServer]]:
-    """Factory: ``raw_server(frames, answer_close=True)`` starts a hand-written server (see
-    :class:`polysocket_conformance.rawframes.RawServer`) that is closed after the test."""
+    """Factory: ``raw_server(frames, answer_close=True, conversation=None)`` starts a
+    hand-written server (see :class:`polysocket_conformance.rawframes.RawServer`) that is
+    closed after the test."""
     from .rawframes import RawServer
 
     started: list[RawServer] = []
 
-    def start(frames: list[bytes] | None = None, *, answer_close: bool = True) -> RawServer:
-        started.append(RawServer(frames, answer_close=answer_close))
+    def start(
+        frames: list[bytes] | None = None,
+        *,
+        answer_close: bool = True,
+        conversation: Callable[..., None] | None = None,
+    ) -> RawServer:
+        started.append(RawServer(frames, answer_close=answer_close, conversation=conversation))
         return started[-1]
 
     yield start
@@ -232,7 +236,7 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
 
 
 @pytest.fixture
-def serve_registry(engine: str, tmp_path: Any) -> Iterator[Callable[..., ServerThread]]:
+def serve_registry(engine: str, tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
     """Factory: ``serve_registry(**options)`` serves the test registry (endpoints ``echo``,
     ``chat``, ``failing``...; see ``server_support``) with ``engine`` on a background
     thread, skipping when the engine lacks the ``server`` capability; stopped after the

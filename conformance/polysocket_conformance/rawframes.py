@@ -2,7 +2,8 @@
 
 ``RawClient`` completes a handshake with a server and then writes whatever frames a test
 builds; ``RawServer`` answers handshakes and writes a fixed list of frames to each client.
-Both read the other side's frames and report its close frame.
+Both read the other side's frames and report its close frame. ``LatePongs`` is a peer on a
+slow link: it answers every ping, late.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import socket
 import struct
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .support import WAIT
@@ -85,18 +88,25 @@ class _Reader:
 
 class RawClient:
     """A client socket past the opening handshake, for frames no library would send
-    (over TLS with ``ssl``, a client context that trusts the server)."""
+    (over TLS with ``ssl``, a client context that trusts the server).
 
-    def __init__(self, port: int, path: str, ssl: Any = None) -> None:
+    ``headers`` are extra request header lines, in order, repeats allowed; the answer's
+    status line is ``status_line`` and its header lines ``response_headers``.
+    """
+
+    def __init__(
+        self, port: int, path: str, ssl: Any = None, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         if ssl is not None:
             self.sock = ssl.wrap_socket(self.sock, server_hostname="127.0.0.1")
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
             ).encode()
         )
         response = b""
@@ -106,8 +116,17 @@ class RawClient:
                 raise ConnectionError(f"no handshake response: {response!r}")
             response += chunk
         head, _, rest = response.partition(b"\r\n\r\n")
-        self.status_line = head.split(b"\r\n")[0].decode()
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status_line = status_line
+        self.response_headers: list[tuple[str, str]] = []
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.response_headers.append((name.strip(), value.strip()))
         self.reader = _Reader(self.sock, rest)
+
+    def response_header(self, name: str) -> list[str]:
+        """Every value of the answer's header ``name`` (any case), in order."""
+        return [v for n, v in self.response_headers if n.lower() == name.lower()]
 
     def send(self, *frames: bytes) -> None:
         self.sock.sendall(b"".join(frames))
@@ -136,13 +155,22 @@ class RawServer:
 
     With ``answer_close`` it reads the client's frames up to its close frame, records them
     (``close_code``, ``close_reason``, ``received``) and answers the close frame; without, it
-    reads and ignores everything and never answers (a peer that stopped talking). ``done``
-    is set when a connection has been handled.
+    reads and ignores everything and never answers (a peer that stopped talking). A
+    ``conversation(sock, reader)`` replaces both: it gets the connection after the frames
+    and talks as it likes (``reader.frame()`` reads one frame); the connection is closed
+    when it returns. ``done`` is set when a connection has been handled.
     """
 
-    def __init__(self, frames: list[bytes] | None = None, *, answer_close: bool = True) -> None:
+    def __init__(
+        self,
+        frames: list[bytes] | None = None,
+        *,
+        answer_close: bool = True,
+        conversation: Callable[[socket.socket, _Reader], None] | None = None,
+    ) -> None:
         self.frames = frames or []
         self.answer_close = answer_close
+        self.conversation = conversation
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.handshakes = 0
@@ -187,6 +215,10 @@ class RawServer:
             )
             self.handshakes += 1
             conn.sendall(b"".join(self.frames))
+            if self.conversation is not None:
+                self.conversation(conn, _Reader(conn))
+                conn.close()
+                return
             if not self.answer_close:
                 while conn.recv(65536):
                     pass
@@ -208,3 +240,81 @@ class RawServer:
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+class LatePongs:
+    """A peer on a slow link: answers every ping ``delay`` seconds late, from a timer.
+
+    ``run()`` reads frames until the other side's close frame (answered at once, unless
+    ``close()`` sent ours first) or the end of the connection; ``pings`` counts the pings
+    seen, ``wait_pings(n)`` waits for them. ``mask`` is True for a client's frames, False
+    for a server's.
+    """
+
+    def __init__(self, sock: socket.socket, reader: _Reader, delay: float, *, mask: bool) -> None:
+        self.sock = sock
+        self.reader = reader
+        self.delay = delay
+        self.mask = mask
+        self.pings = 0
+        self.close_code: int | None = None
+        self.close_sent = False
+        self.ended = threading.Event()
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def close(self, code: int = 1000) -> None:
+        """Start the closing handshake; ``run()`` returns at the answer."""
+        self.close_sent = True
+        self.send(close_frame(code, mask=self.mask))
+
+    def run(self) -> None:
+        try:
+            while True:
+                opcode, _, payload = self.reader.frame()
+                if opcode == PING:
+                    with self._cond:
+                        self.pings += 1
+                        self._cond.notify_all()
+                    pong = frame(PONG, payload, mask=self.mask)
+                    timer = threading.Timer(self.delay, self.send, (pong,))
+                    timer.daemon = True
+                    self._timers.append(timer)
+                    timer.start()
+                elif opcode == CLOSE:
+                    self.close_code = struct.unpack("!H", payload[:2])[0] if payload else None
+                    for timer in self._timers:
+                        timer.cancel()
+                    if not self.close_sent:
+                        self.close_sent = True
+                        self.send(close_frame(self.close_code or 1000, mask=self.mask))
+                    return
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            with self._cond:
+                self.ended.set()
+                self._cond.notify_all()
+
+    def start(self) -> LatePongs:
+        """``run()`` on a thread of its own."""
+        threading.Thread(target=self.run, name="late-pongs", daemon=True).start()
+        return self
+
+    def wait_pings(self, count: int, timeout: float = WAIT) -> bool:
+        """Wait until ``count`` pings came (False if the connection ended first)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.pings < count and not self.ended.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self.pings >= count

@@ -7,11 +7,12 @@ import os
 import pytest
 
 import polysocket
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.support import ClosedPort, require_capability, run_async
 
 
-def test_send_and_recv_text_and_binary(engine, peer):
-    async def main():
+def test_send_and_recv_text_and_binary(engine: str, peer: Peer) -> None:
+    async def main() -> polysocket.AsyncConnection:
         async with polysocket.connect(peer.uri, engine=engine) as ws:
             assert ws.close_code is None
             await ws.send("hello")
@@ -25,7 +26,7 @@ def test_send_and_recv_text_and_binary(engine, peer):
             await ws.send(memoryview(b"view"))
             assert await ws.recv() == b"view"
             with pytest.raises(TypeError):
-                await ws.send(123)
+                await ws.send(123)  # type: ignore[arg-type]  # the wrong type, on purpose
             await ws.send("after a TypeError")
             assert await ws.recv() == "after a TypeError"
         assert ws.close_code == 1000
@@ -36,8 +37,8 @@ def test_send_and_recv_text_and_binary(engine, peer):
     assert (seen["code"], seen["reason"]) == (1000, "")
 
 
-def test_await_connect_and_close_with_code(engine, peer):
-    async def main():
+def test_await_connect_and_close_with_code(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         ws = await polysocket.connect(peer.uri, engine=engine)
         await ws.send("x")
         assert await ws.recv() == "x"
@@ -52,8 +53,8 @@ def test_await_connect_and_close_with_code(engine, peer):
     assert (seen["code"], seen["reason"]) == (4001, "done")
 
 
-def test_async_for_ends_quietly_on_normal_close(engine, peer):
-    async def main():
+def test_async_for_ends_quietly_on_normal_close(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         got = []
         async with polysocket.connect(peer.uri, engine=engine) as ws:
             for text in ("a", "b", "cmd:close:1000:normal"):
@@ -68,8 +69,8 @@ def test_async_for_ends_quietly_on_normal_close(engine, peer):
     run_async(main())
 
 
-def test_async_for_raises_on_application_close(engine, peer):
-    async def main():
+def test_async_for_raises_on_application_close(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         async with polysocket.connect(peer.uri, engine=engine) as ws:
             await ws.send("first")
             await ws.send("cmd:close:4000:x")
@@ -84,8 +85,8 @@ def test_async_for_raises_on_application_close(engine, peer):
     run_async(main())
 
 
-def test_burst_in_order(engine, peer):
-    async def main():
+def test_burst_in_order(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         async with polysocket.connect(peer.uri, engine=engine) as ws:
             await ws.send("cmd:burst:5000")
             got = [await ws.recv() for _ in range(5000)]
@@ -94,8 +95,8 @@ def test_burst_in_order(engine, peer):
     run_async(main())
 
 
-def test_max_size(engine, peer):
-    async def main():
+def test_max_size(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         async with polysocket.connect(peer.uri, engine=engine, max_size=1024) as ws:
             await ws.send("cmd:big:4096")
             with pytest.raises(polysocket.ConnectionClosedError) as caught:
@@ -106,8 +107,8 @@ def test_max_size(engine, peer):
     run_async(main())
 
 
-def test_connection_lost(engine, peer):
-    async def main():
+def test_connection_lost(engine: str, peer: Peer) -> None:
+    async def main() -> None:
         async with polysocket.connect(peer.uri, engine=engine) as ws:
             await ws.send("cmd:kill")
             with pytest.raises(polysocket.ConnectionClosedError) as caught:
@@ -119,10 +120,10 @@ def test_connection_lost(engine, peer):
     run_async(main())
 
 
-def test_connect_failures(engine, peer):
+def test_connect_failures(engine: str, peer: Peer) -> None:
     refused = ClosedPort()
 
-    async def main():
+    async def main() -> None:
         with pytest.raises(polysocket.ConnectError):
             await polysocket.connect(refused.uri, engine=engine, open_timeout=5)
         with pytest.raises(polysocket.ConnectError) as caught:
@@ -136,10 +137,10 @@ def test_connect_failures(engine, peer):
         refused.close()
 
 
-def test_subprotocol(engine, peer):
+def test_subprotocol(engine: str, peer: Peer) -> None:
     require_capability(engine, "subprotocols")
 
-    async def main():
+    async def main() -> None:
         async with polysocket.connect(peer.uri, engine=engine, subprotocols=["chat"]) as ws:
             assert ws.subprotocol == "chat"
             await ws.send("cmd:subprotocol")
@@ -148,10 +149,10 @@ def test_subprotocol(engine, peer):
     run_async(main())
 
 
-def test_headers(engine, peer):
+def test_headers(engine: str, peer: Peer) -> None:
     require_capability(engine, "headers")
 
-    async def main():
+    async def main() -> None:
         import json
 
         async with polysocket.connect(

@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 from .peer_processes import require_peers
 from .server_support import ServerThread, events, write_registry
 from .support import require_capability
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -36,14 +40,14 @@ SEED_SNIPPET = """(port) => new Promise((resolve, reject) => {
 })"""
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if require_peers():
         pytest.fail(f"{reason} (POLYSOCKET_REQUIRE_PEERS is set, so this is an error)")
     pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     executable = os.environ.get("POLYSOCKET_CHROMIUM") or shutil.which("chromium")
     if executable is None:
         _unavailable("browser unavailable: no `chromium` on PATH (apt-get install chromium)")
@@ -58,7 +62,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(engine: str, tmp_path) -> Iterator[ServerThread]:
+def server(engine: str, tmp_path: Path) -> Iterator[ServerThread]:
     require_capability(engine, "server")
     events.clear()
     running = ServerThread(write_registry(tmp_path), engine)
@@ -66,7 +70,7 @@ def server(engine: str, tmp_path) -> Iterator[ServerThread]:
     running.stop()
 
 
-def test_seed_snippet_in_a_real_browser(browser, server):
+def test_seed_snippet_in_a_real_browser(browser: Browser, server: ServerThread) -> None:
     page = browser.new_page()
     try:
         page.goto(server.url("/"))
@@ -80,7 +84,7 @@ def test_seed_snippet_in_a_real_browser(browser, server):
         page.close()
 
 
-def test_page_console_talks_to_an_endpoint(browser, server):
+def test_page_console_talks_to_an_endpoint(browser: Browser, server: ServerThread) -> None:
     page = browser.new_page()
     try:
         page.goto(server.url("/"))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import polysocket
 from polysocket.plugins import registry
-from polysocket_conformance.rawframes import frame
+from polysocket_conformance.peer_processes import Peer
+from polysocket_conformance.rawframes import RawServer, frame
 from polysocket_conformance.support import (
     WAIT,
     ClosedPort,
@@ -20,14 +23,14 @@ from polysocket_conformance.support import (
 
 
 @pytest.fixture
-def tripwire():
+def tripwire() -> Iterator[Tripwire]:
     server = Tripwire()
     yield server
     server.close()
 
 
 @pytest.fixture
-def closed_port():
+def closed_port() -> Iterator[ClosedPort]:
     port = ClosedPort()
     yield port
     port.close()
@@ -39,7 +42,7 @@ def closed_port():
 @pytest.mark.parametrize(
     ("code", "reason"), [(1000, "bye"), (1001, "going"), (1011, "oops"), (4000, "bye")]
 )
-def test_peer_close_code_and_reason(engine, peer, code, reason):
+def test_peer_close_code_and_reason(engine: str, peer: Peer, code: int, reason: str) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.send(f"cmd:close:{code}:{reason}")
@@ -52,7 +55,7 @@ def test_peer_close_code_and_reason(engine, peer, code, reason):
     recorder.assert_well_formed()
 
 
-def test_messages_before_peer_close_all_arrive_first(engine, peer):
+def test_messages_before_peer_close_all_arrive_first(engine: str, peer: Peer) -> None:
     """SPEC 2.3: a burst then a close: every message arrives, in order, before onClose."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -71,7 +74,9 @@ def test_messages_before_peer_close_all_arrive_first(engine, peer):
     [((), 1000, ""), ((4001, "done"), 4001, "done"), ((1001, "away"), 1001, "away")],
     ids=["plain", "4001", "1001"],
 )
-def test_client_close_code_and_reason(engine, peer, args, code, reason):
+def test_client_close_code_and_reason(
+    engine: str, peer: Peer, args: tuple[()] | tuple[int, str], code: int, reason: str
+) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.close(*args)
@@ -85,7 +90,7 @@ def test_client_close_code_and_reason(engine, peer, args, code, reason):
     recorder.assert_well_formed()
 
 
-def test_message_over_max_size(engine, peer):
+def test_message_over_max_size(engine: str, peer: Peer) -> None:
     """SPEC 2.8: onError mentions the limit, then onClose with 1009, exactly once each."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, max_size=1024)
@@ -103,7 +108,7 @@ def test_message_over_max_size(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_message_at_max_size_is_accepted(engine, peer):
+def test_message_at_max_size_is_accepted(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, max_size=1024)
     client.send("cmd:big:1024")
@@ -117,7 +122,9 @@ def test_message_at_max_size_is_accepted(engine, peer):
 # -- connection lost (2.3, 2.8) -------------------------------------------------------------
 
 
-def test_peer_killed_mid_stream(engine, peer, start_private_peer):
+def test_peer_killed_mid_stream(
+    engine: str, peer: Peer, start_private_peer: Callable[[str], Peer]
+) -> None:
     """SIGKILL the peer process while a burst is arriving: exactly one onClose, code 1006."""
     private = start_private_peer(peer.kind)
     recorder = Recorder()
@@ -137,7 +144,7 @@ def test_peer_killed_mid_stream(engine, peer, start_private_peer):
     recorder.assert_well_formed()
 
 
-def test_peer_drops_connection(engine, peer):
+def test_peer_drops_connection(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.send("cmd:kill")
@@ -148,8 +155,9 @@ def test_peer_drops_connection(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_close_bounded_by_close_timeout(engine, raw_server):
-    """SPEC 2.7: a peer that never answers the close frame: close() returns in time."""
+def test_close_bounded_by_close_timeout(engine: str, raw_server: Callable[..., RawServer]) -> None:
+    """SPEC 2.7: a peer that never answers the close frame (nor closes TCP): close() returns,
+    with onClose run, within close_timeout=0.5 and a little."""
     server = raw_server(answer_close=False)
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=0.5)
@@ -157,15 +165,15 @@ def test_close_bounded_by_close_timeout(engine, raw_server):
     started = time.monotonic()
     client.close()
     elapsed = time.monotonic() - started
-    assert elapsed < 5, f"close() with close_timeout=0.5 took {elapsed:.2f} s"
-    assert recorder.wait_closed(5), "onClose did not run after the close timed out"
+    assert elapsed < 1.5, f"close() with close_timeout=0.5 took {elapsed:.2f} s"
+    assert recorder.closed.is_set(), "close() returned before onClose ran"
     assert recorder.names == ["onopen", "onclose"]
     assert recorder.of("onclose")[0].close_code == 1006, "no close frame came back: 1006"
     assert polysocket.getClient(client.id) is None
     recorder.assert_well_formed()
 
 
-def test_protocol_error_from_peer(engine, raw_server):
+def test_protocol_error_from_peer(engine: str, raw_server: Callable[..., RawServer]) -> None:
     """SPEC 2.3/2.4: a frame with a reserved opcode fails the connection with 1002."""
     server = raw_server([frame(0x3, mask=False)])  # FIN + reserved opcode 0x3, empty
     recorder = Recorder()
@@ -184,7 +192,7 @@ def test_protocol_error_from_peer(engine, raw_server):
 # -- connect failures (2.1) -----------------------------------------------------------------
 
 
-def test_connection_refused(engine, closed_port):
+def test_connection_refused(engine: str, closed_port: ClosedPort) -> None:
     recorder = Recorder()
     before = polysocket.getClients()
     with pytest.raises(polysocket.ConnectError) as caught:
@@ -196,7 +204,7 @@ def test_connection_refused(engine, closed_port):
     assert polysocket.getClients() == before
 
 
-def test_handshake_rejected(engine, peer):
+def test_handshake_rejected(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     before = polysocket.getClients()
     with pytest.raises(polysocket.ConnectError) as caught:
@@ -207,7 +215,7 @@ def test_handshake_rejected(engine, peer):
     assert polysocket.getClients() == before
 
 
-def test_open_timeout(engine, tripwire):
+def test_open_timeout(engine: str, tripwire: Tripwire) -> None:
     """A server that accepts TCP but never answers the handshake: ConnectError in time."""
     recorder = Recorder()
     before = polysocket.getClients()
@@ -223,7 +231,7 @@ def test_open_timeout(engine, tripwire):
     assert polysocket.getClients() == before
 
 
-def test_not_a_websocket_uri(engine):
+def test_not_a_websocket_uri(engine: str) -> None:
     with pytest.raises(polysocket.ConnectError):
         polysocket.createWebsocket("http://127.0.0.1:9/", Recorder(), engine)
 
@@ -231,7 +239,7 @@ def test_not_a_websocket_uri(engine):
 # -- send / close misuse (2.6, 2.7) ---------------------------------------------------------
 
 
-def test_send_after_close(engine, peer):
+def test_send_after_close(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.close()
@@ -243,7 +251,7 @@ def test_send_after_close(engine, peer):
     assert recorder.messages == []
 
 
-def test_send_after_peer_closed(engine, peer):
+def test_send_after_peer_closed(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.send("cmd:close:4003:gone")
@@ -254,11 +262,11 @@ def test_send_after_peer_closed(engine, peer):
 
 
 @pytest.mark.parametrize("bad", [123, 1.5, None, ["list"], {"a": 1}], ids=repr)
-def test_send_wrong_type(engine, peer, bad):
+def test_send_wrong_type(engine: str, peer: Peer, bad: object) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     with pytest.raises(TypeError):
-        client.send(bad)
+        client.send(bad)  # type: ignore[arg-type]  # the wrong type, on purpose
     client.send("still works")
     assert recorder.wait_message(lambda m: m == "still works"), "the connection broke"
     client.close()
@@ -266,7 +274,7 @@ def test_send_wrong_type(engine, peer, bad):
     assert recorder.names == ["onopen", "onmessage", "onclose"]
 
 
-def test_send_text_with_a_lone_surrogate(engine, peer):
+def test_send_text_with_a_lone_surrogate(engine: str, peer: Peer) -> None:
     """A str UTF-8 cannot carry is refused by send(), and nothing is lost."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -280,7 +288,7 @@ def test_send_text_with_a_lone_surrogate(engine, peer):
 
 
 @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
-def test_close_with_invalid_code(engine, peer, code):
+def test_close_with_invalid_code(engine: str, peer: Peer, code: int) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     with pytest.raises(ValueError):
@@ -294,7 +302,7 @@ def test_close_with_invalid_code(engine, peer, code):
 # -- resolution before traffic (2.1, 3, 5) --------------------------------------------------
 
 
-def test_unknown_engine(tripwire):
+def test_unknown_engine(tripwire: Tripwire) -> None:
     with pytest.raises(polysocket.UnknownEngineError) as caught:
         polysocket.createWebsocket(tripwire.uri, Recorder(), "no-such-engine")
     text = str(caught.value)
@@ -309,7 +317,9 @@ def test_unknown_engine(tripwire):
     assert polysocket.getClients() == []
 
 
-def test_bad_handler_path(engine, tripwire, tmp_path, monkeypatch):
+def test_bad_handler_path(
+    engine: str, tripwire: Tripwire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("POLYSOCKET_ROOT", str(tmp_path))
     for spec in ("no-such-project/no-such-handler", "../outside/handler", "/abs/handler"):
         with pytest.raises(polysocket.HandlerNotFoundError) as caught:
@@ -319,7 +329,9 @@ def test_bad_handler_path(engine, tripwire, tmp_path, monkeypatch):
     assert polysocket.getClients() == []
 
 
-def test_broken_handler_file(engine, tripwire, tmp_path, monkeypatch):
+def test_broken_handler_file(
+    engine: str, tripwire: Tripwire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "broken.py").write_text("def onMessage(:\n")
     monkeypatch.setenv("POLYSOCKET_ROOT", str(tmp_path))
@@ -330,7 +342,7 @@ def test_broken_handler_file(engine, tripwire, tmp_path, monkeypatch):
     assert polysocket.getClients() == []
 
 
-def test_unknown_option(engine, tripwire):
+def test_unknown_option(engine: str, tripwire: Tripwire) -> None:
     with pytest.raises(polysocket.UnsupportedOptionError) as caught:
         polysocket.createWebsocket(tripwire.uri, Recorder(), engine, no_such_option=1)
     assert "no_such_option" in str(caught.value)
@@ -338,7 +350,7 @@ def test_unknown_option(engine, tripwire):
     assert polysocket.getClients() == []
 
 
-def test_errors_share_one_base():
+def test_errors_share_one_base() -> None:
     for name in (
         "ConnectError",
         "ConnectionClosedError",
@@ -354,7 +366,7 @@ def test_errors_share_one_base():
 # -- headers and subprotocols (capabilities) ------------------------------------------------
 
 
-def test_custom_headers_reach_the_peer(engine, peer):
+def test_custom_headers_reach_the_peer(engine: str, peer: Peer) -> None:
     require_capability(engine, "headers")
     recorder = Recorder()
     client = polysocket.createWebsocket(
@@ -368,7 +380,7 @@ def test_custom_headers_reach_the_peer(engine, peer):
     assert headers.get("x-polysocket-test") == "1", headers
 
 
-def test_subprotocol_is_negotiated(engine, peer):
+def test_subprotocol_is_negotiated(engine: str, peer: Peer) -> None:
     require_capability(engine, "subprotocols")
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, subprotocols=["chat"])

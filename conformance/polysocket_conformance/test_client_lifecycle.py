@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import polysocket
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.support import (
     OUTSIDE,
     WAIT,
@@ -21,7 +23,7 @@ from polysocket_conformance.support import (
 )
 
 
-def test_seed(engine, peer, tmp_path, monkeypatch):
+def test_seed(engine: str, peer: Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Dirigible example, verbatim in Python: a handler file under the handler root."""
     key = f"seed-{tmp_path.name}"
     (tmp_path / "my-project").mkdir()
@@ -50,7 +52,7 @@ def test_seed(engine, peer, tmp_path, monkeypatch):
     recorder.assert_well_formed()
 
 
-def test_lifecycle_order_and_context(engine, peer):
+def test_lifecycle_order_and_context(engine: str, peer: Peer) -> None:
     """onOpen once and first, onClose once and last; the context API inside and outside."""
     recorder = Recorder()
     assert outside_callback_state() == OUTSIDE
@@ -82,7 +84,7 @@ def test_lifecycle_order_and_context(engine, peer):
     assert outside_callback_state() == OUTSIDE
 
 
-def test_client_registry(engine, peer):
+def test_client_registry(engine: str, peer: Peer) -> None:
     """getClients() oldest first; getClient(id); getClientByHandler finds the oldest."""
     first, second, other = Recorder(), Recorder(), Recorder()
     a = polysocket.createWebsocket(peer.uri, first, engine)
@@ -108,7 +110,9 @@ def test_client_registry(engine, peer):
     assert first.wait_closed() and second.wait_closed()
 
 
-def test_handler_as_dotted_module_with_snake_case_callbacks(engine, peer, tmp_path, monkeypatch):
+def test_handler_as_dotted_module_with_snake_case_callbacks(
+    engine: str, peer: Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SPEC 3: "pkg.module" and "pkg.module:obj" handlers; on_open... spellings."""
     key = f"dotted-{tmp_path.name}"
     package = tmp_path / f"conformance_handlers_{tmp_path.name.replace('-', '_')}"
@@ -136,7 +140,7 @@ def test_handler_as_dotted_module_with_snake_case_callbacks(engine, peer, tmp_pa
     assert recorder.names == ["onopen", "onmessage", "onclose", "onmessage"]
 
 
-def test_close_twice_is_fine(engine, peer):
+def test_close_twice_is_fine(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.close()
@@ -158,7 +162,7 @@ class ClosesOnMessage(Recorder):
         self.close_returned.set()
 
 
-def test_close_from_inside_on_message(engine, peer):
+def test_close_from_inside_on_message(engine: str, peer: Peer) -> None:
     """SPEC 2.7: close() from a callback returns (no deadlock); onClose follows with 1000."""
     recorder = ClosesOnMessage()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -183,7 +187,7 @@ class SlowOnMessage(Recorder):
         self.woke.set()
 
 
-def test_slow_handler_does_not_delay_other_clients(engine, peer):
+def test_slow_handler_does_not_delay_other_clients(engine: str, peer: Peer) -> None:
     """SPEC 2.5: a callback that blocks holds only its own connection."""
     slow, fast = SlowOnMessage(), Recorder()
     a = polysocket.createWebsocket(peer.uri, slow, engine)
@@ -209,7 +213,7 @@ class RaisesOnMessage(Recorder):
             raise ValueError("conformance boom 42")
 
 
-def test_callback_exception_goes_to_on_error(engine, peer):
+def test_callback_exception_goes_to_on_error(engine: str, peer: Peer) -> None:
     """SPEC 2.5: a raising callback is reported through onError; the connection stays open."""
     recorder = RaisesOnMessage()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -230,7 +234,7 @@ def test_callback_exception_goes_to_on_error(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_async_callbacks(engine, peer):
+def test_async_callbacks(engine: str, peer: Peer) -> None:
     """SPEC 2.5: a handler of async def callbacks runs on the loop, in order, never overlapping."""
     recorder = AsyncRecorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -245,7 +249,7 @@ def test_async_callbacks(engine, peer):
     assert recorder.of("onopen")[0].session is client
 
 
-def test_sync_api_inside_running_event_loop(engine, peer):
+def test_sync_api_inside_running_event_loop(engine: str, peer: Peer) -> None:
     """The sync API, called synchronously from a coroutine (Jupyter, a web framework handler...)."""
     recorder = Recorder()
 
@@ -265,7 +269,7 @@ def test_sync_api_inside_running_event_loop(engine, peer):
 
 
 @pytest.mark.parametrize("spelling", ["camelCase", "snake_case"])
-def test_both_spellings_exist(spelling):
+def test_both_spellings_exist(spelling: str) -> None:
     """SPEC 1: every public function in both spellings, the same object."""
     pairs = {
         "createWebsocket": "create_websocket",

@@ -9,10 +9,11 @@ from collections import defaultdict
 import pytest
 
 import polysocket
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.support import WAIT, Recorder
 
 
-def test_thousand_messages_in_order(engine, peer):
+def test_thousand_messages_in_order(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     expected = [f"message {i}" for i in range(1000)]
@@ -24,11 +25,11 @@ def test_thousand_messages_in_order(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_text_and_binary_keep_their_type(engine, peer):
+def test_text_and_binary_keep_their_type(engine: str, peer: Peer) -> None:
     """str stays str; bytes stays bytes; bytearray and memoryview are sent as binary."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
-    sent = [
+    sent: list[str | bytes | bytearray | memoryview] = [
         "text",
         b"\x00\xffbinary",
         bytearray(b"bytearray"),
@@ -48,7 +49,7 @@ def test_text_and_binary_keep_their_type(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_five_mib_round_trip(engine, peer):
+def test_five_mib_round_trip(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     binary = os.urandom(5 * 1024 * 1024)
@@ -64,7 +65,7 @@ def test_five_mib_round_trip(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_burst_arrives_complete_and_in_order(engine, peer):
+def test_burst_arrives_complete_and_in_order(engine: str, peer: Peer) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
     client.send("cmd:burst:20000")
@@ -77,7 +78,7 @@ def test_burst_arrives_complete_and_in_order(engine, peer):
 
 
 @pytest.mark.parametrize("fragments", [50, 10000])
-def test_fragmented_message_arrives_whole(engine, peer, fragments):
+def test_fragmented_message_arrives_whole(engine: str, peer: Peer, fragments: int) -> None:
     """Whatever the number of fragments: max_size is the one limit (websockets' assembler
     alone would stop at 4096)."""
     recorder = Recorder()
@@ -89,7 +90,7 @@ def test_fragmented_message_arrives_whole(engine, peer, fragments):
     recorder.assert_well_formed()
 
 
-def test_send_from_eight_threads(engine, peer):
+def test_send_from_eight_threads(engine: str, peer: Peer) -> None:
     """SPEC 2.6: send is safe from any thread; one thread's messages leave in call order."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -125,7 +126,7 @@ def test_send_from_eight_threads(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_send_from_inside_callbacks(engine, peer):
+def test_send_from_inside_callbacks(engine: str, peer: Peer) -> None:
     """SPEC 2.6: send works from inside a callback (here onOpen and onMessage)."""
 
     class Replier(Recorder):
@@ -146,7 +147,7 @@ def test_send_from_inside_callbacks(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_many_large_messages_none_dropped(engine, peer):
+def test_many_large_messages_none_dropped(engine: str, peer: Peer) -> None:
     """SPEC 2.6: send blocks under backpressure but never drops a message."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)
@@ -162,7 +163,7 @@ def test_many_large_messages_none_dropped(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_close_flushes_what_was_sent(engine, peer):
+def test_close_flushes_what_was_sent(engine: str, peer: Peer) -> None:
     """SPEC 2.7: close() right after send() still delivers every message to the peer."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine)

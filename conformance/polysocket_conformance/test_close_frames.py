@@ -7,11 +7,12 @@ up) fails the connection with 1002 on every engine, whatever the library would d
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
 import polysocket
-from polysocket_conformance.rawframes import CLOSE, RawClient, close_frame, frame
+from polysocket_conformance.rawframes import CLOSE, RawClient, RawServer, close_frame, frame
 from polysocket_conformance.server_support import ServerThread, events
 from polysocket_conformance.support import WAIT, Recorder
 
@@ -19,12 +20,12 @@ INVALID_CODES = [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535]
 
 
 @pytest.fixture
-def server(serve_registry) -> ServerThread:
+def server(serve_registry: Callable[..., ServerThread]) -> ServerThread:
     return serve_registry()
 
 
 @pytest.mark.parametrize("code", INVALID_CODES)
-def test_server_fails_an_invalid_close_code_with_1002(server, code):
+def test_server_fails_an_invalid_close_code_with_1002(server: ServerThread, code: int) -> None:
     with RawClient(server.port, "/websockets/v4/service/echo") as client:
         client.send(frame(CLOSE, struct.pack("!H", code)))
         answer, _, _ = client.until_close()
@@ -33,7 +34,9 @@ def test_server_fails_an_invalid_close_code_with_1002(server, code):
 
 
 @pytest.mark.parametrize(("sent", "seen"), [(4321, 4321), (None, 1005)], ids=["code", "empty"])
-def test_server_echoes_a_valid_close_frame(server, sent, seen):
+def test_server_echoes_a_valid_close_frame(
+    server: ServerThread, sent: int | None, seen: int
+) -> None:
     with RawClient(server.port, "/websockets/v4/service/echo") as client:
         client.send(close_frame(sent, "bye") if sent else frame(CLOSE))
         answer, _, _ = client.until_close()
@@ -45,7 +48,9 @@ def test_server_echoes_a_valid_close_frame(server, sent, seen):
 
 
 @pytest.mark.parametrize("code", INVALID_CODES)
-def test_client_fails_an_invalid_close_code_with_1002(engine, raw_server, code):
+def test_client_fails_an_invalid_close_code_with_1002(
+    engine: str, raw_server: Callable[..., RawServer], code: int
+) -> None:
     server = raw_server([frame(CLOSE, struct.pack("!H", code), mask=False)])
     recorder = Recorder()
     polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=2)

@@ -9,9 +9,12 @@ learns the code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import polysocket
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.rawframes import (
     BINARY,
     CONTINUATION,
@@ -19,6 +22,7 @@ from polysocket_conformance.rawframes import (
     PONG,
     TEXT,
     RawClient,
+    RawServer,
     close_frame,
     frame,
 )
@@ -30,7 +34,7 @@ ECHO = "/websockets/v4/service/echo"
 
 
 @pytest.fixture
-def server(serve_registry) -> ServerThread:
+def server(serve_registry: Callable[..., ServerThread]) -> ServerThread:
     return serve_registry(max_size=SERVER_MAX_SIZE)
 
 
@@ -41,7 +45,7 @@ def received_by_server() -> list[object]:
 # -- client -> server -----------------------------------------------------------------------
 
 
-def test_fragmented_messages_reach_the_server_whole(server):
+def test_fragmented_messages_reach_the_server_whole(server: ServerThread) -> None:
     from websockets.sync.client import connect
 
     with connect(server.uri("echo")) as ws:
@@ -53,7 +57,7 @@ def test_fragmented_messages_reach_the_server_whole(server):
     assert received_by_server() == ["fragmented ✓", b"\x00\x01\xff"]
 
 
-def test_ten_thousand_fragments_reach_the_server_as_one_message(server):
+def test_ten_thousand_fragments_reach_the_server_as_one_message(server: ServerThread) -> None:
     with RawClient(server.port, ECHO) as client:
         client.send(
             frame(TEXT, b"", fin=False),
@@ -66,7 +70,7 @@ def test_ten_thousand_fragments_reach_the_server_as_one_message(server):
     assert received_by_server() == ["✓"]
 
 
-def test_control_frames_between_fragments(server):
+def test_control_frames_between_fragments(server: ServerThread) -> None:
     with RawClient(server.port, ECHO) as client:
         assert client.status_line.startswith("HTTP/1.1 101")
         client.send(
@@ -89,7 +93,7 @@ def test_control_frames_between_fragments(server):
     assert received_by_server() == ["abc", b"\x01\x02"]
 
 
-def test_character_split_across_fragments_is_accepted(server):
+def test_character_split_across_fragments_is_accepted(server: ServerThread) -> None:
     with RawClient(server.port, ECHO) as client:
         # "é" is C3 A9: each fragment alone is not valid UTF-8, the message is.
         client.send(frame(TEXT, b"caf\xc3", fin=False), frame(CONTINUATION, b"\xa9"))
@@ -99,7 +103,7 @@ def test_character_split_across_fragments_is_accepted(server):
     assert received_by_server() == ["café"]
 
 
-def test_server_max_size_counts_the_whole_message(server):
+def test_server_max_size_counts_the_whole_message(server: ServerThread) -> None:
     """Two 600-byte fragments: each under max_size=1024, the message over it: 1009."""
     with RawClient(server.port, ECHO) as client:
         client.send(frame(BINARY, b"x" * 600, fin=False), frame(CONTINUATION, b"y" * 600))
@@ -112,7 +116,7 @@ def test_server_max_size_counts_the_whole_message(server):
     assert received_by_server() == []
 
 
-def test_server_message_at_max_size_in_fragments_is_accepted(server):
+def test_server_message_at_max_size_in_fragments_is_accepted(server: ServerThread) -> None:
     with RawClient(server.port, ECHO) as client:
         half = SERVER_MAX_SIZE // 2
         client.send(frame(BINARY, b"x" * half, fin=False), frame(CONTINUATION, b"y" * half))
@@ -140,7 +144,9 @@ def test_server_message_at_max_size_in_fragments_is_accepted(server):
         "binary-inside-fragments",
     ],
 )
-def test_server_fails_a_broken_message(server, frames, code):
+def test_server_fails_a_broken_message(
+    server: ServerThread, frames: list[bytes], code: int
+) -> None:
     """Invalid UTF-8 -> 1007, a continuation frame out of place -> 1002, on the wire too."""
     with RawClient(server.port, ECHO) as client:
         client.send(*frames)
@@ -154,7 +160,7 @@ def test_server_fails_a_broken_message(server, frames, code):
 # -- server (a peer) -> client --------------------------------------------------------------
 
 
-def test_client_max_size_counts_the_whole_message(engine, peer):
+def test_client_max_size_counts_the_whole_message(engine: str, peer: Peer) -> None:
     """cmd:frag:50 is 140 bytes in 50 fragments of at most 3: over max_size=100 as a whole."""
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, max_size=100)
@@ -167,7 +173,9 @@ def test_client_max_size_counts_the_whole_message(engine, peer):
     recorder.assert_well_formed()
 
 
-def test_client_reassembles_fragments_around_control_frames(engine, raw_server):
+def test_client_reassembles_fragments_around_control_frames(
+    engine: str, raw_server: Callable[..., RawServer]
+) -> None:
     server = raw_server(
         [
             frame(TEXT, b"caf\xc3", fin=False, mask=False),
@@ -202,7 +210,9 @@ def test_client_reassembles_fragments_around_control_frames(engine, raw_server):
     ],
     ids=["utf8", "utf8-in-a-fragment", "lone-continuation", "text-inside-fragments"],
 )
-def test_client_fails_a_broken_message(engine, raw_server, frames, code):
+def test_client_fails_a_broken_message(
+    engine: str, raw_server: Callable[..., RawServer], frames: list[bytes], code: int
+) -> None:
     server = raw_server(frames)
     recorder = Recorder()
     polysocket.createWebsocket(server.uri, recorder, engine, close_timeout=2)

@@ -6,24 +6,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import polysocket
 
-from .rawframes import RawClient, RawServer, close_frame
-from .server_support import events
+from .peer_processes import Peer
+from .rawframes import LatePongs, RawClient, RawServer, close_frame
+from .server_support import ServerThread, events
 from .support import WAIT, Recorder, require_capability, run_async
+
+#: The server's context and a client's that trusts it.
+TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
 
 
 @pytest.fixture(scope="module")
-def tls() -> Any:
+def tls() -> TlsContexts:
     trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -67,7 +72,7 @@ class RawWebsocketsServer:
 
 
 @pytest.fixture
-def raw_server_with() -> Iterator[Any]:
+def raw_server_with() -> Iterator[Callable[..., RawWebsocketsServer]]:
     started: list[RawWebsocketsServer] = []
 
     def start(**options: Any) -> RawWebsocketsServer:
@@ -92,7 +97,9 @@ def echo_once(uri: str, engine: str, message: Any = "hello", **options: Any) -> 
 # -- TLS ----------------------------------------------------------------------------------
 
 
-def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
+def test_wss_client_with_a_private_ca(
+    engine: str, tls: TlsContexts, raw_server_with: Callable[..., RawWebsocketsServer]
+) -> None:
     require_capability(engine, "tls")
     server_context, client_context = tls
     # 127.0.0.1, not localhost: the servers listen on IPv4 only, and "localhost" may first
@@ -105,7 +112,9 @@ def test_wss_client_with_a_private_ca(engine, tls, raw_server_with):
     assert polysocket.getClients() == []
 
 
-def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
+def test_wss_server_with_a_private_ca(
+    engine: str, tls: TlsContexts, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "tls")
     server_context, client_context = tls
     server = serve_registry(ssl=server_context)
@@ -126,7 +135,9 @@ def test_wss_server_with_a_private_ca(engine, tls, serve_registry):
     )
 
 
-def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
+def test_wss_server_fails_a_broken_frame_promptly(
+    engine: str, tls: TlsContexts, serve_registry: Callable[..., ServerThread]
+) -> None:
     """Over TLS (no half-close), failing the connection still ends it within close_timeout."""
     require_capability(engine, "tls")
     server_context, client_context = tls
@@ -143,13 +154,16 @@ def test_wss_server_fails_a_broken_frame_promptly(engine, tls, serve_registry):
 # -- subprotocols -------------------------------------------------------------------------
 
 
-def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
+def test_server_selects_a_subprotocol_it_supports(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "subprotocols")
     server = serve_registry(subprotocols=["chat", "superchat"])
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
-    with connect(uri, subprotocols=["other", "superchat"]) as ws:
+    with connect(uri, subprotocols=[Subprotocol("other"), Subprotocol("superchat")]) as ws:
         assert ws.subprotocol == "superchat"
 
     async def polysocket_client() -> str | None:
@@ -162,7 +176,9 @@ def test_server_selects_a_subprotocol_it_supports(engine, serve_registry):
 # -- compression --------------------------------------------------------------------------
 
 
-def test_deflate_client_negotiates_and_round_trips(engine, raw_server_with):
+def test_deflate_client_negotiates_and_round_trips(
+    engine: str, raw_server_with: Callable[..., RawWebsocketsServer]
+) -> None:
     require_capability(engine, "deflate")
     peer = raw_server_with(compression="deflate")
     big = "compressible " * 80_000
@@ -176,7 +192,9 @@ def test_deflate_client_negotiates_and_round_trips(engine, raw_server_with):
     )
 
 
-def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
+def test_deflate_server_accepts_only_when_enabled(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "deflate")
     from websockets.sync.client import connect
 
@@ -184,6 +202,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
         server = serve_registry(compression=compression)
         uri = f"ws://127.0.0.1:{server.port}/websockets/v4/service/echo"
         with connect(uri, compression="deflate") as ws:
+            assert ws.response is not None  # set once the handshake is complete
             accepted = ws.response.headers.get("Sec-WebSocket-Extensions", "")
             big = os.urandom(8).hex() + "z" * 500_000
             ws.send(big)
@@ -194,7 +213,7 @@ def test_deflate_server_accepts_only_when_enabled(engine, serve_registry):
 # -- keepalive ----------------------------------------------------------------------------
 
 
-def test_keepalive_detects_a_peer_that_stopped_answering(engine):
+def test_keepalive_detects_a_peer_that_stopped_answering(engine: str) -> None:
     require_capability(engine, "keepalive")
     silent = RawServer(answer_close=False)
     try:
@@ -209,7 +228,7 @@ def test_keepalive_detects_a_peer_that_stopped_answering(engine):
         silent.close()
 
 
-def test_keepalive_keeps_a_live_connection_open(engine, peer):
+def test_keepalive_keeps_a_live_connection_open(engine: str, peer: Peer) -> None:
     require_capability(engine, "keepalive")
     recorder = Recorder()
     client = polysocket.createWebsocket(peer.uri, recorder, engine, ping_interval=0.1)
@@ -221,7 +240,9 @@ def test_keepalive_keeps_a_live_connection_open(engine, peer):
         client.close()
 
 
-def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
+def test_server_keepalive_drops_a_silent_client(
+    engine: str, serve_registry: Callable[..., ServerThread]
+) -> None:
     require_capability(engine, "keepalive")
     server = serve_registry(ping_interval=0.2, ping_timeout=0.3)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -238,3 +259,73 @@ def test_server_keepalive_drops_a_silent_client(engine, serve_registry):
         closed = events.wait("onclose", "echo", timeout=5)
     assert closed.close_code == 1006
     assert "keepalive" in events.wait("onerror", "echo").payload
+
+
+#: How late the peer answers each ping, with pings every PING_INTERVAL seconds: longer
+#: than aiohttp's own pong wait (half the interval) and tornado's (at most the interval).
+PONG_DELAY = 0.5
+PING_INTERVAL = 0.2
+LATE_PONGS = pytest.mark.parametrize(
+    ("ping_timeout", "dropped"), [(2, False), (0.2, True)], ids=["waits-long-enough", "too-late"]
+)
+
+
+@LATE_PONGS
+def test_keepalive_waits_ping_timeout_for_the_pong(
+    engine: str, raw_server: Callable[..., RawServer], ping_timeout: float, dropped: bool
+) -> None:
+    """ping_timeout is the pong wait, not the library's own: pongs 0.5 s late keep the
+    connection over three pings with ping_timeout=2, and lose it (onError, then onClose
+    1006) with 0.2."""
+    require_capability(engine, "keepalive")
+    pongers: queue.Queue[LatePongs] = queue.Queue()
+
+    def conversation(sock: socket.socket, reader: Any) -> None:
+        ponger = LatePongs(sock, reader, PONG_DELAY, mask=False)
+        pongers.put(ponger)
+        ponger.run()
+
+    server = raw_server(conversation=conversation)
+    recorder = Recorder()
+    client = polysocket.createWebsocket(
+        server.uri, recorder, engine, ping_interval=PING_INTERVAL, ping_timeout=ping_timeout
+    )
+    ponger = pongers.get(timeout=WAIT)
+    if dropped:
+        assert recorder.wait_closed(), "no onClose although every pong came too late"
+        assert ponger.pings >= 1
+        assert recorder.names == ["onopen", "onerror", "onclose"]
+        assert "keepalive" in recorder.errors[0], recorder.errors
+        assert recorder.of("onclose")[0].close_code == 1006
+    else:
+        assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
+        assert not recorder.closed.is_set(), f"dropped although pongs came: {recorder.errors}"
+        client.close()
+        assert recorder.names == ["onopen", "onclose"]
+        assert recorder.of("onclose")[0].close_code == 1000
+    recorder.assert_well_formed()
+
+
+@LATE_PONGS
+def test_server_keepalive_waits_ping_timeout_for_the_pong(
+    engine: str, serve_registry: Callable[..., ServerThread], ping_timeout: float, dropped: bool
+) -> None:
+    require_capability(engine, "keepalive")
+    server = serve_registry(ping_interval=PING_INTERVAL, ping_timeout=ping_timeout)
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
+        ponger = LatePongs(client.sock, client.reader, PONG_DELAY, mask=True).start()
+        opened = events.wait("onopen", "echo")
+        if dropped:
+            closed = events.wait("onclose", "echo")
+            assert ponger.pings >= 1
+            assert events.of(opened.session_id) == ["onopen", "onerror", "onclose"]
+            assert "keepalive" in events.wait("onerror", "echo").payload
+            assert closed.close_code == 1006
+        else:
+            assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
+            assert events.of(opened.session_id) == ["onopen"], "dropped although pongs came"
+            ponger.close(1000)
+            assert ponger.ended.wait(WAIT)
+            assert ponger.close_code == 1000
+            client.close()
+            assert events.wait("onclose", "echo").close_code == 1000

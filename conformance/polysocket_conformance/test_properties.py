@@ -3,9 +3,8 @@ engine, arrive identical and in order, both ways (issue 4)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +38,9 @@ message = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def mirror_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def mirror_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], ServerThread]]:
     """One mirror server per server engine, started on first use, for the whole module."""
     running: dict[str, ServerThread] = {}
 
@@ -63,7 +64,12 @@ def mirror_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(messages=st.lists(message, max_size=12))
-def test_any_messages_arrive_identical_and_in_order(engine, other_engine, mirror_servers, messages):
+def test_any_messages_arrive_identical_and_in_order(
+    engine: str,
+    other_engine: str,
+    mirror_servers: Callable[[str], ServerThread],
+    messages: list[str | bytes],
+) -> None:
     server = mirror_servers(other_engine)
     events.clear()
     recorder = Recorder()

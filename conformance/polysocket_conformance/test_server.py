@@ -9,18 +9,21 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import polysocket
 
 from .peer_processes import PEERS_DIR, PeerUnavailable, node_ws_location, require_peers
+from .rawframes import TEXT, RawClient, close_frame, frame
 from .server_support import ServerThread, add_descriptor, events, write_registry
 from .support import WAIT, Recorder, require_capability
 
 
 @pytest.fixture
-def server(serve_registry) -> ServerThread:
+def server(serve_registry: Callable[..., ServerThread]) -> ServerThread:
     return serve_registry(max_size=1 << 20)
 
 
@@ -32,7 +35,7 @@ def http_get(url: str) -> tuple[int, str, str]:
         return error.code, error.headers["Content-Type"], error.read().decode()
 
 
-def test_echo_endpoint_and_session_details(server, engine):
+def test_echo_endpoint_and_session_details(server: ServerThread, engine: str) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(
         server.uri("echo"), recorder, engine, headers={"X-Polysocket-Test": "yes"}
@@ -52,7 +55,21 @@ def test_echo_endpoint_and_session_details(server, engine):
     assert polysocket.getSessions("echo") == []
 
 
-def test_interop_matrix(engine, other_engine, tmp_path):
+def test_five_hundred_messages_on_one_connection(server: ServerThread) -> None:
+    """A client that sends 500 messages at once: the session's onMessage sees each, in order,
+    and every echo comes back, in order (past the point where an engine stops reading)."""
+    sent = [f"message {i}" for i in range(500)]
+    with RawClient(server.port, "/websockets/v4/service/echo") as client:
+        client.send(*(frame(TEXT, text.encode()) for text in sent))
+        echoes = [client.recv_frame() for _ in sent]
+        client.send(close_frame(1000))
+        assert client.reader.until_close()[0] == 1000
+    assert echoes == [(TEXT, True, text.encode()) for text in sent]
+    assert events.wait("onclose", "echo").close_code == 1000
+    assert [e.payload for e in events.items if e.name == "onmessage"] == sent
+
+
+def test_interop_matrix(engine: str, other_engine: str, tmp_path: Path) -> None:
     """A client on each engine against the server on each engine, both ways round."""
     for client_engine, server_engine in ((engine, other_engine), (other_engine, engine)):
         require_capability(server_engine, "server")
@@ -71,7 +88,7 @@ def test_interop_matrix(engine, other_engine, tmp_path):
             running.stop()
 
 
-def test_server_side_close_codes_both_ways(server, engine):
+def test_server_side_close_codes_both_ways(server: ServerThread, engine: str) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri("echo"), recorder, engine)
     client.send("close:4000:bye")
@@ -88,7 +105,7 @@ def test_server_side_close_codes_both_ways(server, engine):
     assert (closed.close_code, closed.close_reason) == (4002, "from client")
 
 
-def test_broadcast_reaches_every_session(server, engine):
+def test_broadcast_reaches_every_session(server: ServerThread, engine: str) -> None:
     recorders = [Recorder() for _ in range(3)]
     clients = [polysocket.createWebsocket(server.uri("chat"), r, engine) for r in recorders]
     deadline = time.monotonic() + WAIT
@@ -105,14 +122,14 @@ def test_broadcast_reaches_every_session(server, engine):
         client.close()
 
 
-def test_unknown_endpoint_is_refused_with_404(server, engine):
+def test_unknown_endpoint_is_refused_with_404(server: ServerThread, engine: str) -> None:
     with pytest.raises(polysocket.ConnectError) as info:
         polysocket.createWebsocket(server.uri("nope"), Recorder(), engine)
     assert info.value.status == 404
     assert polysocket.getClients() == []
 
 
-def test_http_answers(server):
+def test_http_answers(server: ServerThread) -> None:
     status, kind, body = http_get(server.url("/"))
     assert status == 200 and kind.startswith("text/html")
     assert "new WebSocket(" in body and "echo test" in body
@@ -126,7 +143,9 @@ def test_http_answers(server):
     assert status == 404
 
 
-def test_handler_failing_in_every_callback_does_not_stop_the_server(server, engine):
+def test_handler_failing_in_every_callback_does_not_stop_the_server(
+    server: ServerThread, engine: str
+) -> None:
     failing = Recorder()
     client = polysocket.createWebsocket(server.uri("failing"), failing, engine)
     client.send("anything")
@@ -143,7 +162,7 @@ def test_handler_failing_in_every_callback_does_not_stop_the_server(server, engi
     other.close()
 
 
-def test_garbage_instead_of_a_handshake(server, engine):
+def test_garbage_instead_of_a_handshake(server: ServerThread, engine: str) -> None:
     for garbage in (
         b"\x00\xff\x13GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n" + b"A" * 70000,
@@ -160,7 +179,9 @@ def test_garbage_instead_of_a_handshake(server, engine):
     client.close()
 
 
-def test_oversized_message_to_the_server_closes_with_1009(server, engine):
+def test_oversized_message_to_the_server_closes_with_1009(
+    server: ServerThread, engine: str
+) -> None:
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri("echo"), recorder, engine)
     client.send(b"x" * ((1 << 20) + 1))
@@ -171,7 +192,7 @@ def test_oversized_message_to_the_server_closes_with_1009(server, engine):
     assert events.wait("onclose", "echo").close_code == 1009
 
 
-def test_live_reload_adds_and_removes_endpoints(server, engine):
+def test_live_reload_adds_and_removes_endpoints(server: ServerThread, engine: str) -> None:
     add_descriptor(server.root, "late.websocket", "my-project/echo-handler", "late")
     recorder = Recorder()
     deadline = time.monotonic() + 2.5
@@ -191,7 +212,7 @@ def test_live_reload_adds_and_removes_endpoints(server, engine):
         polysocket.createWebsocket(server.uri("late"), Recorder(), engine)
 
 
-def test_shutdown_closes_sessions_with_1001_and_runs_on_close(engine, tmp_path):
+def test_shutdown_closes_sessions_with_1001_and_runs_on_close(engine: str, tmp_path: Path) -> None:
     require_capability(engine, "server")
     events.clear()
     running = ServerThread(write_registry(tmp_path), engine)
@@ -204,7 +225,7 @@ def test_shutdown_closes_sessions_with_1001_and_runs_on_close(engine, tmp_path):
     assert events.wait("onclose", "echo").close_code == 1001
 
 
-def test_node_ws_client_against_the_server(server):
+def test_node_ws_client_against_the_server(server: ServerThread) -> None:
     try:
         node, ws_dir = node_ws_location()
     except PeerUnavailable as exc:
@@ -226,7 +247,7 @@ def test_node_ws_client_against_the_server(server):
     assert (closed.close_code, closed.close_reason) == (4003, "node done")
 
 
-def test_node_ws_client_gets_404_for_an_unknown_endpoint(server):
+def test_node_ws_client_gets_404_for_an_unknown_endpoint(server: ServerThread) -> None:
     try:
         node, ws_dir = node_ws_location()
     except PeerUnavailable as exc:

@@ -260,8 +260,10 @@ class TornadoTransport:
             finally:
                 self._receiving = False
                 if self._closing and not self._done.done():
-                    # Nobody may read again: keep the frame loop going so close() completes.
-                    self._start_drain()
+                    # A reader that goes on reading gets every message up to the peer's close
+                    # frame; if none calls again, keep the frame loop going so close()
+                    # completes (see _drain).
+                    asyncio.get_running_loop().call_soon(self._drain_if_idle)
             if msg is not None:
                 return msg
         # None (the loop has ended), or close() is discarding what is left.
@@ -320,6 +322,10 @@ class TornadoTransport:
                 )
                 self.abort()  # the frame loop ends as for a lost connection
                 return
+
+    def _drain_if_idle(self) -> None:
+        if not self._receiving and not self._done.done():
+            self._start_drain()
 
     def _start_drain(self) -> None:
         if self._drainer is None:

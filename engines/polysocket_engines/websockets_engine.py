@@ -81,11 +81,16 @@ class WebsocketsTransport:
             finally:
                 self._receiving = False
                 if self._close_task is not None and self._ended is None:
-                    # Nobody may read again: keep reading so close() completes (see _drain).
-                    self._start_drain()
+                    # A reader that goes on reading gets every message up to the peer's close
+                    # frame; if none calls again, keep reading so close() completes (_drain).
+                    asyncio.get_running_loop().call_soon(self._drain_if_idle)
         # close() is discarding what is left; wait for the end.
         await asyncio.shield(self._drainer)
         raise self._ended or TransportClosed(None)
+
+    def _drain_if_idle(self) -> None:
+        if not self._receiving and self._ended is None:
+            self._start_drain()
 
     def _end(self, exc: Any) -> TransportClosed:
         if self._ended is None:

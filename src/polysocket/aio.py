@@ -62,8 +62,9 @@ class AsyncConnection:
         if self._close_requested is None:
             self._close_requested = (int(code), reason)
         await self._transport.close(code, reason)  # bounded by close_timeout; never raises
-        if self.close_code is None:
-            self.close_code, self.close_reason = self._close_requested
+        # Ended by now: our code once the peer answered, 1006 when it never did (as the
+        # blocking API reports it).
+        self._ended(self._transport.ended or TransportClosed(None))
 
     def _ended(self, closed: TransportClosed) -> None:
         if self.close_code is None:

@@ -279,13 +279,15 @@ class Connection:
     def _end(self, closed: TransportClosed) -> None:
         code, reason = close_outcome(closed, self._close_requested)
         with self._lock:
-            closing = self.state is State.CLOSING
+            # The writer took the close marker: it is in the closing handshake.
+            handshaking = self.state is State.CLOSING and _CLOSE not in self._outbox
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
             self._outbox.clear()
             self._room.notify_all()
-        # A writer in the middle of the closing handshake finishes on its own.
-        if self._writer is not None and not closing:
+        # A writer in the middle of the closing handshake finishes on its own; any other
+        # would wait forever for a wake-up (the close marker it was to send is gone).
+        if self._writer is not None and not handshaking:
             self._writer.cancel()
         self._on_ended()
         self.ended.set()

@@ -9,7 +9,8 @@ this class adds, once for every engine, what the contract promises on top:
 - messages that arrive after our close frame still reach a reader that keeps reading; when
   nobody reads, ``close()`` reads and discards them itself, so the peer's close frame is seen;
 - ``close_timeout`` bounds the whole handshake, enforced here alone: after it the connection
-  is aborted, and after :data:`ABORT_GRACE` more it counts as ended whatever the engine does.
+  is aborted, and after :data:`ABORT_GRACE` more it counts as ended whatever the engine does
+  (a reader still waiting in the engine's ``receive()`` then gets the end).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .transport import Message, Transport, TransportClosed
 
@@ -44,7 +46,8 @@ class ManagedTransport:
         "_drainer",
         "_ended",
         "_raw",
-        "_receiving",
+        "_reader",
+        "_released",
         "_wake",
         "subprotocol",
     )
@@ -55,7 +58,9 @@ class ManagedTransport:
         self.subprotocol = raw.subprotocol
         self._ended: TransportClosed | None = None
         self._closing = False
-        self._receiving = False
+        # The task inside the engine's receive(), if any; released after ABORT_GRACE.
+        self._reader: asyncio.Task[Any] | None = None
+        self._released = False
         self._close_task: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
         # Set when the reader leaves receive() or the connection ends (only while closing).
@@ -66,6 +71,11 @@ class ManagedTransport:
         """The engine's own transport."""
         return self._raw
 
+    @property
+    def ended(self) -> TransportClosed | None:
+        """How the connection ended; ``None`` until it has."""
+        return self._ended
+
     async def send(self, message: Message) -> None:
         if self._closing or self._ended is not None:
             raise self._ended or TransportClosed(None)
@@ -75,15 +85,22 @@ class ManagedTransport:
         if self._ended is not None:
             raise self._ended
         if self._drainer is not None:  # close() is discarding what is left
-            await asyncio.shield(self._drainer)
+            # wait() and not the drainer itself: a drainer cancelled after the grace is no
+            # reason to cancel this reader
+            await asyncio.wait([self._drainer])
             raise self._ended or TransportClosed(None)
-        self._receiving = True
+        self._reader = reader = asyncio.current_task()
         try:
             return await self._raw.receive()
         except TransportClosed as closed:
             raise self._end(closed) from None
+        except asyncio.CancelledError:
+            ended = self._let_go(reader)
+            if ended is None:
+                raise
+            raise ended from None
         finally:
-            self._receiving = False
+            self._reader = None
             if self._closing:
                 self._wake.set()
 
@@ -98,7 +115,7 @@ class ManagedTransport:
         if self._ended is not None:
             raise self._ended
         receive = self._raw.receive
-        self._receiving = True
+        self._reader = reader = asyncio.current_task()
         try:
             while True:
                 paused = deliver(await receive())
@@ -106,9 +123,22 @@ class ManagedTransport:
                     await paused
         except TransportClosed as closed:
             raise self._end(closed) from None
+        except asyncio.CancelledError:
+            ended = self._let_go(reader)
+            if ended is None:
+                raise
+            raise ended from None
         finally:
-            self._receiving = False
+            self._reader = None
             self._wake.set()
+
+    def _let_go(self, reader: asyncio.Task[Any] | None) -> TransportClosed | None:
+        """The end a cancelled reader raises when close() let go of it (an engine whose
+        receive() ignored abort()); ``None``: a real cancellation, from someone else too."""
+        ended = self._ended
+        if self._released and ended is not None and reader and reader.uncancel() == 0:
+            return ended
+        return None
 
     def _end(self, closed: TransportClosed) -> TransportClosed:
         if self._ended is None:
@@ -150,10 +180,13 @@ class ManagedTransport:
             self._end(TransportClosed(None))
             if self._drainer is not None:
                 self._drainer.cancel()
+            if self._reader is not None:
+                self._released = True
+                self._reader.cancel()
 
     async def _until_ended(self) -> None:
         while self._ended is None:
-            if self._receiving:  # the core's reader gets the end (and the messages before)
+            if self._reader is not None:  # the core's reader gets the end (and the messages before)
                 self._wake.clear()
                 await self._wake.wait()
                 # A reader that takes the next message at once is back in receive() by now.

@@ -229,7 +229,9 @@ class EndpointServer:
         sessions.add(session)
         self._connections.add(connection)
         connection.start()
-        await connection.ended_on_loop
+        # shielded: cancelling the session must not cancel the future Connection resolves
+        # when it ends (it would fail there, before onClose)
+        await asyncio.shield(connection.ended_on_loop)
 
     def listing(self) -> bytes:
         return json.dumps(
@@ -281,7 +283,9 @@ class EndpointServer:
         )
         for name in gone:
             for session in sessions.of(name):
-                session._connection.request_close(CloseCode.GOING_AWAY, "endpoint removed")
+                # the registry is every server's: another one may serve an endpoint of that name
+                if session._connection in self._connections:
+                    session._connection.request_close(CloseCode.GOING_AWAY, "endpoint removed")
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -8,22 +8,43 @@ install when it is missing.
 - client: ``picows.ws_connect`` with a listener that turns frames into messages
   (``_transport``); headers go in ``extra_headers``, the offered subprotocols in a
   ``Sec-WebSocket-Protocol`` header, and the server's choice is checked against them.
-- server: an HTTP front that awaits ``app.route`` for every request and hands accepted
+- server: an HTTP front that asks ``app.route`` for every request and hands accepted
   connections to picows' server protocol (``_server`` says why not ``ws_create_server``).
 - tls: ``ssl_context`` (client, ``wss://`` only) and the listening sockets' ``ssl``.
-- keepalive: the transport's own pings (see ``_transport``).
+- keepalive: ``enginekit.Keepalive`` (see ``_transport``).
 - no ``deflate``: picows has no permessage-deflate.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from polysocket import ConnectError, hookimpl
-from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
+from polysocket.transport import (
+    ClientOptions,
+    Engine,
+    Server,
+    ServerApp,
+    ServerOptions,
+    Transport,
+)
 
-__all__ = ["PicowsEngine", "polysocket_register_engines"]
+if TYPE_CHECKING:
+    from picows import WSHandshakeError, WSListener, WSUpgradeRequest, WSUpgradeResponse
+
+__all__ = ["PRIVATE_API", "PicowsEngine", "polysocket_register_engines"]
+
+#: What of picows this engine uses beyond its documented API (checked on picows 2.3.0, the
+#: minimum in pyproject.toml, and 2.3.1).
+PRIVATE_API: dict[str, str] = {
+    "picows.picows.WSProtocol": (
+        "the server protocol ws_create_server builds, built by _server (with keywords, so a"
+        " changed signature fails loudly) to take over a connection whose request the HTTP"
+        " front has read: connection_made, then get_buffer/buffer_updated with the request"
+    ),
+}
 
 
 class PicowsEngine(Engine):
@@ -32,7 +53,7 @@ class PicowsEngine(Engine):
     install_hint = "polysocket-picows"
     capabilities = frozenset({"client", "server", "headers", "subprotocols", "tls", "keepalive"})
 
-    async def connect(self, uri: str, options: ClientOptions) -> Any:
+    async def connect(self, uri: str, options: ClientOptions) -> Transport:
         from picows import WSHandshakeError, ws_connect
 
         from ._transport import PicowsTransport, frame_limit
@@ -43,7 +64,7 @@ class PicowsEngine(Engine):
         if offered:
             headers["Sec-WebSocket-Protocol"] = ", ".join(offered)
 
-        def listener_factory(request: Any, response: Any) -> Any:
+        def listener_factory(request: WSUpgradeRequest, response: WSUpgradeResponse) -> WSListener:
             # Called by picows once the 101 response is parsed, before on_ws_connected.
             # (Raising TypeError here would make picows retry without arguments.)
             selected = response.headers.get("Sec-WebSocket-Protocol")
@@ -90,7 +111,7 @@ class PicowsEngine(Engine):
             raise
         return transport
 
-    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Any:
+    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
         from ._server import PicowsServer
 
         server = PicowsServer(app, options)
@@ -98,7 +119,7 @@ class PicowsEngine(Engine):
         return server
 
 
-def _status_of(exc: Any) -> tuple[int | None, str]:
+def _status_of(exc: WSHandshakeError) -> tuple[int | None, str]:
     """The status of a refused handshake, also one picows' HTTPStatus does not know (499)."""
     response = exc.response
     if response is not None:
@@ -112,5 +133,5 @@ def _status_of(exc: Any) -> tuple[int | None, str]:
 
 
 @hookimpl
-def polysocket_register_engines(register):  # type: ignore[no-untyped-def]
+def polysocket_register_engines(register: Callable[[Engine], None]) -> None:
     register(PicowsEngine())

@@ -1,14 +1,15 @@
 """The server side: an HTTP/1.1 front that asks the core, then picows for the WebSocket.
 
-Why not ``picows.ws_create_server`` alone: its listener factory is a plain function, called
-inside the protocol's ``buffer_updated``, and its request parser refuses every method but
-GET (and HTTP/1.0, and requests with a body) with its own 400 before the factory is called,
-so those requests would never reach the core.
+Why not ``picows.ws_create_server`` alone: ``app.route`` is synchronous, so picows' listener
+factory could call it, but picows' request parser answers every method but GET, HTTP/1.0 and
+requests with a body with its own 400 before the factory is called (those requests would
+never reach the core), and refuses ``Connection`` token lists (Firefox's ``keep-alive,
+Upgrade``) after it.
 
 So the listening socket is served by :class:`_HttpFront`, an ``asyncio.Protocol`` that reads
-one request, pauses reading and asks ``app.route``. An :class:`HttpResponse` is written by
-the front itself (``Connection: close``). On :class:`Accept` the connection is handed to
-picows' own server protocol (``picows.picows.WSProtocol``, built with the arguments
+one request and asks ``app.route`` as soon as it is complete. An :class:`HttpResponse` is
+written by the front itself (``Connection: close``). On :class:`Accept` the connection is
+handed to picows' own server protocol (``picows.picows.WSProtocol``, built with the arguments
 ``ws_create_server`` gives it) exactly as picows' ``ws_connect`` hands a connection over
 after a proxy's CONNECT: ``transport.set_protocol(protocol)``, ``connection_made``, then the
 request's bytes are fed to it. picows then parses and validates the upgrade request itself,
@@ -19,7 +20,10 @@ the transport's listener), writes the 101 and reads the frames that follow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,9 +32,10 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # private: PRIVATE_API
 from polysocket.enginekit import (
     TOKEN_CHARS,
+    SessionTracker,
     answer_fields,
     answer_payload,
     answer_reason,
@@ -145,43 +150,39 @@ class _HttpFront(asyncio.Protocol):
         self._head: tuple[str, str, str, list[tuple[str, str]]] | None = None
         self._body_left = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._routed = False  # the request is complete and routed
-        self._answered = False
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         self._server.fronts.add(self)
-        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timeout)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.fronts.discard(self)
         if self._timer is not None:
             self._timer.cancel()
 
-    def _timeout(self) -> None:
-        if not self._routed:
-            self._transport.abort()
-
     def data_received(self, data: bytes) -> None:
-        if self._answered:
-            return
+        if self._transport.is_closing():
+            return  # answered already
         self._buffer += data
-        if self._routed:
-            return  # the request is complete; this is what follows it (early frames)
         try:
-            self._parse()
+            complete = self._parse()
         except BadRequest as exc:
             self._answer(HttpResponse(exc.status, f"{exc}\n".encode()), "GET")
+            return
+        if complete:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._route()
 
-    def _parse(self) -> None:
+    def _parse(self) -> bool:
+        """Whether the request is complete (its body read and discarded)."""
         if self._head is None:
             end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD:
-                    raise BadRequest(431, "request header fields too large")
-                return
-            if end > MAX_HEAD:
+            if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
                 raise BadRequest(431, "request header fields too large")
+            if end < 0:
+                return False
             self._head = parse_head(bytes(self._buffer[:end]))
             del self._buffer[: end + 4]
             headers = header_map(self._head[3])
@@ -193,30 +194,20 @@ class _HttpFront(asyncio.Protocol):
             self._body_left = int(length)
             if self._body_left > MAX_BODY:
                 raise BadRequest(413, "request body too large")
-        if self._body_left:
-            taken = min(self._body_left, len(self._buffer))
-            del self._buffer[:taken]  # the core never sees a body
-            self._body_left -= taken
-            if self._body_left:
-                return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._transport.pause_reading()
-        self._routed = True
-        self._route()
+        taken = min(self._body_left, len(self._buffer))
+        del self._buffer[:taken]  # the core never sees a body
+        self._body_left -= taken
+        return not self._body_left
 
     def _route(self) -> None:
         assert self._head is not None
         method, target, version, fields = self._head
-        peer = self._transport.get_extra_info("peername")
-        request = http_request(method, target, fields, peer)
+        request = http_request(method, target, fields, self._transport.get_extra_info("peername"))
         try:
             decision = self._server.app.route(request)
         except Exception:
             _log.exception("app.route() failed for %s %s", method, request.path)
             decision = HttpResponse(500, b"internal server error\n")
-        if self._transport.is_closing():
-            return
         if isinstance(decision, Accept):
             self._hand_over(request, decision, picows_head(method, target, version, fields))
         else:
@@ -228,34 +219,26 @@ class _HttpFront(asyncio.Protocol):
         except ValueError:
             _log.exception("cannot send the answer to %s", method)
             data = render_response(HttpResponse(500, b"internal server error\n"), method)
-        self._answered = True
         self._transport.write(data)
         self._transport.close()
 
     def _hand_over(self, request: HttpRequest, accept: Accept, head: bytes) -> None:
         server = self._server
-        transport = self._transport
         ws = PicowsTransport(server.options, client=False)
         ws.subprotocol = accept.subprotocol
-        ws.on_open = lambda: server.start_session(request, ws)
+        ws.on_open = functools.partial(server.sessions.start, request, ws)
         extra = {"Sec-WebSocket-Protocol": accept.subprotocol} if accept.subprotocol else None
-        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
-
-        def listener_factory(upgrade_request: Any) -> Any:
-            return WSUpgradeResponseWithListener(response, ws.listener)
-
-        protocol = server.picows_protocol(listener_factory)
+        upgrade = WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_101_response(extra_headers=extra), ws.listener
+        )
+        protocol = server.picows_protocol(lambda _request: upgrade)
         server.fronts.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
         # picows parses the upgrade request from its own read buffer: feed it the request,
-        # then whatever arrived after it.
+        # then whatever arrived after it (early frames). It validates the request, writes
+        # the 101 and calls on_ws_connected, which starts the session, all in here.
         _feed(protocol, head + bytes(self._buffer))
-        self._buffer.clear()
-        if not transport.is_closing():
-            transport.resume_reading()
 
     def abort(self) -> None:
         self._transport.abort()
@@ -282,31 +265,27 @@ class PicowsServer:
         self.options = options
         self.port = 0
         self.fronts: set[_HttpFront] = set()  # connections still in their HTTP phase
-        self.transports: set[PicowsTransport] = set()
-        self.sessions: set[asyncio.Task[None]] = set()
+        self.sessions = SessionTracker(app)
         self._servers: list[asyncio.Server] = []
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         sockets = bind_sockets(host, port)
-        try:
+        with contextlib.ExitStack() as undo:  # what to close if a socket cannot be served
             for sock in sockets:
-                self._servers.append(
-                    await loop.create_server(
-                        lambda: _HttpFront(self), sock=sock, ssl=self.options.ssl
-                    )
-                )
-        except BaseException:
-            for server in self._servers:
-                server.close()
+                undo.callback(sock.close)
             for sock in sockets:
-                sock.close()
-            raise
+                server = await loop.create_server(self._front, sock=sock, ssl=self.options.ssl)
+                self._servers.append(server)
+                undo.callback(server.close)
+            undo.pop_all()
         self.port = sockets[0].getsockname()[1]
 
-    def picows_protocol(self, listener_factory: Any) -> Any:
+    def _front(self) -> _HttpFront:
+        return _HttpFront(self)
+
+    def picows_protocol(self, listener_factory: Callable[[Any], Any]) -> Any:
         """picows' server protocol, as ``ws_create_server`` builds it, for one connection."""
-        options = self.options
         return WSProtocol(
             host_port=None,
             ws_path=None,
@@ -320,37 +299,20 @@ class PicowsServer:
             auto_ping_reply_timeout=20,
             auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
             enable_auto_pong=True,
-            max_frame_size=frame_limit(options.max_size),
+            max_frame_size=frame_limit(self.options.max_size),
             extra_headers=None,
             read_buffer_init_size=16 * 1024,
         )
-
-    def start_session(self, request: HttpRequest, transport: PicowsTransport) -> None:
-        self.transports.add(transport)
-        task = asyncio.ensure_future(self._session(request, transport))
-        self.sessions.add(task)
-        task.add_done_callback(self.sessions.discard)
-
-    async def _session(self, request: HttpRequest, transport: PicowsTransport) -> None:
-        try:
-            await self.app.session(request, transport)  # closes the transport
-        finally:
-            self.transports.discard(transport)
 
     async def close(self) -> None:
         timeout = self.options.close_timeout
         for server in self._servers:
             server.close()  # stop listening
-        # The core has closed the sessions; drop whatever is left (requests being routed,
-        # half-read requests, sessions the core did not close).
+        # The core has closed the sessions; drop whatever is left (half-read requests,
+        # sessions the core did not close).
         for front in list(self.fronts):
             front.abort()
-        for transport in list(self.transports):
-            transport.abort()
-        if self.sessions:
-            _, pending = await asyncio.wait(set(self.sessions), timeout=timeout)
-            for task in pending:
-                task.cancel()
+        await self.sessions.close(timeout)
         for server in self._servers:
             try:
                 async with asyncio.timeout(timeout):

@@ -1,5 +1,6 @@
-"""These tests use the conformance plugin's fixtures (``engine``, ``peer``) and run against
-picows unless ``--polysocket-engine`` names other engines."""
+"""These tests use the conformance plugin's fixtures: ``peer`` (a test that takes it runs
+against both echo peers) and ``engine`` (picows, unless ``--polysocket-engine`` names other
+engines)."""
 
 from __future__ import annotations
 

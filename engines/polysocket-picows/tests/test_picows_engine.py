@@ -1,5 +1,6 @@
 """What is particular to the picows engine: its HTTP front, the handover to picows, and the
-receive queue's flow control. These talk to ``PicowsEngine`` directly (no core)."""
+receive queue's flow control. These talk to ``PicowsEngine`` directly, its client transports
+wrapped in the core's ``ManagedTransport`` as the core does."""
 
 from __future__ import annotations
 
@@ -8,23 +9,30 @@ import base64
 import contextlib
 import os
 import socket
+import socketserver
 import threading
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 import polysocket
 import pytest
+from polysocket.managed import ManagedTransport
 from polysocket.transport import (
     Accept,
     ClientOptions,
     HttpRequest,
     HttpResponse,
     ServerOptions,
+    Transport,
     TransportClosed,
 )
+from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.support import WAIT, Recorder
 
 from polysocket_picows import PicowsEngine
-from polysocket_picows._transport import QUEUE_HIGH
+from polysocket_picows._transport import QUEUE_HIGH, PicowsTransport
+
+T = TypeVar("T")
 
 
 class EchoApp:
@@ -40,7 +48,7 @@ class EchoApp:
             return Accept(chosen)
         return HttpResponse(418, b"short and stout\n", headers={"X-Seen": request.method})
 
-    async def session(self, request: HttpRequest, transport: Any) -> None:
+    async def session(self, request: HttpRequest, transport: Transport) -> None:
         try:
             while True:
                 await transport.send(await transport.receive())
@@ -56,11 +64,15 @@ async def raw_exchange(port: int, request: bytes) -> bytes:
     return data
 
 
-def run(coro: Any) -> Any:
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_every_request_reaches_the_core_whatever_its_method():
+async def connect(uri: str, options: ClientOptions) -> ManagedTransport:
+    return ManagedTransport(await PicowsEngine().connect(uri, options), options.close_timeout)
+
+
+def test_every_request_reaches_the_core_whatever_its_method() -> None:
     async def main() -> None:
         app = EchoApp()
         server = await PicowsEngine().serve("127.0.0.1", 0, app, ServerOptions())
@@ -87,27 +99,29 @@ def test_every_request_reaches_the_core_whatever_its_method():
     run(main())
 
 
-def test_handshake_with_a_subprotocol():
+def test_handshake_with_a_subprotocol() -> None:
     from websockets.asyncio.client import connect
+    from websockets.typing import Subprotocol
 
     async def main() -> None:
         app = EchoApp()
         server = await PicowsEngine().serve("127.0.0.1", 0, app, ServerOptions())
         try:
             uri = f"ws://127.0.0.1:{server.port}/ws"
-            async with connect(uri, subprotocols=["other", "chat"]) as ws:
+            async with connect(uri, subprotocols=[Subprotocol("other"), Subprotocol("chat")]) as ws:
                 assert ws.subprotocol == "chat"
                 await ws.send("hello")
                 assert await ws.recv() == "hello"
             assert app.routed[0].subprotocols == ("other", "chat")
-            assert app.routed[0].remote_address[0] == "127.0.0.1"
+            address = app.routed[0].remote_address
+            assert address is not None and address[0] == "127.0.0.1"
         finally:
             await server.close()
 
     run(main())
 
 
-def test_connection_header_is_a_token_list():
+def test_connection_header_is_a_token_list() -> None:
     """Firefox sends ``Connection: keep-alive, Upgrade``; picows alone wants ``Upgrade``."""
 
     async def main() -> None:
@@ -131,7 +145,7 @@ def test_connection_header_is_a_token_list():
     run(main())
 
 
-def test_a_request_that_never_ends_is_refused():
+def test_a_request_that_never_ends_is_refused() -> None:
     async def main() -> None:
         server = await PicowsEngine().serve("127.0.0.1", 0, EchoApp(), ServerOptions())
         try:
@@ -147,7 +161,7 @@ def test_a_request_that_never_ends_is_refused():
     run(main())
 
 
-def test_server_close_drops_a_client_that_never_finishes_its_request():
+def test_server_close_drops_a_client_that_never_finishes_its_request() -> None:
     async def main() -> None:
         server = await PicowsEngine().serve("127.0.0.1", 0, EchoApp(), ServerOptions())
         sock = socket.create_connection(("127.0.0.1", server.port))
@@ -164,35 +178,30 @@ def test_server_close_drops_a_client_that_never_finishes_its_request():
 # -- receive queue ------------------------------------------------------------------------
 
 
-@pytest.mark.polysocket_conformance
-def test_unread_messages_stop_reading_and_keep_their_order(engine, peer):
-    if engine != "picows":
-        pytest.skip("looks at the picows transport's queue")
-
+def test_unread_messages_stop_reading_and_keep_their_order(peer: Peer) -> None:
     async def main() -> None:
-        transport = await PicowsEngine().connect(peer.uri, ClientOptions())
+        transport = await connect(peer.uri, ClientOptions())
+        # PicowsEngine.connect declares the Transport protocol; what it returns is its own
+        # PicowsTransport, whose queue and flow control this test looks into
+        raw = cast(PicowsTransport, transport.raw)
         try:
             await transport.send("cmd:burst:20000")
             await asyncio.sleep(0.5)  # nobody reads
-            assert transport._reading_paused, "the socket was read on although nobody reads"
+            assert raw._reading_paused, "the socket was read on although nobody reads"
             # frames already read into picows' buffer are still delivered: a few more
-            assert QUEUE_HIGH <= len(transport._queue) < 4 * QUEUE_HIGH
+            assert QUEUE_HIGH <= len(raw._queue) < 4 * QUEUE_HIGH
             got = [await transport.receive() for _ in range(20000)]
             assert got == [str(i) for i in range(20000)]
-            assert not transport._reading_paused
+            assert not raw._reading_paused
         finally:
             await transport.close()
 
     run(main())
 
 
-@pytest.mark.polysocket_conformance
-def test_close_keeps_delivering_to_a_pending_receive(engine, peer):
-    if engine != "picows":
-        pytest.skip("talks to PicowsEngine directly")
-
+def test_close_keeps_delivering_to_a_pending_receive(peer: Peer) -> None:
     async def main() -> None:
-        transport = await PicowsEngine().connect(peer.uri, ClientOptions())
+        transport = await connect(peer.uri, ClientOptions())
         await transport.send("cmd:burst:500")
         pending = asyncio.ensure_future(transport.receive())
         await asyncio.sleep(0)
@@ -213,13 +222,9 @@ def test_close_keeps_delivering_to_a_pending_receive(engine, peer):
     run(main())
 
 
-@pytest.mark.polysocket_conformance
-def test_close_with_nobody_reading_discards_and_finishes(engine, peer):
-    if engine != "picows":
-        pytest.skip("talks to PicowsEngine directly")
-
+def test_close_with_nobody_reading_discards_and_finishes(peer: Peer) -> None:
     async def main() -> None:
-        transport = await PicowsEngine().connect(peer.uri, ClientOptions(close_timeout=5))
+        transport = await connect(peer.uri, ClientOptions(close_timeout=5))
         await transport.send("cmd:burst:20000")
         await asyncio.sleep(0.3)  # the queue fills up, reading stops
         loop = asyncio.get_running_loop()
@@ -236,31 +241,29 @@ def test_close_with_nobody_reading_discards_and_finishes(engine, peer):
 # -- refused handshakes -------------------------------------------------------------------
 
 
-class Refuser:
+class Refuser(socketserver.ThreadingTCPServer):
     """Answers every connection with one fixed HTTP response."""
 
-    def __init__(self, response: bytes) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self._response = response
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+    daemon_threads = True
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.recv(65536)
-                conn.sendall(self._response)
+    def __init__(self, response: bytes) -> None:
+        super().__init__(("127.0.0.1", 0), _Answer)
+        self.response = response
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Answer(socketserver.BaseRequestHandler):
+    server: Refuser  # typeshed declares the BaseServer; _Answer serves only a Refuser
+
+    def handle(self) -> None:
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._thread.join(WAIT)
+            self.request.recv(65536)
+            self.request.sendall(self.server.response)
 
 
 @pytest.mark.polysocket_conformance
@@ -272,7 +275,7 @@ class Refuser:
     ],
     ids=["403", "unknown-status"],
 )
-def test_refused_handshake_reports_its_status(engine, status_line, status):
+def test_refused_handshake_reports_its_status(engine: str, status_line: bytes, status: int) -> None:
     refuser = Refuser(status_line + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     try:
         with pytest.raises(polysocket.ConnectError) as caught:
@@ -283,24 +286,23 @@ def test_refused_handshake_reports_its_status(engine, status_line, status):
         refuser.close()
 
 
-@pytest.mark.polysocket_conformance
-def test_redirect_is_followed(engine, peer):
+def test_redirect_is_followed(peer: Peer) -> None:
     """picows follows a 3xx to a ws:// Location, as websockets does. Not in polysocket's
     contract: aiohttp follows only http(s):// Locations, tornado none."""
-    if engine != "picows":
-        pytest.skip("redirects are not in polysocket's contract; the engines differ")
     refuser = Refuser(
         b"HTTP/1.1 302 Found\r\nLocation: " + peer.uri.encode() + b"\r\n"
         b"Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
+    recorder = Recorder()
     try:
-        recorder = Recorder()
         client = polysocket.createWebsocket(
-            f"ws://127.0.0.1:{refuser.port}/moved", recorder, engine
+            f"ws://127.0.0.1:{refuser.port}/moved", recorder, "picows"
         )
-        client.send("followed")
-        assert recorder.wait_messages(1) == ["followed"]
-        client.close()
+        try:
+            client.send("followed")
+            assert recorder.wait_messages(1) == ["followed"]
+        finally:
+            client.close()
         assert recorder.wait_closed()
     finally:
         refuser.close()

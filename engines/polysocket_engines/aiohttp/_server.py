@@ -52,6 +52,11 @@ class AiohttpServer:
             heartbeat=options.ping_interval,
             compress=options.compression is not None,
         )
+        offered = request.headers.getall("Sec-WebSocket-Protocol", ())
+        if len(offered) > 1:  # RFC 6455 11.3.4; aiohttp's handshake reads the first line only
+            joined = request.headers.copy()
+            joined["Sec-WebSocket-Protocol"] = ", ".join(offered)  # replaces every line
+            request = request.clone(headers=joined)
         await ws.prepare(request)  # raises ConnectionResetError when tcp is None
         if tcp is not None:
             await self._app.session(http, AiohttpTransport(ws, tcp, ws.ws_protocol, options))
