@@ -23,8 +23,7 @@ class ClientTransport(AiohttpTransport):
         connection = ws._response.connection
         assert connection is not None and connection.transport is not None  # as aiohttp's
         super().__init__(ws, connection.transport, ws.protocol, options)
-        self._response = ws._response
-        self._session = session
+        self._response, self._session = ws._response, session
 
     async def _finish(self) -> None:
         self._response.close()  # closes TCP and hands the connection back to the connector

@@ -52,10 +52,9 @@ class AiohttpServer:
             heartbeat=options.ping_interval,
             compress=options.compression is not None,
         )
-        offered = request.headers.getall("Sec-WebSocket-Protocol", ())
-        if len(offered) > 1:  # RFC 6455 11.3.4; aiohttp's handshake reads the first line only
-            joined = request.headers.copy()
-            joined["Sec-WebSocket-Protocol"] = ", ".join(offered)  # replaces every line
+        if decision.subprotocol:  # aiohttp selects from the first Sec-WebSocket-Protocol line:
+            joined = request.headers.copy()  # give it the offer of every line (RFC 6455 11.3.4)
+            joined["Sec-WebSocket-Protocol"] = http.headers["sec-websocket-protocol"]
             request = request.clone(headers=joined)
         await ws.prepare(request)  # raises ConnectionResetError when tcp is None
         if tcp is not None:

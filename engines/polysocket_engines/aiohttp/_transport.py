@@ -121,9 +121,8 @@ class AiohttpTransport:
         return TransportClosed(None, error=exc)
 
     async def _linger(self) -> None:
-        """Half-close TCP, so that a peer still sending reads the close frame aiohttp failed the
-        connection with, then EOF; wait for its EOF (asyncio then closes the transport: aiohttp
-        keeps no connection half-open), ``close_timeout`` at most. TLS cannot half-close."""
+        """Half-close TCP: a peer still sending reads our close frame, then EOF. Its EOF closes
+        the transport (aiohttp keeps none half-open); ``close_timeout`` at most. Not for TLS."""
         tcp = self._tcp
         if tcp.is_closing() or not tcp.can_write_eof():
             return
