@@ -21,6 +21,7 @@ nox.options.sessions = [
     "minimums",
     "autobahn",
     "autobahn_performance",
+    "mutants",
 ]
 nox.options.error_on_missing_interpreters = True
 
@@ -28,6 +29,8 @@ ENGINES = ["aiohttp", "websockets", "tornado"]
 SUITE = Path(__file__).parent / "conformance" / "polysocket_conformance"
 PEERS = SUITE / "peers"
 PICOWS = "engines/polysocket-picows"
+#: The suite's mutation check: engines with one planted bug each (nox -s mutants).
+MUTANTS = "conformance/mutants"
 #: Engines shipped as distributions of their own, installed like any outside plugin.
 DISTRIBUTIONS = {"picows": PICOWS}
 ALL_ENGINES = [*ENGINES, *DISTRIBUTIONS]
@@ -43,9 +46,13 @@ def _install(session: nox.Session, *engines: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, then mypy --strict (pyproject's [tool.mypy]) on the core, every engine in this
+    repository, the conformance suite and the mutants, with their libraries installed."""
     session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.install("-e", ".[dev]", "-e", PICOWS, "-e", MUTANTS, "mypy==2.4.1")
+    session.run("mypy", "src", "engines", "conformance")
 
 
 @nox.session
@@ -174,7 +181,6 @@ def autobahn_performance(session: nox.Session, engine: str, side: str) -> None:
     )
 
 
-MUTANTS = "conformance/mutants"
 #: Per-test limit in the mutants session: a mutant that hangs a test is killed by it.
 MUTANT_TEST_TIMEOUT = 20
 

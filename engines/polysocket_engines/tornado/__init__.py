@@ -1,0 +1,43 @@
+"""The tornado engine, ``engine="tornado"``: ``_client`` connects as ``websocket_connect``
+does, ``_server`` is an ``Application`` whose one handler takes every request, and both hand
+tornado the protocol object of ``_transport``, strict where tornado is lenient. The keepalive
+is ``enginekit.Keepalive``: tornado >= 6.5 clamps ``ping_timeout`` to ``ping_interval``, older
+ones check the pong only at the next ping, and both close a silent peer's connection as if
+normally. tornado is imported inside ``connect``/``serve`` only."""
+
+from polysocket import hookimpl
+from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport
+
+__all__ = ["PRIVATE_API", "TornadoEngine", "polysocket_register_engines"]
+
+#: tornado internals the engine relies on, checked on tornado 6.3 (the floor) and 6.6.1.
+PRIVATE_API: dict[str, str] = {
+    "tornado.websocket.WebSocketProtocol13._abort": "fail broken frames with a close frame",
+    "tornado.websocket.WebSocketProtocol13._handle_message": "check close frames, see text",
+    "tornado.websocket.WebSocketProtocol13._receive_frame": "after failing, await the EOF",
+    "tornado.websocket.WebSocketProtocol13._waiting": "its 5 s close timer, cancelled once set",
+}
+
+
+class TornadoEngine(Engine):
+    name = "tornado"
+    library = "tornado"
+    install_hint = "polysocket[tornado]"
+    capabilities = frozenset(
+        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    )
+
+    async def connect(self, uri: str, options: ClientOptions) -> Transport:
+        from ._client import connect
+
+        return await connect(uri, options)
+
+    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
+        from ._server import TornadoServer
+
+        return TornadoServer(app, options, host, port)
+
+
+@hookimpl
+def polysocket_register_engines(register):  # type: ignore[no-untyped-def]
+    register(TornadoEngine())

@@ -1,0 +1,170 @@
+"""One tornado connection, client or server, as a polysocket transport.
+
+tornado's frame loop calls the connection's handler (the client connection or the request
+handler) for every message and pong; :class:`Delegate` hands them to the transport. Where
+tornado is lenient, :class:`StrictProtocol` follows RFC 6455: tornado drops TCP on a broken
+frame or bad UTF-8 and echoes any close frame, where the connection must be failed with a
+close frame (1002, 1007). After failing (also with tornado's own 1009) only the peer's EOF
+is read, close_timeout at most: a reset while the peer still sends can destroy our close
+frame before it is read.
+"""
+
+import asyncio
+import contextlib
+import socket
+
+from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.queues import Queue
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
+from polysocket.transport import (
+    ConnectionOptions,
+    MessageTooBigError,
+    ProtocolViolation,
+    TransportClosed,
+)
+
+
+class StrictProtocol(WebSocketProtocol13):
+    """tornado's protocol object, strict where tornado is lenient (see the module)."""
+
+    close_timeout = 10.0
+    closing = False  # the core's close(): our close frame fails nothing
+    #: How the connection ended, unless the peer's close frame says it: failed, lost.
+    outcome: TransportClosed | None = None
+    decoding_text = False  # tornado's one _abort() inside a text message is for bad UTF-8
+    keepalive: Keepalive | None = None
+
+    def fail(self, code: int, text: str) -> None:
+        self.outcome = TransportClosed(code, error=ProtocolViolation(code, text))
+        self.close(code)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()  # a close frame sent or received: close_timeout bounds it
+        waiting = self._waiting
+        super().close(code, reason)
+        if waiting is None and self._waiting is not None:
+            # tornado's 5 s wait for the peer's close frame, just set: close_timeout bounds it
+            # instead (the core's close(), or _receive_frame after a failure). Left set, but
+            # cancelled, so that tornado sets no other.
+            self.stream.io_loop.remove_timeout(self._waiting)
+
+    def _abort(self) -> None:
+        stream = self.stream
+        if stream is not None and not (stream.closed() or self.client_terminated):
+            if not self.server_terminated:  # a broken frame: tornado would just drop TCP
+                if self.decoding_text:
+                    self.fail(CloseCode.INVALID_DATA, "the peer sent text that is not UTF-8")
+                else:
+                    self.fail(CloseCode.PROTOCOL_ERROR, "the peer sent a broken frame")
+            elif not (self.closing or self.outcome):  # tornado's close(1009) comes first
+                error = MessageTooBigError(self.params.max_message_size)
+                self.outcome = TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=error)
+            if self.outcome is not None:  # failed: the frame loop reads on, to the peer's EOF
+                return
+        if self.outcome is None and not self.client_terminated:
+            self.outcome = TransportClosed(None)  # no close frame came
+        super()._abort()
+
+    def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
+        if opcode == 0x8 and not self.client_terminated:  # tornado would echo it as it is
+            if len(data) == 1 or (len(data) > 1 and not valid_close_code(int.from_bytes(data[:2]))):
+                self.fail(CloseCode.PROTOCOL_ERROR, f"the peer's close frame is invalid: {data!r}")
+                return None
+            try:
+                data[2:].decode()
+            except UnicodeDecodeError:
+                self.fail(CloseCode.INVALID_DATA, "the peer's close reason is not UTF-8")
+                return None
+        self.decoding_text = opcode == 0x1
+        try:
+            return super()._handle_message(opcode, data)
+        finally:
+            self.decoding_text = False
+
+    async def _receive_frame(self) -> None:
+        if self.outcome is None:
+            return await super()._receive_frame()
+        stream = self.stream  # failed: our close frame is the last frame either way
+        stream.io_loop.call_later(self.close_timeout, stream.close)  # the peer may never close
+        await stream.write(b"")  # resolves once our close frame is out
+        if isinstance(stream, SSLIOStream):
+            stream.close()  # TLS cannot half-close: waiting would only end at the timer
+        else:
+            with contextlib.suppress(OSError):
+                stream.socket.shutdown(socket.SHUT_WR)  # EOF: the peer closes its side
+        while True:  # until EOF, whose StreamClosedError ends tornado's frame loop
+            await stream.read_bytes(65536, partial=True)
+
+
+class TornadoTransport:
+    """The engine contract on one connection (see :mod:`polysocket.transport`)."""
+
+    proto: StrictProtocol
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self.subprotocol: str | None = None
+        # Unread messages, 16 at most (websockets' default): put() on a full queue returns a
+        # pending future, which tornado's frame loop awaits before it reads the next frame.
+        self.queue: Queue[str | bytes | None] = Queue(16)
+        self.options = options
+
+    def attach(self, proto: StrictProtocol) -> StrictProtocol:
+        """What the handler's ``get_websocket_protocol()`` returns."""
+        proto.close_timeout = self.options.close_timeout
+        self.proto = proto
+        return proto
+
+    def open(self) -> None:
+        """The handshake is complete."""
+        self.subprotocol = self.proto.selected_subprotocol
+        interval, timeout = self.options.ping_interval, self.options.keepalive_timeout
+        if interval is not None and timeout is not None:
+            ping = self.proto.write_ping
+            keepalive = Keepalive(lambda: ping(b""), interval, timeout, self._lost, self.queue.full)
+            self.proto.keepalive = keepalive
+
+    async def send(self, message: str | bytes) -> None:
+        if self.proto.server_terminated:  # failed: no frame may follow our close frame
+            raise TransportClosed(None)
+        try:  # resolves once the frame is written out: tornado's flow control
+            await self.proto.write_message(message, binary=not isinstance(message, str))
+        except WebSocketClosedError as exc:
+            raise TransportClosed(None) from exc
+
+    async def receive(self) -> str | bytes:
+        message = await self.queue.get()
+        if message is None:  # the end (see Delegate)
+            proto = self.proto
+            code = CloseCode.NO_STATUS if proto.close_code is None else proto.close_code
+            raise proto.outcome or TransportClosed(code, proto.close_reason or "")
+        return message
+
+    async def close(self, code: int, reason: str) -> None:
+        self.proto.closing = True
+        self.proto.close(code, reason)
+        with contextlib.suppress(StreamClosedError):
+            await self.proto.stream.write(b"")  # resolves once our close frame is out
+
+    def abort(self) -> None:
+        self.proto.stream.close()  # the frame loop's pending read fails: it ends
+
+    def _lost(self, error: TimeoutError) -> None:
+        self.proto.outcome = TransportClosed(None, error=error)
+        self.abort()
+
+
+class Delegate:
+    """The calls tornado's frame loop makes on its handler, the same on both sides; the
+    handler puts ``None`` in the queue when the loop has ended."""
+
+    transport: TornadoTransport
+
+    def on_message(self, message: str | bytes) -> asyncio.Future[None]:
+        return self.transport.queue.put(message)
+
+    def on_pong(self, data: bytes) -> None:
+        if self.transport.proto.keepalive is not None:
+            self.transport.proto.keepalive.pong()

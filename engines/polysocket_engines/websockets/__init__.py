@@ -1,0 +1,69 @@
+"""The websockets engine, ``engine="websockets"``, on the library's asyncio API: ``connect``
+here, ``serve`` on each socket of ``enginekit.bind_sockets`` (``_server``), and the protocol
+and connection subclasses both sides share (``_transport``). ``compression="deflate"`` and
+the keepalive are websockets' own. websockets is imported inside ``connect``/``serve`` only,
+so that ``polysocket engines`` can say what to install when it is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polysocket import ConnectError, hookimpl
+from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
+
+PRIVATE_API: dict[str, str] = {
+    "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, close mid-message",
+    "websockets.asyncio.connection.Connection.keepalive_task": "fail() from it: a lost pong",
+    "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
+    "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
+}
+
+
+class WebsocketsEngine(Engine):
+    name = "websockets"
+    library = "websockets"
+    install_hint = "polysocket[websockets]"
+    capabilities = frozenset(
+        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    )
+
+    async def connect(self, uri: str, options: ClientOptions) -> Any:
+        import inspect
+        from urllib.parse import urlsplit
+
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+        from websockets.typing import Subprotocol
+
+        from ._transport import PolysocketClientConnection, WebsocketsTransport, shared_options
+
+        extra = shared_options(PolysocketClientConnection, options)
+        if "proxy" in inspect.signature(connect).parameters:
+            extra["proxy"] = None  # websockets >= 15 honours proxy variables; aiohttp does not
+        if options.ssl is not None and urlsplit(uri).scheme == "wss":
+            extra["ssl"] = options.ssl  # wss:// only: websockets refuses ssl for ws://
+        try:
+            ws = await connect(
+                uri,
+                additional_headers=dict(options.headers) or None,
+                subprotocols=[Subprotocol(p) for p in options.subprotocols] or None,
+                open_timeout=None,  # the core bounds connect()
+                **extra,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            raise ConnectError.rejected(uri, response.status_code, response.reason_phrase) from exc
+        assert isinstance(ws, PolysocketClientConnection)
+        return WebsocketsTransport(ws, options)
+
+    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Any:
+        from ._server import WebsocketsServer
+
+        server = WebsocketsServer(app, options)
+        await server.start(host, port)
+        return server
+
+
+@hookimpl
+def polysocket_register_engines(register):  # type: ignore[no-untyped-def]
+    register(WebsocketsEngine())

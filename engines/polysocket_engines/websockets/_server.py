@@ -1,0 +1,125 @@
+"""The server side: a websockets ``serve()`` on each socket of ``enginekit.bind_sockets``,
+asking the core about every request from ``process_request``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from polysocket import enginekit as kit
+from polysocket.transport import Accept, HttpRequest, ServerApp, ServerOptions
+
+from ._transport import (
+    PolysocketConnection,
+    PolysocketProtocol,
+    WebsocketsTransport,
+    shared_options,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class PolysocketServerProtocol(PolysocketProtocol, ServerProtocol): ...
+
+
+class PolysocketServerConnection(PolysocketConnection, ServerConnection):
+    """Known to its server from the first byte, so that closing the server drops half-done
+    handshakes too; carries the core's answer from ``process_request`` on."""
+
+    protocol_class = PolysocketServerProtocol
+    incoming: HttpRequest | None = None
+    accepted: Accept | None = None
+
+    def __init__(self, *args: Any, site: WebsocketsServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections = site.connections
+
+    def connection_made(self, transport: Any) -> None:
+        self.connections.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        super().connection_lost(exc)
+
+
+class WebsocketsServer:
+    """The websockets servers of one ``serve()``, their connections and sessions."""
+
+    def __init__(self, app: ServerApp, options: ServerOptions) -> None:
+        self.app, self.options, self.port = app, options, 0
+        self.connections: set[PolysocketServerConnection] = set()
+        self.sessions = kit.SessionTracker(app)
+        self._servers: list[Server] = []
+
+    async def start(self, host: str, port: int) -> None:
+        sockets = kit.bind_sockets(host, port)
+        self.port = sockets[0].getsockname()[1]
+        try:
+            for sock in sockets:
+                server = await serve(
+                    self._handler,
+                    sock=sock,
+                    process_request=self._process_request,
+                    select_subprotocol=self._select_subprotocol,
+                    ssl=self.options.ssl,
+                    **shared_options(PolysocketServerConnection, self.options, site=self),
+                )
+                self._servers.append(server)
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            for sock in sockets[len(self._servers) :]:  # the others are their servers'
+                sock.close()
+            raise
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # Every request, upgrade or not: websockets parses any GET (and, in recent versions,
+        # any method without a body) before deciding on the handshake.
+        assert isinstance(connection, PolysocketServerConnection)
+        method = getattr(request, "method", "GET")
+        path, _, query = request.path.partition("?")
+        headers = request.headers.raw_items()
+        incoming = kit.http_request(method, path, query, headers, connection.remote_address)
+        answer = self.app.route(incoming)
+        if isinstance(answer, Accept):  # websockets then checks the upgrade and completes it
+            connection.incoming, connection.accepted = incoming, answer
+            return None
+        fields, body = Headers(kit.answer_fields(answer)), kit.answer_payload(answer, method)
+        return Response(answer.status, kit.answer_reason(answer), fields, body)
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, _: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        assert isinstance(connection, PolysocketServerConnection) and connection.accepted
+        chosen = connection.accepted.subprotocol
+        return None if chosen is None else Subprotocol(chosen)
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, PolysocketServerConnection) and connection.incoming
+        self.sessions.start(connection.incoming, WebsocketsTransport(connection, self.options))
+        await connection.wait_closed()  # websockets closes the connection when this returns
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close(close_connections=False)  # stops listening when its task starts
+        await asyncio.sleep(0)
+        # The core has closed its sessions: drop what is left (half-done handshakes, plain
+        # HTTP requests, sessions that did not close) and wait for the sessions to return.
+        for connection in list(self.connections):
+            connection.transport.abort()
+        timeout = self.options.close_timeout
+        await self.sessions.close(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(server.wait_closed() for server in self._servers))
+        except TimeoutError:
+            _log.warning("websockets server did not finish closing in %ss", timeout)
