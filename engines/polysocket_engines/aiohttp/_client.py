@@ -1,0 +1,52 @@
+"""The client: a ``ClientSession`` per connection, its WebSocket a :class:`ClientWebSocket`."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from polysocket import ConnectError
+from polysocket.transport import ClientOptions
+
+from ._transport import AiohttpTransport, CloseFrameOnly, msg_limit
+
+
+class ClientWebSocket(CloseFrameOnly, aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket whose ``close()`` only sends the close frame."""
+
+
+class ClientTransport(AiohttpTransport):
+    """A client connection: its ``ClientSession`` ends with it."""
+
+    def __init__(
+        self, ws: ClientWebSocket, session: aiohttp.ClientSession, options: ClientOptions
+    ) -> None:
+        connection = ws._response.connection
+        assert connection is not None and connection.transport is not None  # as aiohttp's
+        super().__init__(ws, connection.transport, ws.protocol, options)
+        self._response, self._session = ws._response, session
+
+    async def _finish(self) -> None:
+        self._response.close()  # closes TCP and hands the connection back to the connector
+        await self._session.close()
+
+
+async def connect(uri: str, options: ClientOptions) -> ClientTransport:
+    session = aiohttp.ClientSession(ws_response_class=ClientWebSocket)
+    try:
+        ws = await session.ws_connect(
+            uri,
+            protocols=tuple(options.subprotocols),
+            headers=dict(options.headers),
+            max_msg_size=msg_limit(options.max_size),
+            autoclose=False,  # the transport answers a close frame, echoing its code
+            heartbeat=options.ping_interval,
+            compress=15 if options.compression else 0,
+            ssl=options.ssl if options.ssl is not None else True,
+        )
+        assert isinstance(ws, ClientWebSocket)  # ws_response_class
+        return ClientTransport(ws, session, options)
+    except BaseException as exc:
+        await session.close()
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            raise ConnectError.rejected(uri, exc.status, exc.message) from exc
+        raise
