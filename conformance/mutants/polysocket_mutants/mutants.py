@@ -82,7 +82,7 @@ class LateMessagesDropped(MutantEngine):
     """
 
     name = "mutant-late-messages-dropped"
-    first = ("test_client_errors", "test_client_messages", "test_asyncio_api")
+    first = ("test_closing_handshake",)
 
     def transport(self, transport: Transport, side: Side) -> Transport:
         return _DropsAfterOurClose(transport)
@@ -110,7 +110,7 @@ class RemoteAddressIsServer(MutantEngine):
     socket's host and port), not the client's."""
 
     name = "mutant-remote-address-is-server"
-    first = ("test_server",)
+    first = ("test_handshake",)
 
     def request(self, request: HttpRequest, listening: Listening) -> HttpRequest:
         return dataclasses.replace(request, remote_address=(listening.host, listening.port))
@@ -121,7 +121,7 @@ class SubprotocolsReversed(MutantEngine):
     (``HttpRequest.subprotocols`` in the opposite of the client's order)."""
 
     name = "mutant-subprotocols-reversed"
-    first = ("test_options", "test_server")
+    first = ("test_handshake",)
 
     def request(self, request: HttpRequest, listening: Listening) -> HttpRequest:
         return dataclasses.replace(request, subprotocols=tuple(reversed(request.subprotocols)))
@@ -153,7 +153,7 @@ class RepeatedHeadersLast(MutantEngine):
     """
 
     name = "mutant-repeated-headers-last"
-    first = ("test_server", "test_client_errors")
+    first = ("test_handshake",)
 
     def request(self, request: HttpRequest, listening: Listening) -> HttpRequest:
         headers = {
@@ -197,7 +197,7 @@ class ServerLosesEvery50th(MutantEngine):
     """The server loses every 50th message it receives on a connection."""
 
     name = "mutant-server-loses-every-50th"
-    first = ("test_server", "test_fragments")
+    first = ("test_server",)
 
     def transport(self, transport: Transport, side: Side) -> Transport:
         return _LosesEvery50th(transport) if side == "server" else transport
