@@ -281,7 +281,7 @@ def test_an_engine_whose_receive_fails_while_draining_is_aborted(caplog):
         assert closed.value.code is None and isinstance(closed.value.error, RuntimeError)
 
     run(scenario())
-    assert "engine receive() failed while closing" in caplog.text
+    assert "engine receive() failed" in caplog.text
 
 
 def test_read_forever_delivers_in_order_and_keeps_the_messages_while_paused():
@@ -424,3 +424,26 @@ def test_a_client_on_an_engine_that_ignores_abort_still_gets_on_close(short_grac
         assert client.wait_closed(5)
         background.loop.call_soon_threadsafe(released.set)
     assert recorder.calls[-1] == ("onclose", (1006, ""))
+
+
+@pytest.mark.parametrize("reader", ["receive", "read_forever"])
+def test_an_engine_whose_receive_fails_costs_only_its_connection(reader, caplog):
+    async def scenario():
+        raw = Raw()
+        transport = ManagedTransport(raw, close_timeout=5)
+        raw.feed("first", RuntimeError("engine bug"))
+        got: list[Message] = []
+        with pytest.raises(TransportClosed) as closed:
+            if reader == "receive":
+                while True:
+                    got.append(await transport.receive())
+            else:
+                await transport.read_forever(got.append)
+        assert got == ["first"]
+        assert closed.value.code is None and isinstance(closed.value.error, RuntimeError)
+        assert raw.aborts == 1
+        with pytest.raises(TransportClosed):  # the end is sticky
+            await transport.receive()
+
+    run(scenario())
+    assert "engine receive() failed" in caplog.text

@@ -230,12 +230,8 @@ class Connection:
     async def _read_loop(self) -> None:
         try:
             await self._transport.read_forever(self._deliver)
-        except TransportClosed as closed:
+        except TransportClosed as closed:  # an engine's bug included (see ManagedTransport)
             self._end(closed)
-        except Exception as exc:  # an engine bug: fail this connection, never the loop
-            log.exception("engine receive() failed")
-            self._transport.abort()
-            self._end(TransportClosed(ABNORMAL, error=exc))
 
     async def _write_loop(self) -> None:
         # The engine's own send: this connection's state already refuses sends after

@@ -94,6 +94,8 @@ class ManagedTransport:
             return await self._raw.receive()
         except TransportClosed as closed:
             raise self._end(closed) from None
+        except Exception as exc:
+            raise self._engine_failed(exc) from None
         except asyncio.CancelledError:
             ended = self._let_go(reader)
             if ended is None:
@@ -123,6 +125,8 @@ class ManagedTransport:
                     await paused
         except TransportClosed as closed:
             raise self._end(closed) from None
+        except Exception as exc:
+            raise self._engine_failed(exc) from None
         except asyncio.CancelledError:
             ended = self._let_go(reader)
             if ended is None:
@@ -139,6 +143,13 @@ class ManagedTransport:
         if self._released and ended is not None and reader and reader.uncancel() == 0:
             return ended
         return None
+
+    def _engine_failed(self, exc: Exception) -> TransportClosed:
+        """An engine's receive() raised something else than the contract allows: a bug,
+        which costs this connection (reported through ``onError``), never the loop."""
+        log.error("engine receive() failed; dropping the connection", exc_info=exc)
+        self._raw.abort()
+        return self._end(TransportClosed(None, error=exc))
 
     def _end(self, closed: TransportClosed) -> TransportClosed:
         if self._ended is None:
@@ -202,7 +213,5 @@ class ManagedTransport:
                 await receive()
         except TransportClosed as closed:
             self._end(closed)
-        except Exception as exc:  # an engine bug: end this connection, never the loop
-            log.exception("engine receive() failed while closing")
-            self._raw.abort()
-            self._end(TransportClosed(None, error=exc))
+        except Exception as exc:
+            self._engine_failed(exc)
