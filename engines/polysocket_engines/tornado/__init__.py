@@ -1,9 +1,6 @@
-"""The tornado engine, ``engine="tornado"``: ``_client`` connects as ``websocket_connect``
-does, ``_server`` is an ``Application`` whose one handler takes every request, and both hand
-tornado the protocol object of ``_transport``, strict where tornado is lenient. The keepalive
-is ``enginekit.Keepalive``: tornado >= 6.5 clamps ``ping_timeout`` to ``ping_interval``, older
-ones check the pong only at the next ping, and both close a silent peer's connection as if
-normally. tornado is imported inside ``connect``/``serve`` only."""
+"""The tornado engine, ``engine="tornado"``. Its keepalive is ``enginekit.Keepalive``: tornado
+>= 6.5 clamps ``ping_timeout`` to ``ping_interval``, older ones check the pong only at the next
+ping, and both close a silent peer's connection as if normally."""
 
 from polysocket import hookimpl
 from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport
@@ -28,7 +25,7 @@ class TornadoEngine(Engine):
     )
 
     async def connect(self, uri: str, options: ClientOptions) -> Transport:
-        from ._client import connect
+        from ._transport import connect
 
         return await connect(uri, options)
 

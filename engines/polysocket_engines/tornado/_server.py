@@ -24,17 +24,17 @@ class TornadoServer:
         self.app = app
         self.options = options
         self.sessions = enginekit.SessionTracker(app)
+        limit = options.max_size or sys.maxsize
         application = Application(
             [(r".*", Handler, {"server": self})],
-            websocket_max_message_size=options.max_size or sys.maxsize,
+            websocket_max_message_size=limit,
             # The core's refusals (404, 426) are ordinary answers: no warnings for them.
             log_function=lambda h: _log.info("%d %s", h.get_status(), h.request.uri),
         )
-        # One frame is read into the stream's buffer whole: let it hold max_size.
-        frame = sys.maxsize - 1024 if options.max_size is None else options.max_size
         self._http = HTTPServer(
             application,
-            max_buffer_size=max(_BUFFER, frame + 1024),
+            # A frame is read into the stream's buffer whole: let it hold max_size and a header.
+            max_buffer_size=max(_BUFFER, limit + 1024),
             max_body_size=_BUFFER,
             ssl_options=options.ssl,
         )
@@ -51,10 +51,8 @@ class TornadoServer:
 
 
 class _AnyMethod(tuple[str, ...]):
-    """``SUPPORTED_METHODS`` that lets every method reach ``prepare()`` (and so the core)."""
-
     def __contains__(self, item: object) -> bool:
-        return True
+        return True  # every method reaches prepare(), and so the core
 
 
 class Handler(Delegate, WebSocketHandler):

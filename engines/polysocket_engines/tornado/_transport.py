@@ -1,24 +1,27 @@
-"""One tornado connection, client or server, as a polysocket transport.
+"""One tornado connection, client or server, as a polysocket transport; and the client.
 
-tornado's frame loop calls the connection's handler (the client connection or the request
-handler) for every message and pong; :class:`Delegate` hands them to the transport. Where
-tornado is lenient, :class:`StrictProtocol` follows RFC 6455: tornado drops TCP on a broken
-frame or bad UTF-8 and echoes any close frame, where the connection must be failed with a
-close frame (1002, 1007). After failing (also with tornado's own 1009) only the peer's EOF
-is read, close_timeout at most: a reset while the peer still sends can destroy our close
-frame before it is read.
+Where tornado is lenient, :class:`StrictProtocol` follows RFC 6455: tornado drops TCP on a broken
+frame or bad UTF-8 and echoes any close frame, where the connection must be failed with a close
+frame (1002, 1007). After failing (also with tornado's own 1009) only the peer's EOF is read,
+close_timeout at most: a reset while the peer still sends can destroy our close frame unread.
 """
 
 import asyncio
 import contextlib
 import socket
+import sys
+from urllib.parse import urlsplit
 
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.queues import Queue
-from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketProtocol13
 
+from polysocket import ConnectError
 from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
+    ClientOptions,
     ConnectionOptions,
     MessageTooBigError,
     ProtocolViolation,
@@ -112,13 +115,11 @@ class TornadoTransport:
         self.options = options
 
     def attach(self, proto: StrictProtocol) -> StrictProtocol:
-        """What the handler's ``get_websocket_protocol()`` returns."""
         proto.close_timeout = self.options.close_timeout
         self.proto = proto
         return proto
 
-    def open(self) -> None:
-        """The handshake is complete."""
+    def open(self) -> None:  # the handshake is complete
         self.subprotocol = self.proto.selected_subprotocol
         interval, timeout = self.options.ping_interval, self.options.keepalive_timeout
         if interval is not None and timeout is not None:
@@ -168,3 +169,47 @@ class Delegate:
     def on_pong(self, data: bytes) -> None:
         if self.transport.proto.keepalive is not None:
             self.transport.proto.keepalive.pong()
+
+
+class ClientConnection(Delegate, WebSocketClientConnection):
+    """What ``websocket_connect()`` builds, with our protocol object: it takes no class."""
+
+    def __init__(self, request: HTTPRequest, options: ClientOptions) -> None:
+        self.transport = TornadoTransport(options)
+        super().__init__(
+            request,
+            compression_options={} if options.compression == "deflate" else None,  # {}: offer
+            max_message_size=options.max_size or sys.maxsize,
+            subprotocols=list(options.subprotocols) or None,
+        )
+
+    def get_websocket_protocol(self) -> StrictProtocol:
+        return self.transport.attach(StrictProtocol(self, True, self.params))
+
+    def on_ws_connection_close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().on_ws_connection_close(code, reason)
+        self.protocol = None  # over: tornado's __del__ warns about a connection that has one
+        self.transport.queue.put(None)
+
+
+async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
+    request = HTTPRequest(
+        uri,
+        headers=HTTPHeaders(options.headers),
+        # The core bounds connect(); these make tornado drop an attempt the core gave up on.
+        connect_timeout=options.open_timeout,
+        request_timeout=options.open_timeout,
+        # None: tornado's default context for wss:// (system CAs, hostname checked)
+        ssl_options=options.ssl if urlsplit(uri).scheme == "wss" else None,
+        validate_cert=True,  # these two: websocket_connect()'s (HTTPRequest's own are None)
+        decompress_response=True,
+    )
+    connection = ClientConnection(request, options)
+    try:
+        await connection.connect_future
+    except HTTPClientError as exc:
+        if exc.code == 599:  # tornado's code for "no HTTP response" (timeouts, EOF)
+            raise
+        raise ConnectError.rejected(uri, exc.code, exc.message) from exc
+    connection.transport.open()
+    return connection.transport
