@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
+    "CAPABILITIES",
     "DEFAULT_MAX_SIZE",
     "Accept",
     "ClientOptions",
@@ -59,6 +60,12 @@ __all__ = [
 Message = str | bytes
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+
+#: Every capability an engine may declare. An option that needs one the engine lacks is
+#: refused (``UnsupportedOptionError``), and the conformance suite skips what needs it.
+CAPABILITIES = frozenset(
+    {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+)
 
 
 class TransportClosed(Exception):
@@ -211,7 +218,7 @@ class Engine:
     library: ClassVar[str]
     #: What to ``pip install`` when the library is missing.
     install_hint: ClassVar[str]
-    #: What it can do beyond the minimum: client, server, headers, subprotocols, tls...
+    #: What it can do, out of :data:`CAPABILITIES`.
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def is_available(self) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import (
+    CAPABILITIES,
     ClientOptions,
     Engine,
     Server,
@@ -51,7 +52,7 @@ class PicowsEngine(Engine):
     name = "picows"
     library = "picows"
     install_hint = "polysocket-picows"
-    capabilities = frozenset({"client", "server", "headers", "subprotocols", "tls", "keepalive"})
+    capabilities = CAPABILITIES - {"deflate"}  # picows has no permessage-deflate
 
     async def connect(self, uri: str, options: ClientOptions) -> Transport:
         from picows import WSHandshakeError, ws_connect

@@ -7,8 +7,7 @@ except while a handler's backlog pauses reading.
 
 from __future__ import annotations
 
-from polysocket import hookimpl
-from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport
+from polysocket import hookimpl, transport
 
 _PONG_WAIT = "the heartbeat's wait for a pong (heartbeat/2, no setting for it): ping_timeout"
 PRIVATE_API: dict[str, str] = {
@@ -19,18 +18,18 @@ PRIVATE_API: dict[str, str] = {
 }
 
 
-class AiohttpEngine(Engine):
+class AiohttpEngine(transport.Engine):
     name = library = install_hint = "aiohttp"  # the engine, its import, what to pip install
-    capabilities = frozenset(
-        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
-    )
+    capabilities = transport.CAPABILITIES
 
-    async def connect(self, uri: str, options: ClientOptions) -> Transport:
+    async def connect(self, uri: str, options: transport.ClientOptions) -> transport.Transport:
         from ._client import connect
 
         return await connect(uri, options)
 
-    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
+    async def serve(
+        self, host: str, port: int, app: transport.ServerApp, options: transport.ServerOptions
+    ) -> transport.Server:
         from ._server import AiohttpServer
 
         return await AiohttpServer(app, options).start(host, port)

@@ -3,7 +3,15 @@
 ping, and both close a silent peer's connection as if normally."""
 
 from polysocket import hookimpl
-from polysocket.transport import ClientOptions, Engine, Server, ServerApp, ServerOptions, Transport
+from polysocket.transport import (
+    CAPABILITIES,
+    ClientOptions,
+    Engine,
+    Server,
+    ServerApp,
+    ServerOptions,
+    Transport,
+)
 
 __all__ = ["PRIVATE_API", "TornadoEngine", "polysocket_register_engines"]
 
@@ -20,9 +28,7 @@ class TornadoEngine(Engine):
     name = "tornado"
     library = "tornado"
     install_hint = "polysocket[tornado]"
-    capabilities = frozenset(
-        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
-    )
+    capabilities = CAPABILITIES
 
     async def connect(self, uri: str, options: ClientOptions) -> Transport:
         from ._transport import connect

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from polysocket import ConnectError, hookimpl
-from polysocket.transport import ClientOptions, Engine, ServerApp, ServerOptions
+from polysocket.transport import CAPABILITIES, ClientOptions, Engine, ServerApp, ServerOptions
 
 PRIVATE_API: dict[str, str] = {
     "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, close mid-message",
@@ -23,9 +23,7 @@ class WebsocketsEngine(Engine):
     name = "websockets"
     library = "websockets"
     install_hint = "polysocket[websockets]"
-    capabilities = frozenset(
-        {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
-    )
+    capabilities = CAPABILITIES
 
     async def connect(self, uri: str, options: ClientOptions) -> Any:
         import inspect
