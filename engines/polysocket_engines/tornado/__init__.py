@@ -2,16 +2,7 @@
 >= 6.5 clamps ``ping_timeout`` to ``ping_interval``, older ones check the pong only at the next
 ping, and both close a silent peer's connection as if normally."""
 
-from polysocket import hookimpl
-from polysocket.transport import (
-    CAPABILITIES,
-    ClientOptions,
-    Engine,
-    Server,
-    ServerApp,
-    ServerOptions,
-    Transport,
-)
+from polysocket import hookimpl, transport
 
 __all__ = ["PRIVATE_API", "TornadoEngine", "polysocket_register_engines"]
 
@@ -24,18 +15,20 @@ PRIVATE_API: dict[str, str] = {
 }
 
 
-class TornadoEngine(Engine):
+class TornadoEngine(transport.Engine):
     name = "tornado"
     library = "tornado"
     install_hint = "polysocket[tornado]"
-    capabilities = CAPABILITIES
+    capabilities = transport.CAPABILITIES
 
-    async def connect(self, uri: str, options: ClientOptions) -> Transport:
+    async def connect(self, uri: str, options: transport.ClientOptions) -> transport.Transport:
         from ._transport import connect
 
         return await connect(uri, options)
 
-    async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:
+    async def serve(
+        self, host: str, port: int, app: transport.ServerApp, options: transport.ServerOptions
+    ) -> transport.Server:
         from ._server import TornadoServer
 
         return TornadoServer(app, options, host, port)
