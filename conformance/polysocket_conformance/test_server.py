@@ -143,6 +143,16 @@ def test_http_answers(server: ServerThread) -> None:
     assert status == 404
 
 
+def test_http_answers_are_sent_as_the_core_made_them(server: ServerThread) -> None:
+    """No ETag added by the library, which would let a browser get a 304 instead of the
+    core's answer (tornado adds one unless told not to)."""
+    with urllib.request.urlopen(server.url("/"), timeout=WAIT) as response:
+        assert response.status == 200 and "ETag" not in response.headers
+    revalidate = urllib.request.Request(server.url("/"), headers={"If-None-Match": "*"})
+    with urllib.request.urlopen(revalidate, timeout=WAIT) as response:
+        assert response.status == 200
+
+
 def test_handler_failing_in_every_callback_does_not_stop_the_server(
     server: ServerThread, engine: str
 ) -> None:
