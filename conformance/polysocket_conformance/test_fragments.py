@@ -9,7 +9,9 @@ learns the code.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -43,6 +45,21 @@ def received_by_server() -> list[object]:
 
 
 # -- client -> server -----------------------------------------------------------------------
+
+
+def test_close_frame_in_the_middle_of_a_message_ends_the_server_session_normally(
+    server: ServerThread,
+) -> None:
+    """RFC 6455 5.4 lets control frames interleave with fragments: the unfinished message
+    is dropped and the close is a normal one (websockets fails it with 1002)."""
+    with RawClient(server.port, ECHO) as client:
+        client.send(frame(TEXT, b"hello", fin=False))
+        client.send(close_frame(1000))
+        code, _, _ = client.reader.until_close()
+        assert code == 1000
+    closed = events.wait("onclose", "echo")
+    assert closed.close_code == 1000
+    assert [e.name for e in events.items if e.name in ("onmessage", "onerror")] == []
 
 
 def test_fragmented_messages_reach_the_server_whole(server: ServerThread) -> None:
@@ -195,6 +212,22 @@ def test_client_reassembles_fragments_around_control_frames(
     assert server.close_code == 1000
     assert (PONG, b"ping") in server.received
     recorder.assert_well_formed()
+
+
+def test_close_frame_in_the_middle_of_a_message_ends_the_client_normally(
+    engine: str, raw_server: Callable[..., RawServer]
+) -> None:
+    def conversation(sock: socket.socket, reader: Any) -> None:
+        sock.sendall(frame(TEXT, b"hel", fin=False, mask=False) + close_frame(1000, mask=False))
+        code, _, _ = reader.until_close()
+        assert code == 1000
+
+    server = raw_server(conversation=conversation)
+    recorder = Recorder()
+    polysocket.createWebsocket(server.uri, recorder, engine)
+    assert recorder.wait_closed()
+    assert recorder.of("onclose")[0].close_code == 1000
+    assert recorder.of("onmessage") == [] and recorder.of("onerror") == []
 
 
 @pytest.mark.parametrize(
