@@ -92,15 +92,8 @@ class ManagedTransport:
         self._reader = reader = asyncio.current_task()
         try:
             return await self._raw.receive()
-        except TransportClosed as closed:
-            raise self._end(closed) from None
-        except Exception as exc:
-            raise self._engine_failed(exc) from None
-        except asyncio.CancelledError:
-            ended = self._let_go(reader)
-            if ended is None:
-                raise
-            raise ended from None
+        except BaseException as exc:
+            raise self._reader_ends(exc, reader) from None
         finally:
             self._reader = None
             if self._closing:
@@ -123,18 +116,23 @@ class ManagedTransport:
                 paused = deliver(await receive())
                 if paused is not None:
                     await paused
-        except TransportClosed as closed:
-            raise self._end(closed) from None
-        except Exception as exc:
-            raise self._engine_failed(exc) from None
-        except asyncio.CancelledError:
-            ended = self._let_go(reader)
-            if ended is None:
-                raise
-            raise ended from None
+        except BaseException as exc:
+            raise self._reader_ends(exc, reader) from None
         finally:
             self._reader = None
             self._wake.set()
+
+    def _reader_ends(self, exc: BaseException, reader: asyncio.Task[Any] | None) -> BaseException:
+        """What a reader raises when the engine's ``receive()`` raised ``exc``: the sticky end
+        for a :class:`TransportClosed` or an engine bug; for a cancellation, the end if
+        ``close()`` let go of the reader, else the cancellation itself."""
+        if isinstance(exc, TransportClosed):
+            return self._end(exc)
+        if isinstance(exc, Exception):
+            return self._engine_failed(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            return self._let_go(reader) or exc
+        return exc
 
     def _let_go(self, reader: asyncio.Task[Any] | None) -> TransportClosed | None:
         """The end a cancelled reader raises when close() let go of it (an engine whose
