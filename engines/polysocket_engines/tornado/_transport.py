@@ -69,6 +69,8 @@ class StrictProtocol(WebSocketProtocol13):
                 return
         if self.outcome is None and not self.client_terminated:
             self.outcome = TransportClosed(None)  # no close frame came
+        if self.keepalive is not None:  # else it would ping a dead stream up to an interval on
+            self.keepalive.stop()
         super()._abort()
 
     def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
