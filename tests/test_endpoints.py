@@ -103,7 +103,7 @@ def test_routing_decisions(root):
     assert route("/websockets/v4/service/my-endpoint", subprotocols=("x", "chat")) == Accept("chat")
     unknown = route("/websockets/v4/service/nope")
     assert isinstance(unknown, HttpResponse) and unknown.status == 404
-    assert b"my-endpoint" in unknown.body
+    assert b"my-endpoint" not in unknown.body  # the names are listed at /, not here
     plain = route("/websockets/v4/service/my-endpoint", upgrade=False)
     assert plain.status == 426 and plain.headers["Upgrade"] == "websocket"
     page = route("/", upgrade=False)
@@ -114,12 +114,42 @@ def test_routing_decisions(root):
     assert route("/", upgrade=False, method="POST").status == 405
 
 
-def test_listing_shows_descriptor_problems(root):
+def test_listing_shows_descriptor_problems_in_debug_mode(root):
     (root / "broken.websocket").write_text("{")
-    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False, debug=True)
     listing = json.loads(server.listing())
     assert listing["problems"][0]["files"] == ["broken.websocket"]
     assert "not valid JSON" in listing["problems"][0]["error"]
+    assert listing["problem_count"] == 1
+    [endpoint] = listing["endpoints"]
+    assert endpoint["handler"] == "my-project/ws-handler"
+    assert endpoint["file"] == "my-endpoint.websocket"
+    unknown = server.route(request("/websockets/v4/service/nope"))
+    assert isinstance(unknown, HttpResponse) and b"known endpoints: my-endpoint" in unknown.body
+
+
+def test_listing_outside_debug_mode_shows_names_descriptions_paths_and_a_count(root):
+    """No handler specs, files or problem texts (which name files, absolute ones for a
+    handler module that is missing) for anyone who asks."""
+    (root / "broken.websocket").write_text("{")
+    descriptor(root, "lost.websocket", handler="my-project/gone", endpoint="lost")
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+    listing = json.loads(server.listing())
+    assert listing == {
+        "endpoints": [
+            {
+                "endpoint": "my-endpoint",
+                "description": "My Websocket",
+                "path": "/websockets/v4/service/my-endpoint",
+            }
+        ],
+        "problem_count": 2,
+    }
+    page = server.route(request("/", upgrade=False))
+    assert isinstance(page, HttpResponse) and b"2 descriptor problem(s)" in page.body
+    for body in (server.listing(), page.body):
+        for secret in (b"ws-handler", b"broken.websocket", b"gone", str(root).encode()):
+            assert secret not in body
 
 
 def test_reload_picks_up_added_and_removed_descriptors(root):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,10 +43,28 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .auth import TOKENS_ENV, bearer_tokens
     from .server import run_server
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
-    run_server(args.root, host=args.host, port=args.port, engine=args.engine)
+    authenticate = None
+    sources = [args.tokens] if args.tokens is not None else []
+    if os.environ.get(TOKENS_ENV, "").strip():
+        sources.append(f"${TOKENS_ENV}")
+    if sources:  # either one turns token checking on; bearer_tokens reads both
+        authenticate = bearer_tokens(args.tokens)
+        logging.getLogger("polysocket.auth").info(
+            "%d bearer token(s) from %s", len(authenticate), " and ".join(sources)
+        )
+    run_server(
+        args.root,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        origins=args.origins,
+        authenticate=authenticate,
+        debug=args.debug,
+    )
     return 0
 
 
@@ -114,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--engine", help="engine to serve with (default: aiohttp)")
+    serve.add_argument(
+        "--origin",
+        action="append",
+        dest="origins",
+        metavar="URL",
+        help="an origin (scheme://host[:port], or '*') whose pages may connect; repeatable"
+        " (default: any origin; the server's own page always may)",
+    )
+    serve.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="require a bearer token: lines 'TOKEN NAME [ROLE,ROLE]' (also read from"
+        " $POLYSOCKET_TOKENS, which alone turns this on)",
+    )
+    serve.add_argument(
+        "--debug",
+        action="store_true",
+        help="show handler specs, descriptor files and problems to HTTP clients",
+    )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(
         "connect", help="an interactive client: stdin lines are sent, messages printed"

@@ -5,7 +5,10 @@ A descriptor is JSON: ``{"handler": "my-project/ws-handler", "endpoint": "my-end
 descriptor is reported as a :class:`DescriptorError` naming its file; it never stops the
 others from being served. Of two descriptors claiming one endpoint name, the first in path
 order is served and both files are named in the error.
-"""
+
+Optional fields: ``"origins"`` (a list of ``scheme://host[:port]`` or ``"*"``; replaces the
+server's list for this endpoint) and ``"roles"`` (a list of role names; a session needs an
+authenticated principal holding one of them)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .auth import AccessConfigError, origin_list
 from .errors import DescriptorError, HandlerNotFoundError
 from .handlers import Handler, resolve_handler
 
@@ -31,6 +35,10 @@ class Endpoint:
     handler: Handler
     description: str
     file: Path
+    #: Allowed origins for this endpoint (normalised); ``None``: the server's list.
+    origins: tuple[str, ...] | None = None
+    #: A principal needs one of these roles; empty: no role needed.
+    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,22 @@ def _read(path: Path, root: Path) -> Endpoint:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise problem("description must be a string")
+    origins = None
+    if "origins" in data:
+        if not isinstance(data["origins"], list):
+            raise problem('origins must be a list such as ["https://app.example.com"]')
+        try:
+            origins = origin_list(data["origins"], "origins")
+        except AccessConfigError as exc:
+            raise problem(str(exc)) from None
+    roles = data.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+        raise problem('roles must be a list of role names such as ["admin"]')
     try:
         handler = resolve_handler(handler_spec, root=root)
     except HandlerNotFoundError as exc:
         raise problem(str(exc)) from exc
-    return Endpoint(name, handler, description, path)
+    return Endpoint(name, handler, description, path, origins, frozenset(roles))
 
 
 def snapshot(root: Path) -> dict[str, int]:

@@ -9,6 +9,10 @@ engine it provides::
     @hookimpl
     def polysocket_register_engines(register):
         register(MyEngine())
+
+Any registered plugin (found through that group, or given to
+``polysocket.plugins.registry.register_plugin``) may also implement
+:func:`polysocket_authenticate`, which the endpoint server asks on every handshake.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from .auth import Handshake, Principal
 from .transport import Engine
 
 PROJECT = "polysocket"
@@ -29,3 +34,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def polysocket_register_engines(register: Callable[[Engine], None]) -> None:
     """Register engines by calling ``register(engine)`` for each one."""
+
+
+@hookspec(firstresult=True)
+def polysocket_authenticate(request: Handshake) -> Principal | None:
+    """Who opens this WebSocket handshake, before the 101: a ``Principal`` to accept,
+    ``None`` for no opinion (when no authenticator accepts, the server answers 401), or raise
+    ``polysocket.auth.Refused(status, text)`` for a 401/403 of your own. The first plugin
+    that returns a principal wins; the ``authenticate=`` callable of ``serve()`` is asked
+    first. It runs on the event loop in the middle of routing: answer at once (check a token
+    or a signature), never do network I/O."""

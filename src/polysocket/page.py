@@ -22,6 +22,7 @@ code,pre{background:#f4f4f4;padding:.1rem .3rem}
 {problems}
 <h2>Console</h2>
 <p><select id="endpoint">{options}</select>
+<input id="token" type="password" placeholder="token (if the server asks)" size="24">
 <button id="connect">Connect</button> <button id="disconnect">Disconnect</button></p>
 <p><input id="message" size="50" value="hello"> <button id="send">Send</button></p>
 <div id="log"></div>
@@ -34,7 +35,10 @@ const log = (line) => {
 let ws = null;
 document.getElementById("connect").onclick = () => {
   const name = document.getElementById("endpoint").value;
-  ws = new WebSocket(`ws://${location.host}{service}${name}`);
+  const token = document.getElementById("token").value;
+  // a browser cannot set Authorization on a WebSocket: the token goes in the query
+  const query = token ? `?access_token=${encodeURIComponent(token)}` : "";
+  ws = new WebSocket(`ws://${location.host}{service}${name}${query}`);
   ws.onopen = () => log(`open: ${name}`);
   ws.onmessage = (event) => log(`message: ${event.data}`);
   ws.onerror = () => log("error");
@@ -50,7 +54,9 @@ document.getElementById("send").onclick = () => {
 """
 
 
-def render(scan: Scan) -> bytes:
+def render(scan: Scan, debug: bool = False) -> bytes:
+    """The page: endpoint names, descriptions and URLs (never handlers or files); descriptor
+    problems in full in debug mode (their texts may name files), else only how many."""
     rows = "".join(
         f"<tr><td>{escape(e.name)}</td><td>{escape(e.description)}</td>"
         f"<td><code>{SERVICE_PATH}{escape(e.name)}</code></td></tr>"
@@ -60,7 +66,12 @@ def render(scan: Scan) -> bytes:
         f'<option value="{escape(name)}">{escape(name)}</option>' for name in scan.endpoints
     )
     problems = ""
-    if scan.problems:
+    if scan.problems and not debug:
+        problems = (
+            f'<p class="problem">{len(scan.problems)} descriptor problem(s): see the server'
+            " log, or start the server with --debug to list them here.</p>"
+        )
+    elif scan.problems:
         items = "".join(f"<li>{escape(str(p))}</li>" for p in scan.problems)
         problems = f'<h2 class="problem">Descriptor problems</h2><ul class="problem">{items}</ul>'
     page = (

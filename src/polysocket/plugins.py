@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
+from .auth import Handshake, Principal
 from .errors import EngineUnavailableError, UnknownEngineError
 from .transport import Engine
 
@@ -118,6 +119,16 @@ class EngineRegistry:
             for engine in found:
                 self._engines[engine.name] = engine
                 self._plugin_of[engine.name] = name
+
+    def authenticator_names(self) -> list[str]:
+        """The registered plugins that implement ``polysocket_authenticate``."""
+        self.load()
+        return [impl.plugin_name for impl in self._pm.hook.polysocket_authenticate.get_hookimpls()]
+
+    def authenticate(self, request: Handshake) -> Principal | None:
+        """Ask the plugins' ``polysocket_authenticate`` (the first principal wins)."""
+        principal: Principal | None = self._pm.hook.polysocket_authenticate(request=request)
+        return principal
 
     def names(self) -> list[str]:
         self.load()

@@ -16,12 +16,14 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import endpoints as registry_folder
 from . import page
+from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
 from .connection import Connection
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
@@ -55,13 +57,17 @@ RELOAD_INTERVAL = 0.5
 
 
 class ServerSession:
-    """One client connected to an endpoint; ``getSession()`` in a server callback."""
+    """One client connected to an endpoint; ``getSession()`` in a server callback.
+    ``principal`` is who the authenticator said opened it (``None`` without one)."""
 
-    def __init__(self, endpoint: str, request: HttpRequest) -> None:
+    def __init__(
+        self, endpoint: str, request: HttpRequest, principal: Principal | None = None
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.endpoint = endpoint
         self.remote_address = request.remote_address
         self.request_headers: Mapping[str, str] = request.headers
+        self.principal = principal
         self._connection: Connection
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
@@ -129,6 +135,10 @@ class EndpointServer:
         options: ServerOptions,
         subprotocols: Sequence[str],
         reload: bool,
+        *,
+        origins: Sequence[str] | None = None,
+        authenticate: Authenticator | None = None,
+        debug: bool = False,
     ) -> None:
         self.root = root
         self.engine = engine
@@ -142,6 +152,13 @@ class EndpointServer:
         self._watcher: asyncio.Task[None] | None = None
         self._connections: set[Connection] = set()
         self.host = "127.0.0.1"
+        self.debug = debug
+        checked = None if origins is None else origin_list(origins, "origins=")
+        self.gate = Gate(checked, authenticate, engines.authenticate, engines.authenticator_names)
+        # route() admits a handshake and session() runs it, with the same request object:
+        # the principal waits here in between, and goes when the request does (a handshake
+        # the engine never completes leaves nothing behind).
+        self._principals: dict[int, Principal] = {}
 
     @property
     def port(self) -> int:
@@ -164,13 +181,27 @@ class EndpointServer:
             self.url,
             self.engine.name,
         )
+        authenticators = self.gate.authenticators()
+        if authenticators:
+            log.info("authenticating handshakes with %s", ", ".join(authenticators))
+        if self.gate.origins.allowed is None and not is_loopback(host):
+            log.warning(
+                "serving on %s, which other machines can reach, with no origin list: a page"
+                " on any web site may open WebSockets here in its visitors' names. Allow only"
+                " your sites' origins with --origin URL (serve(origins=[...])), or '*' to"
+                " silence this.",
+                host,
+            )
 
     # -- the ServerApp side of the engine contract -------------------------------------------
 
     def route(self, request: HttpRequest) -> HttpResponse | Accept:
         if request.path.startswith(page.SERVICE_PATH):
             name = request.path[len(page.SERVICE_PATH) :]
-            if name not in self.scan.endpoints:
+            endpoint = self.scan.endpoints.get(name)
+            if endpoint is None:
+                if not self.debug:  # the names are listed at /, not to every prober
+                    return _text(404, f"no endpoint {name!r} here; the endpoints are listed at /\n")
                 known = ", ".join(self.scan.endpoints) or "none"
                 return _text(404, f"no endpoint {name!r} here; known endpoints: {known}\n")
             if not request.upgrade:
@@ -180,12 +211,21 @@ class EndpointServer:
                     f" (ws://{request.headers.get('host', 'HOST')}{request.path}).\n",
                     {"Upgrade": "websocket"},
                 )
+            admitted = self.gate.admit(request, name, endpoint.origins, endpoint.roles)
+            if not isinstance(admitted, Admitted):
+                return admitted
+            if admitted.principal is not None:
+                key = id(request)
+                self._principals[key] = admitted.principal
+                weakref.finalize(request, self._principals.pop, key, None)
             chosen = next((p for p in request.subprotocols if p in self._subprotocols), None)
             return Accept(chosen)
         if request.method != "GET":
             return _text(405, "only GET is served here\n", {"Allow": "GET"})
         if request.path == "/":
-            return HttpResponse(200, page.render(self.scan), "text/html; charset=utf-8")
+            return HttpResponse(
+                200, page.render(self.scan, debug=self.debug), "text/html; charset=utf-8"
+            )
         if request.path == ENDPOINTS_PATH:
             return HttpResponse(200, self.listing(), "application/json")
         return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
@@ -210,7 +250,7 @@ class EndpointServer:
         if endpoint is None:  # removed between the handshake and now
             await transport.close(CloseCode.GOING_AWAY, "endpoint removed")
             return
-        session = ServerSession(name, request)
+        session = ServerSession(name, request, self._principals.pop(id(request), None))
 
         def forget() -> None:
             sessions.remove(session)
@@ -234,28 +274,29 @@ class EndpointServer:
         await asyncio.shield(connection.ended_on_loop)
 
     def listing(self) -> bytes:
-        return json.dumps(
-            {
-                "endpoints": [
-                    {
-                        "endpoint": e.name,
-                        "description": e.description,
-                        "handler": e.handler.spec,
-                        "path": page.SERVICE_PATH + e.name,
-                        "file": str(e.file.relative_to(self.scan.root)),
-                    }
-                    for e in self.scan.endpoints.values()
-                ],
-                "problems": [
-                    {
-                        "error": str(p),
-                        "files": [str(Path(f).relative_to(self.scan.root)) for f in p.files],
-                    }
-                    for p in self.scan.problems
-                ],
-            },
-            indent=2,
-        ).encode()
+        """The JSON list: each endpoint's name, description and path, and how many
+        descriptors have problems; in debug mode also handler specs, descriptor files and
+        the problems themselves (which may show file paths)."""
+        endpoints: list[dict[str, Any]] = [
+            {"endpoint": e.name, "description": e.description, "path": page.SERVICE_PATH + e.name}
+            for e in self.scan.endpoints.values()
+        ]
+        listing: dict[str, Any] = {
+            "endpoints": endpoints,
+            "problem_count": len(self.scan.problems),
+        }
+        if self.debug:
+            for shown, e in zip(endpoints, self.scan.endpoints.values(), strict=True):
+                shown["handler"] = e.handler.spec
+                shown["file"] = str(e.file.relative_to(self.scan.root))
+            listing["problems"] = [
+                {
+                    "error": str(p),
+                    "files": [str(Path(f).relative_to(self.scan.root)) for f in p.files],
+                }
+                for p in self.scan.problems
+            ]
+        return json.dumps(listing, indent=2).encode()
 
     # -- live reload ---------------------------------------------------------------------
 
@@ -325,6 +366,11 @@ class serve:
     """Serve a registry folder: ``async with polysocket.serve(root, port=0) as server``.
 
     ``root=None`` serves the bundled sample (the seed's echo endpoint and a chat).
+    ``origins``: the ``Origin`` values that may open a session (``scheme://host[:port]`` or
+    ``"*"``; the server's own origin and requests without ``Origin`` always may); ``None``
+    allows every origin. ``authenticate``: a quick synchronous callable, a
+    :class:`~polysocket.auth.Handshake` in, a :class:`~polysocket.auth.Principal` or ``None``
+    (401) out. ``debug``: show handler specs, files and problems to HTTP clients.
     """
 
     def __init__(
@@ -334,6 +380,10 @@ class serve:
         port: int = 8080,
         engine: str | None = None,
         reload: bool = True,
+        *,
+        origins: Sequence[str] | None = None,
+        authenticate: Authenticator | None = None,
+        debug: bool = False,
         **options: Any,
     ) -> None:
         chosen = engines.get(engine)
@@ -344,7 +394,16 @@ class serve:
             )
         checked, subprotocols = server_options(chosen, options)
         folder = Path(root) if root is not None else SAMPLE_ROOT
-        self._server = EndpointServer(folder, chosen, checked, subprotocols, reload)
+        self._server = EndpointServer(
+            folder,
+            chosen,
+            checked,
+            subprotocols,
+            reload,
+            origins=origins,
+            authenticate=authenticate,
+            debug=debug,
+        )
         self._host, self._port = host, port
 
     async def _start(self) -> EndpointServer:
