@@ -34,6 +34,8 @@ class ServerEvent:
     close_reason: str | None
     remote_address: Any
     request_headers: dict[str, str]
+    #: ``getSession().principal``: who the authenticator said opened the session.
+    principal: Any = None
 
 
 class ServerEvents:
@@ -54,6 +56,7 @@ class ServerEvents:
             polysocket.getCloseReason(),
             session.remote_address,
             dict(session.request_headers),
+            getattr(session, "principal", None),
         )
         with self._cond:
             self.items.append(event)

@@ -5,6 +5,7 @@
 // Connects, sends each MESSAGE as text, waits for one reply per message, then closes with
 // CLOSE_CODE. Prints one JSON line per event: {"event": "open"}, {"event": "message",
 // "data": ...}, {"event": "close", "code": ..., "reason": ...}, {"event": "error", ...}.
+// POLYSOCKET_WS_HEADERS, a JSON object, gives extra request headers (Authorization...).
 'use strict';
 
 const WebSocket = require(process.env.POLYSOCKET_WS_PATH || 'ws');
@@ -12,7 +13,8 @@ const WebSocket = require(process.env.POLYSOCKET_WS_PATH || 'ws');
 const [uri, closeCode, ...messages] = process.argv.slice(2);
 const print = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
-const ws = new WebSocket(uri);
+const headers = JSON.parse(process.env.POLYSOCKET_WS_HEADERS || '{}');
+const ws = new WebSocket(uri, { headers });
 let replies = 0;
 ws.on('open', () => {
   print({ event: 'open' });
