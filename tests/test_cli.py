@@ -105,3 +105,90 @@ def test_connect_to_an_unknown_endpoint_says_404(served_sample):
     result = run("connect", f"ws://127.0.0.1:{port}/websockets/v4/service/nope", input="")
     assert result.returncode == 1
     assert "HTTP 404" in result.stderr
+
+
+def start_serve(*args, env=None):
+    """``polysocket serve --port 0 ARGS`` in its own process: (process, port, log lines)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polysocket", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)/", line)
+        if found:
+            return process, int(found.group(1)), lines
+    process.wait(10)
+    raise AssertionError("".join(lines))
+
+
+def handshake_status(port, path, headers):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "GET",
+            path,
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+                **headers,
+            },
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_serve_with_tokens_origins_and_debug(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# who may connect\ncli-s3cret dana admin\n")
+    process, port, lines = start_serve(
+        "--tokens", str(tokens), "--origin", "https://app.example.com", "--debug"
+    )
+    try:
+        assert any("1 bearer token(s) from " + str(tokens) in line for line in lines), lines
+        path = "/websockets/v4/service/my-endpoint"
+        token = {"Authorization": "Bearer cli-s3cret"}
+        assert handshake_status(port, path, {}) == 401
+        assert handshake_status(port, path, token) == 101
+        assert handshake_status(port, path, {**token, "Origin": "http://evil.example"}) == 403
+        assert handshake_status(port, path, {**token, "Origin": "https://app.example.com"}) == 101
+        uri = f"ws://127.0.0.1:{port}{path}"
+        result = run("connect", uri, input="")
+        assert result.returncode == 1 and "HTTP 401" in result.stderr
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/websockets/v4/endpoints") as answer:
+            assert b'"handler": "my-project/ws-handler"' in answer.read()  # --debug
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+
+
+def test_serve_takes_tokens_from_the_environment_alone():
+    process, port, _ = start_serve(env={"POLYSOCKET_TOKENS": "env-t0ken erin"})
+    try:
+        path = "/websockets/v4/service/my-endpoint"
+        assert handshake_status(port, path, {}) == 401
+        assert handshake_status(port, f"{path}?access_token=env-t0ken", {}) == 101
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+
+
+def test_serve_refuses_a_bad_token_file_or_origin(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("lonely-token\n")
+    result = run("serve", "--port", "0", "--tokens", str(tokens))
+    assert result.returncode == 2
+    assert f"{tokens}:1: expected 'TOKEN NAME [ROLE,ROLE]'" in result.stderr
+    assert "lonely-token" not in result.stderr
+    result = run("serve", "--port", "0", "--origin", "app.example.com")
+    assert result.returncode == 2 and "'app.example.com' is not an origin" in result.stderr

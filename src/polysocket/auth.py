@@ -293,8 +293,9 @@ class Gate:
                 log.debug("refused unauthenticated handshake on %s", request.path)
                 return _answer(
                     401,
-                    f"authentication required for {endpoint!r}: present a token"
-                    " (Authorization: Bearer TOKEN, or ?access_token=TOKEN from a browser)\n",
+                    f"authentication required for {endpoint!r}: the server accepted no"
+                    " credentials in this handshake (bearer tokens go in Authorization:"
+                    " Bearer TOKEN, or ?access_token=TOKEN from a browser)\n",
                     {"WWW-Authenticate": 'Bearer realm="polysocket"'},
                 )
         if roles and (principal is None or not roles & principal.roles):
