@@ -45,7 +45,15 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
-    run_server(args.root, host=args.host, port=args.port, engine=args.engine)
+    run_server(
+        args.root,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        close_timeout=args.close_timeout,
+        allow_module_handlers=args.allow_module_handlers,
+        import_timeout=args.import_timeout,
+    )
     return 0
 
 
@@ -114,6 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--engine", help="engine to serve with (default: aiohttp)")
+    serve.add_argument(
+        "--close-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="closing handshake bound; SIGTERM exits within about this plus 1 s (default: 10)",
+    )
+    serve.add_argument(
+        "--allow-module-handlers",
+        action="store_true",
+        help="serve handlers named as Python modules (imported from sys.path, outside ROOT)",
+    )
+    serve.add_argument(
+        "--import-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a handler module not loaded within this is a descriptor problem (default: 5)",
+    )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(
         "connect", help="an interactive client: stdin lines are sent, messages printed"
