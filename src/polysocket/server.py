@@ -176,6 +176,8 @@ class EndpointServer:
     # -- the ServerApp side of the engine contract -------------------------------------------
 
     def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        if request.bad_target is not None:
+            return _text(400, f"bad request target: {request.bad_target}\n")
         if request.path.startswith(page.SERVICE_PATH):
             name = request.path[len(page.SERVICE_PATH) :]
             if name not in self.scan.endpoints:
