@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 import polysocket
 
@@ -192,3 +197,95 @@ def test_serve_refuses_a_bad_token_file_or_origin(tmp_path):
     assert "lonely-token" not in result.stderr
     result = run("serve", "--port", "0", "--origin", "app.example.com")
     assert result.returncode == 2 and "'app.example.com' is not an origin" in result.stderr
+
+
+STUCK_HANDLER = """
+import time
+
+def onMessage(message):
+    time.sleep(60)  # stuck: onClose can never run
+"""
+
+FLOOD_HANDLER = """
+import polysocket
+
+def onOpen():
+    session = polysocket.getSession()
+    try:
+        while True:  # to a client that never reads: the server's writer gets stuck too
+            session.send(b"x" * 65536)
+    except polysocket.ConnectionClosedError:
+        pass
+"""
+
+
+def raw_upgrade(port, path):
+    """A client socket past the handshake that never reads."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+@pytest.mark.parametrize("engine", ["aiohttp", "websockets", "tornado", "picows"])
+def test_sigterm_exits_within_close_timeout_however_many_handlers_are_stuck(tmp_path, engine):
+    """8 sessions whose onMessage sleeps 60 s and 2 whose client never reads while the
+    handler floods it: SIGTERM sends 1001 to all at once; the process exits 0 within
+    close_timeout (1.5 s) + 2 s, and says which handlers it left behind."""
+    from websockets.sync.client import connect
+
+    (tmp_path / "stuck.py").write_text(STUCK_HANDLER)
+    (tmp_path / "flood.py").write_text(FLOOD_HANDLER)
+    for name in ("stuck", "flood"):
+        (tmp_path / f"{name}.websocket").write_text(
+            f'{{"handler": "{name}", "endpoint": "{name}"}}'
+        )
+    command = ["serve", str(tmp_path), "--port", "0", "--engine", engine, "--close-timeout", "1.5"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polysocket", *command],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with contextlib.ExitStack() as stack:
+        stack.callback(process.wait, 10)
+        stack.callback(lambda: process.poll() is None and process.kill())
+        log = []
+        for line in process.stderr:
+            log.append(line)
+            if found := re.search(r"on http://127\.0\.0\.1:(\d+)/", line):
+                port = int(found.group(1))
+                break
+        else:
+            pytest.fail("".join(log))
+        reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
+        reader.start()
+        uri = f"ws://127.0.0.1:{port}/websockets/v4/service/stuck"
+        clients = [stack.enter_context(connect(uri, open_timeout=10)) for _ in range(8)]
+        for client in clients:
+            client.send("take your time")
+        for _ in range(2):
+            stack.enter_context(raw_upgrade(port, "/websockets/v4/service/flood"))
+        time.sleep(0.5)  # every onMessage is asleep, every flood's buffers are full
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        codes = []
+        for client in clients:
+            with pytest.raises(ConnectionClosed) as closed:
+                client.recv(timeout=10)
+            codes.append(closed.value.rcvd.code if closed.value.rcvd else None)
+        assert process.wait(10) == 0
+        took = time.monotonic() - started
+        reader.join(5)
+        text = "".join(log)
+        assert codes == [1001] * 8, text
+        assert took <= 1.5 + 2, f"exit took {took:.1f} s; log:\n{text}"
+        # the floods' onOpen ended with the close, so their onClose ran: not stuck
+        assert (
+            "shutdown: 8 session(s) still in a handler callback after close_timeout=1.5 s" in text
+        ), text
+        assert "8 x " in text and "stuck.py (endpoint 'stuck')" in text, text

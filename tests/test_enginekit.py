@@ -12,6 +12,7 @@ from polysocket.enginekit import (
     answer_reason,
     header_map,
     http_request,
+    request_path,
     valid_close_code,
 )
 from polysocket.transport import HttpResponse
@@ -93,8 +94,7 @@ def test_repeated_headers_are_joined_the_rfc_9110_way():
 def test_http_request_from_header_lines():
     request = http_request(
         "GET",
-        "/ws",
-        "a=1",
+        "/ws?a=1",
         [
             ("Upgrade", "WebSocket"),
             ("Sec-WebSocket-Protocol", "chat, superchat"),
@@ -105,4 +105,32 @@ def test_http_request_from_header_lines():
     assert request.upgrade
     assert request.subprotocols == ("chat", "superchat", "v2")
     assert request.remote_address == ("127.0.0.1", 5555)
-    assert http_request("GET", "/", "", [], None).remote_address is None
+    assert (request.path, request.query, request.bad_target) == ("/ws", "a=1", None)
+    assert http_request("GET", "/", [], None).remote_address is None
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query", "problem"),
+    [
+        ("/ws?a=%zz", "/ws", "a=%zz", None),
+        ("/w%73/%C3%A9", "/ws/é", "", None),
+        ("http://h:1/ws?q", "/ws", "q", None),
+        ("wss://h", "/", "", None),
+        ("*", None, "", "must be a path"),
+        ("h:80", None, "", "must be a path"),
+        ("/a%2Fb", None, "", "encoded slash"),
+        ("/a%2fb", None, "", "encoded slash"),
+        ("/a%00", None, "", "control character"),
+        ("/a%zz", None, "", "does not start a %XX escape"),
+        ("/a%4", None, "", "does not start a %XX escape"),
+        ("/a%FF", None, "", "not UTF-8"),
+        ("/é", None, "", "must be percent-encoded"),
+        ("/a\tb", None, "", "must be percent-encoded"),
+    ],
+)
+def test_request_path_is_one_rule(target, path, query, problem):
+    got_path, got_query, got_problem = request_path(target)
+    if problem is None:
+        assert (got_path, got_query, got_problem) == (path, query, None)
+    else:
+        assert got_problem is not None and problem in got_problem

@@ -125,6 +125,7 @@ def no_leftover_sessions():
 async def served(
     engine: MemoryEngine, root: Any, **options: Any
 ) -> AsyncIterator[tuple[server_module.EndpointServer, MemoryServer]]:
+    options.setdefault("allow_module_handlers", True)  # the handlers are in a test module
     async with polysocket.serve(root, port=0, engine="memory", reload=False, **options) as app:
         yield app, engine.servers[app.port]
 
@@ -448,7 +449,9 @@ def test_closing_the_server_closes_every_session_with_1001_after_on_close(engine
     descriptor(root, "rec")
 
     async def scenario():
-        app = await polysocket.serve(root, port=0, engine="memory", reload=False)
+        app = await polysocket.serve(
+            root, port=0, engine="memory", reload=False, allow_module_handlers=True
+        )
         server = engine.servers[app.port]
         ends = [
             await server.connect(f"{SERVICE_PATH}rec"),
@@ -476,7 +479,14 @@ def test_closing_the_server_does_not_wait_for_a_client_that_never_answers(engine
     descriptor(root, "rec")
 
     async def scenario():
-        app = await polysocket.serve(root, port=0, engine="memory", reload=False, close_timeout=0.2)
+        app = await polysocket.serve(
+            root,
+            port=0,
+            engine="memory",
+            reload=False,
+            close_timeout=0.2,
+            allow_module_handlers=True,
+        )
         deaf = await engine.servers[app.port].connect(f"{SERVICE_PATH}rec")
         await recorder.until(lambda r: "onopen" in r.methods)
         await app.close()  # bounded by close_timeout: the deaf client is dropped
@@ -536,7 +546,9 @@ def test_an_endpoint_removed_between_handshake_and_session_closes_with_1001(engi
     empty.mkdir()
 
     async def scenario():
-        app = server_module.EndpointServer(root, engine, ServerOptions(), [], False)
+        app = server_module.EndpointServer(
+            root, engine, ServerOptions(), [], False, allow_module_handlers=True
+        )
 
         class RemovedAfterRouting:
             def route(self, request: HttpRequest) -> Any:
@@ -562,16 +574,18 @@ def test_the_watcher_reloads_a_changed_folder_and_survives_a_failing_reload(
     real_scan = server_module.registry_folder.scan
     scans = []
 
-    def flaky_scan(folder):
+    def flaky_scan(folder, **options):
         scans.append(folder)
         if len(scans) == 1:
             raise OSError("disk hiccup")
-        return real_scan(folder)
+        return real_scan(folder, **options)
 
     handlers.later = handlers.again = Echo()
 
     async def scenario():
-        async with polysocket.serve(root, port=0, engine="memory") as app:
+        async with polysocket.serve(
+            root, port=0, engine="memory", allow_module_handlers=True
+        ) as app:
             monkeypatch.setattr(server_module.registry_folder, "scan", flaky_scan)
             descriptor(root, "later")
             while not scans:  # the watcher polls; its first reload fails
@@ -591,7 +605,9 @@ def test_a_cancelled_session_drops_its_connection(engine, root, handlers):
     descriptor(root, "rec")
 
     async def scenario():
-        app = server_module.EndpointServer(root, engine, ServerOptions(), [], False)
+        app = server_module.EndpointServer(
+            root, engine, ServerOptions(), [], False, allow_module_handlers=True
+        )
         tasks = []
 
         class Watched:
@@ -636,7 +652,9 @@ def test_run_server_serves_until_sigterm_then_closes_every_session_with_1001(
         asyncio.get_running_loop().create_task(client(self))
 
     monkeypatch.setattr(server_module.EndpointServer, "start", start_then_connect)
-    polysocket.run_server(root, port=0, engine="memory")  # returns on SIGTERM
+    polysocket.run_server(
+        root, port=0, engine="memory", allow_module_handlers=True
+    )  # returns on SIGTERM
     assert seen == ["hi", (1001, "server shutting down")]
     assert set(signals) == {signal.SIGINT, signal.SIGTERM} and engine.servers == {}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -113,3 +114,59 @@ def test_client_offers_subprotocols_in_its_order(engine: str, peer: Peer) -> Non
             return ws.subprotocol
 
     assert asyncio.run(selected()) == "b"
+
+
+#: Request targets and the status each gets, upgrade asked / plain GET, on every engine:
+#: the core percent-decodes the path once (UTF-8), takes the path of an absolute-form
+#: target, and answers 400 for what no path of it can be.
+REQUEST_TARGETS = [
+    (ECHO, 101, 426),
+    (ECHO + "?a=1&b=%zz", 101, 426),  # the query is not the core's to decode
+    ("/websockets/v4/service/%65cho", 101, 426),
+    ("/websockets/v4/%73ervice/ech%6F", 101, 426),
+    ("http://HOST" + ECHO, 101, 426),
+    ("HTTP://HOST/websockets/v4/service/%65cho", 101, 426),
+    ("http://HOST", 200, 200),  # the path of "http://host" is "/"
+    ("/websockets/v4/%65ndpoints", 200, 200),
+    ("/websockets/v4/service/echo%00", 400, 400),  # a control character
+    ("/websockets/v4/service/ec%0Aho", 400, 400),
+    ("/websockets/v4/service/my%2Fecho", 400, 400),  # an encoded slash
+    ("/websockets/v4%2Fservice/echo", 400, 400),
+    ("/websockets/v4/service/%zz", 400, 400),  # a broken escape
+    ("/websockets/v4/service/%FF", 400, 400),  # not UTF-8
+    ("*", 400, 400),  # asterisk-form: no path
+    ("/websockets/v4/service/%C3%A9", 404, 404),  # a name no endpoint has
+    ("/websockets/v4/service/../service/echo", 404, 404),  # no dot segments resolved
+    ("//websockets/v4/service/echo", 404, 404),
+]
+
+
+def _status(port: int, target: str, upgrade: bool) -> int:
+    """The status a raw request for ``target`` gets (a 101 is then closed cleanly)."""
+    target = target.replace("HOST", f"127.0.0.1:{port}")
+    if upgrade:
+        client = RawClient(port, target)
+        status = int(client.status_line.split(" ")[1])
+        if status == 101:
+            client.send(close_frame(1000))
+            assert client.reader.until_close()[0] == 1000
+        client.close()
+        return status
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, f"no answer to GET {target}: {answer!r}"
+            answer += chunk
+        return int(answer.split(b" ")[1])
+
+
+def test_one_rule_for_the_request_path(serve_registry: Callable[..., ServerThread]) -> None:
+    """Percent-decoding and absolute-form targets: the same status on every engine."""
+    server = serve_registry()
+    got = [
+        (target, _status(server.port, target, True), _status(server.port, target, False))
+        for target, _, _ in REQUEST_TARGETS
+    ]
+    assert got == REQUEST_TARGETS

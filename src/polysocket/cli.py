@@ -64,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
         origins=args.origins,
         authenticate=authenticate,
         debug=args.debug,
+        close_timeout=args.close_timeout,
+        allow_module_handlers=args.allow_module_handlers,
+        import_timeout=args.import_timeout,
     )
     return 0
 
@@ -151,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug",
         action="store_true",
         help="show handler specs, descriptor files and problems to HTTP clients",
+    )
+    serve.add_argument(
+        "--close-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="closing handshake bound; SIGTERM exits within about this plus 1 s (default: 10)",
+    )
+    serve.add_argument(
+        "--allow-module-handlers",
+        action="store_true",
+        help="serve handlers named as Python modules (imported from sys.path, outside ROOT)",
+    )
+    serve.add_argument(
+        "--import-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a handler module not loaded within this is a descriptor problem (default: 5)",
     )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(

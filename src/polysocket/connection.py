@@ -200,6 +200,11 @@ class Connection:
     def closed(self) -> bool:
         return self.state is State.CLOSING or self.state is State.CLOSED
 
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake (on the loop thread): the reader
+        then gets the end, and the connection ends as usual (1006)."""
+        self._transport.abort()
+
     def _closed_error(self) -> ConnectionClosedError:
         if self.state is State.CLOSED:
             return ConnectionClosedError(

@@ -3,12 +3,16 @@
 A descriptor is JSON: ``{"handler": "my-project/ws-handler", "endpoint": "my-endpoint",
 "description": "My Websocket"}``. Handlers resolve against the registry folder. A broken
 descriptor is reported as a :class:`DescriptorError` naming its file; it never stops the
-others from being served. Of two descriptors claiming one endpoint name, the first in path
-order is served and both files are named in the error.
+others from being served. Of two descriptors claiming one endpoint name, the one already
+serving it (on a reload: ``previous``) keeps it, else the first in path order; the error names
+both files. Handler modules run at most ``import_timeout`` seconds (a hung one is a problem
+of its descriptor), and module names (imported from ``sys.path``) are problems unless
+``allow_modules``.
 
 Optional fields: ``"origins"`` (a list of ``scheme://host[:port]`` or ``"*"``; replaces the
 server's list for this endpoint) and ``"roles"`` (a list of role names; a session needs an
-authenticated principal holding one of them)."""
+authenticated principal holding one of them).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ log = logging.getLogger("polysocket.endpoints")
 
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 DESCRIPTOR_SUFFIX = ".websocket"
+#: Seconds a handler module may take to execute when the server loads it.
+IMPORT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,30 +64,47 @@ def descriptor_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def scan(root: str | os.PathLike[str]) -> Scan:
-    """Read every descriptor under ``root``; never raises for a bad descriptor."""
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    previous: Scan | None = None,
+    allow_modules: bool = True,
+    import_timeout: float | None = None,
+) -> Scan:
+    """Read every descriptor under ``root``; never raises for a bad descriptor.
+
+    With ``previous`` (a reload), an endpoint name it served stays with the descriptor file
+    that declared it, if that file still does: a newer file claiming the name is the one
+    reported as the duplicate, wherever it sorts."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DescriptorError(f"registry folder {root} does not exist or is not a folder")
     result = Scan(root)
+    read: list[Endpoint] = []
     for path in descriptor_files(root):
         try:
-            endpoint = _read(path, root)
+            read.append(_read(path, root, allow_modules, import_timeout))
         except DescriptorError as problem:
             log.error("%s", problem)
             result.problems.append(problem)
-            continue
+    owners = {e.name: e.file for e in previous.endpoints.values()} if previous else {}
+    # the current owners first (a stable sort: otherwise path order)
+    for endpoint in sorted(read, key=lambda e: owners.get(e.name) != e.file):
         first = result.endpoints.get(endpoint.name)
         if first is not None:
             duplicate = DescriptorError(
                 f"endpoint {endpoint.name!r} is declared twice: in {_shown(first.file, root)}"
-                f" (served) and in {_shown(path, root)} (ignored); rename one of them",
-                files=(first.file, path),
+                f" (served) and in {_shown(endpoint.file, root)} (ignored); rename one of them",
+                files=(first.file, endpoint.file),
             )
             log.error("%s", duplicate)
             result.problems.append(duplicate)
             continue
         result.endpoints[endpoint.name] = endpoint
+    # the listing and the page show the endpoints in path order, as before
+    ordered = sorted(result.endpoints.values(), key=lambda e: e.file)
+    result.endpoints.clear()
+    result.endpoints.update((e.name, e) for e in ordered)
     return result
 
 
@@ -89,7 +112,7 @@ def _shown(path: Path, root: Path) -> str:
     return str(path.relative_to(root))
 
 
-def _read(path: Path, root: Path) -> Endpoint:
+def _read(path: Path, root: Path, allow_modules: bool, import_timeout: float | None) -> Endpoint:
     shown = _shown(path, root)
 
     def problem(text: str) -> DescriptorError:
@@ -128,7 +151,9 @@ def _read(path: Path, root: Path) -> Endpoint:
     if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
         raise problem('roles must be a list of role names such as ["admin"]')
     try:
-        handler = resolve_handler(handler_spec, root=root)
+        handler = resolve_handler(
+            handler_spec, root=root, allow_modules=allow_modules, import_timeout=import_timeout
+        )
     except HandlerNotFoundError as exc:
         raise problem(str(exc)) from exc
     return Endpoint(name, handler, description, path, origins, frozenset(roles))

@@ -17,9 +17,10 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Generator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import endpoints as registry_folder
 from . import page
@@ -27,7 +28,7 @@ from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_
 from .connection import Connection
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
-from .managed import ManagedTransport, close_bound
+from .managed import ABORT_GRACE, ManagedTransport
 from .options import server_options
 from .plugins import registry as engines
 from .transport import (
@@ -41,6 +42,8 @@ from .transport import (
 )
 
 log = logging.getLogger("polysocket.server")
+
+T = TypeVar("T")
 
 __all__ = [
     "EndpointServer",
@@ -139,18 +142,23 @@ class EndpointServer:
         origins: Sequence[str] | None = None,
         authenticate: Authenticator | None = None,
         debug: bool = False,
+        allow_module_handlers: bool = False,
+        import_timeout: float = registry_folder.IMPORT_TIMEOUT,
     ) -> None:
         self.root = root
         self.engine = engine
         self._options = options
         self._subprotocols = tuple(subprotocols)
         self._reload = reload
+        self._allow_modules = allow_module_handlers
+        self._import_timeout = import_timeout
         # the snapshot comes first: a file changed while scanning shows up as a change
         self._seen = registry_folder.snapshot(root.resolve()) if root.is_dir() else {}
-        self.scan = registry_folder.scan(root)
+        self.scan = self._scan(root, None)
         self._server: Server | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._connections: set[Connection] = set()
+        #: Open sessions' connections, each with the handler it runs (for the shutdown log).
+        self._connections: dict[Connection, str] = {}
         self.host = "127.0.0.1"
         self.debug = debug
         checked = None if origins is None else origin_list(origins, "origins=")
@@ -196,6 +204,8 @@ class EndpointServer:
     # -- the ServerApp side of the engine contract -------------------------------------------
 
     def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        if request.bad_target is not None:
+            return _text(400, f"bad request target: {request.bad_target}\n")
         if request.path.startswith(page.SERVICE_PATH):
             name = request.path[len(page.SERVICE_PATH) :]
             endpoint = self.scan.endpoints.get(name)
@@ -254,7 +264,7 @@ class EndpointServer:
 
         def forget() -> None:
             sessions.remove(session)
-            self._connections.discard(connection)
+            self._connections.pop(connection, None)
 
         connection = Connection(
             transport,
@@ -267,7 +277,7 @@ class EndpointServer:
         )
         session._connection = connection
         sessions.add(session)
-        self._connections.add(connection)
+        self._connections[connection] = f"{endpoint.handler.source} (endpoint {name!r})"
         connection.start()
         # shielded: cancelling the session must not cancel the future Connection resolves
         # when it ends (it would fail there, before onClose)
@@ -300,10 +310,18 @@ class EndpointServer:
 
     # -- live reload ---------------------------------------------------------------------
 
+    def _scan(self, root: Path, previous: registry_folder.Scan | None) -> registry_folder.Scan:
+        return registry_folder.scan(
+            root,
+            previous=previous,
+            allow_modules=self._allow_modules,
+            import_timeout=self._import_timeout,
+        )
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            now = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
+            now = await _in_daemon_thread(lambda: registry_folder.snapshot(self.scan.root))
             if now != self._seen:
                 self._seen = now
                 try:
@@ -312,8 +330,13 @@ class EndpointServer:
                     log.exception("reloading the registry failed; serving the previous one")
 
     async def reload(self) -> None:
-        """Read the registry folder again; close sessions of endpoints that disappeared."""
-        fresh = await asyncio.to_thread(registry_folder.scan, self.scan.root)
+        """Read the registry folder again; close sessions of endpoints that disappeared.
+
+        It reads on a daemon thread of its own (not the loop's executor, which
+        ``asyncio.run`` waits for at exit): a handler module that hangs at import costs the
+        reload ``import_timeout`` and is listed as a problem; it never holds up shutdown."""
+        previous = self.scan
+        fresh = await _in_daemon_thread(lambda: self._scan(previous.root, previous))
         gone = set(self.scan.endpoints) - set(fresh.endpoints)
         self.scan = fresh
         log.info(
@@ -331,25 +354,80 @@ class EndpointServer:
     # -- shutdown ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close every session with 1001, let each ``onClose`` run, stop listening."""
+        """Close every session with 1001 at once, give ``onClose`` a chance, stop listening.
+
+        Bounded as a whole, however many handlers are stuck: the closing handshakes and every
+        ``onClose`` get ``close_timeout`` from the start, together. A connection still open
+        then (say one whose peer does not read, so that the close frame cannot leave) is
+        aborted, and the deadline moves :data:`ABORT_GRACE` later for its ``onClose``. A
+        handler still inside a callback at the deadline is left running on its handler
+        thread, a daemon thread that ends with the process; one warning says how many
+        sessions, and which handlers."""
         if self._watcher is not None:
             self._watcher.cancel()
-        open_connections = list(self._connections)
+        loop = asyncio.get_running_loop()
+        close_timeout = self._options.close_timeout
+        deadline = loop.time() + close_timeout
+        open_connections = dict(self._connections)
         for connection in open_connections:
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         if open_connections:
-            await asyncio.wait(
-                [asyncio.ensure_future(asyncio.shield(c.ended_on_loop)) for c in open_connections],
-                timeout=close_bound(self._options.close_timeout),
-            )
-            # one deadline for every onClose, not one per session
+            ending = {
+                asyncio.ensure_future(asyncio.shield(c.ended_on_loop)): c for c in open_connections
+            }
+            _, pending = await asyncio.wait(ending, timeout=close_timeout)
+            if pending:
+                for waiter in pending:
+                    ending[waiter].abort()
+                deadline += ABORT_GRACE
+                _, pending = await asyncio.wait(pending, timeout=ABORT_GRACE)
+            for waiter in pending:
+                waiter.cancel()
             await asyncio.to_thread(
                 _wait_all,
                 [c.dispatcher.finished for c in open_connections],
-                self._options.close_timeout,
+                deadline - loop.time(),
             )
+            stuck = [h for c, h in open_connections.items() if not c.dispatcher.finished.is_set()]
+            if stuck:
+                counts = ", ".join(f"{n} x {h}" for h, n in sorted(Counter(stuck).items()))
+                log.warning(
+                    "shutdown: %d session(s) still in a handler callback after"
+                    " close_timeout=%g s; their onClose will not run and their handler"
+                    " threads are left behind (daemon threads, gone when the process exits):"
+                    " %s",
+                    len(stuck),
+                    self._options.close_timeout,
+                    counts,
+                )
         if self._server is not None:
             await self._server.close()
+
+
+async def _in_daemon_thread(function: Callable[[], T]) -> T:
+    """``function()`` on a new daemon thread, awaited. Unlike ``asyncio.to_thread`` nothing
+    waits for it at exit: a cancelled caller leaves it to finish (or hang) on its own."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = function(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="polysocket-registry", daemon=True).start()
+    return await future
 
 
 def _wait_all(events: list[threading.Event], timeout: float) -> None:
@@ -365,7 +443,12 @@ def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> H
 class serve:
     """Serve a registry folder: ``async with polysocket.serve(root, port=0) as server``.
 
-    ``root=None`` serves the bundled sample (the seed's echo endpoint and a chat).
+    ``root=None`` serves the bundled sample (the seed's echo endpoint and a chat). Handlers
+    are files under the folder; a handler named as a module (``"pkg.mod"``, imported from
+    ``sys.path``) is a descriptor problem unless ``allow_module_handlers=True``. A handler
+    module that takes longer than ``import_timeout`` seconds to load is a descriptor problem
+    too (it is not served; its import is left running on a daemon thread).
+
     ``origins``: the ``Origin`` values that may open a session (``scheme://host[:port]`` or
     ``"*"``; the server's own origin and requests without ``Origin`` always may); ``None``
     allows every origin. ``authenticate``: a quick synchronous callable, a
@@ -384,8 +467,18 @@ class serve:
         origins: Sequence[str] | None = None,
         authenticate: Authenticator | None = None,
         debug: bool = False,
+        allow_module_handlers: bool = False,
+        import_timeout: float = registry_folder.IMPORT_TIMEOUT,
         **options: Any,
     ) -> None:
+        if (
+            isinstance(import_timeout, bool)
+            or not isinstance(import_timeout, int | float)
+            or import_timeout <= 0
+        ):
+            raise TypeError(
+                f"import_timeout must be a positive number of seconds, not {import_timeout!r}"
+            )
         chosen = engines.get(engine)
         if "server" not in chosen.capabilities:
             capable = [row.name for row in engines.statuses() if "server" in row.capabilities]
@@ -403,6 +496,8 @@ class serve:
             origins=origins,
             authenticate=authenticate,
             debug=debug,
+            allow_module_handlers=allow_module_handlers,
+            import_timeout=float(import_timeout),
         )
         self._host, self._port = host, port
 

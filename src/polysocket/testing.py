@@ -236,8 +236,8 @@ class MemoryServer:
         subprotocols: Sequence[str] = (),
     ) -> HttpRequest:
         """The :class:`HttpRequest` an engine would hand the app for ``target`` (a path with
-        an optional ``?query``), from a client at ``127.0.0.1`` on a port of its own."""
-        path, _, query = target.partition("?")
+        an optional ``?query``, as on a request line), from a client at ``127.0.0.1`` on a
+        port of its own."""
         lines = {"host": f"{self.host}:{self.port}"}
         if upgrade:
             lines.update(upgrade="websocket", connection="Upgrade")
@@ -245,7 +245,7 @@ class MemoryServer:
             lines["sec-websocket-protocol"] = ", ".join(subprotocols)
         lines.update((name.lower(), value) for name, value in (headers or {}).items())
         peer = ("127.0.0.1", next(self._client_ports))
-        return http_request(method, path or "/", query, lines.items(), peer)
+        return http_request(method, target, lines.items(), peer)
 
     async def request(
         self,

@@ -149,6 +149,9 @@ class HttpRequest:
     upgrade: bool
     #: Subprotocols the client offered, in its order.
     subprotocols: tuple[str, ...] = ()
+    #: Why the request target cannot be routed (``enginekit.request_path``); the core then
+    #: answers 400. ``path`` is percent-decoded once; ``query`` is as sent.
+    bad_target: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import functools
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from picows import (
     WSAutoPingStrategy,
@@ -41,8 +40,8 @@ from polysocket.enginekit import (
     answer_reason,
     bind_sockets,
     header_map,
+    http_request,
 )
-from polysocket.enginekit import http_request as build_request
 from polysocket.transport import (
     Accept,
     HttpRequest,
@@ -99,15 +98,6 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
             raise BadRequest(400, "malformed header field")
         fields.append((name, value))
     return method, target, version, fields
-
-
-def http_request(method: str, target: str, fields: list[tuple[str, str]], peer: Any) -> HttpRequest:
-    if target.startswith("/") or target == "*":
-        path, _, query = target.partition("?")
-    else:  # absolute-form
-        parts = urlsplit(target)
-        path, query = parts.path or "/", parts.query
-    return build_request(method, path, query, fields, peer)
 
 
 def render_response(answer: HttpResponse, method: str) -> bytes:
@@ -202,6 +192,7 @@ class _HttpFront(asyncio.Protocol):
     def _route(self) -> None:
         assert self._head is not None
         method, target, version, fields = self._head
+        # the target as sent: the core decodes it (its one rule for every engine)
         request = http_request(method, target, fields, self._transport.get_extra_info("peername"))
         try:
             decision = self._server.app.route(request)

@@ -38,7 +38,8 @@ class AiohttpServer:
         peer = tcp.get_extra_info("peername") if tcp is not None else None
         # request.headers is a multidict: items() has every header line, repeats included
         headers = request.headers.items()
-        http = http_request(request.method, request.path, request.query_string, headers, peer)
+        # raw_path: the target as sent (request.path is decoded): the core decodes it
+        http = http_request(request.method, request.raw_path, headers, peer)
         decision = self._app.route(http)
         if isinstance(decision, HttpResponse):
             return web.Response(

@@ -69,7 +69,8 @@ class Handler(Delegate, WebSocketHandler):
         peer = getattr(getattr(request.connection, "context", None), "address", None)
         headers = request.headers.get_all()
         method = request.method or "GET"
-        self.incoming = enginekit.http_request(method, request.path, request.query, headers, peer)
+        target = request.uri or "/"  # as sent: the core decodes it
+        self.incoming = enginekit.http_request(method, target, headers, peer)
         answer = self.server.app.route(self.incoming)
         if isinstance(answer, Accept):
             if method == "GET":  # WebSocketHandler.get() completes the handshake next

@@ -86,9 +86,9 @@ class WebsocketsServer:
         # any method without a body) before deciding on the handshake.
         assert isinstance(connection, PolysocketServerConnection)
         method = getattr(request, "method", "GET")
-        path, _, query = request.path.partition("?")
         headers = request.headers.raw_items()
-        incoming = kit.http_request(method, path, query, headers, connection.remote_address)
+        # request.path is the target as sent, query included: the core decodes it
+        incoming = kit.http_request(method, request.path, headers, connection.remote_address)
         answer = self.app.route(incoming)
         if isinstance(answer, Accept):  # websockets then checks the upgrade and completes it
             connection.incoming, connection.accepted = incoming, answer

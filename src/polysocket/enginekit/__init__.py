@@ -17,6 +17,7 @@ from .http import (
     answer_reason,
     header_map,
     http_request,
+    request_path,
 )
 from .keepalive import Keepalive
 from .sessions import SessionTracker
@@ -35,5 +36,6 @@ __all__ = [
     "bind_sockets",
     "header_map",
     "http_request",
+    "request_path",
     "valid_close_code",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email.utils
 import http
+import re
 from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
 
 from ..transport import HttpRequest, HttpResponse
 
@@ -17,6 +19,7 @@ __all__ = [
     "answer_reason",
     "header_map",
     "http_request",
+    "request_path",
 ]
 
 #: Header names that belong to the engine's HTTP framing: an answer's own values are ignored.
@@ -39,14 +42,57 @@ def header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return headers
 
 
+#: The start of an absolute-form request target (RFC 3986 3.1 scheme, then an authority).
+_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def request_path(target: str) -> tuple[str, str, str | None]:
+    """The core's one rule for a request target: ``(path, query, problem)``.
+
+    ``target`` is exactly what the request line carried. The origin form ``/path?query`` and
+    the absolute form ``http://host/path?query`` (RFC 9112 3.2.2: its path is taken, the host
+    ignored) are routable; the path is percent-decoded once, as UTF-8 (RFC 3986 2.1), and
+    the query is left as sent. ``problem`` says why the target cannot be routed (the core
+    answers 400): another form (``*``, ``host:port``), a character that must be
+    percent-encoded, a broken escape (``%zz``), an escape that is not UTF-8, a control
+    character once decoded (``%00``), or an encoded slash (``%2F``, which would let a name
+    hold a ``/``). Dot segments are not resolved: ``/a/../b`` is no path of the server."""
+    if target.startswith("/"):
+        raw, _, query = target.partition("?")
+    elif absolute := _ABSOLUTE_FORM.match(target):
+        raw, _, query = target[absolute.end() :].partition("?")
+        raw = raw or "/"
+    else:
+        return target, "", "the request target must be a path (/...) or an absolute URL"
+    if not raw.isascii() or not raw.isprintable() or " " in raw:
+        return raw, query, "the path has characters that must be percent-encoded"
+    if "%" not in raw:
+        return raw, query, None
+    if _PERCENT.search(raw):
+        return raw, query, "the path has a % that does not start a %XX escape"
+    try:
+        path = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return raw, query, "the path's %XX escapes are not UTF-8"
+    if not path.isprintable():
+        return raw, query, "the path has a control character once decoded"
+    if path.count("/") != raw.count("/"):
+        return raw, query, "the path has an encoded slash (%2F)"
+    return path, query, None
+
+
 def http_request(
-    method: str, path: str, query: str, headers: Iterable[tuple[str, str]], peer: object
+    method: str, target: str, headers: Iterable[tuple[str, str]], peer: object
 ) -> HttpRequest:
-    """The :class:`HttpRequest` for a parsed request. ``headers`` are the header lines as
-    received (repeats included); ``peer`` is the socket's peer name (``None`` if unknown)."""
+    """The :class:`HttpRequest` for a parsed request. ``target`` is the request target as
+    on the request line, not decoded (:func:`request_path` applies the one rule every engine
+    shares); ``headers`` are the header lines as received (repeats included); ``peer`` is the
+    socket's peer name (``None`` if unknown)."""
     fields = header_map(headers)
     upgrade = fields.get("upgrade", "").split(",")
     offered = fields.get("sec-websocket-protocol", "").split(",")
+    path, query, problem = request_path(target)
     return HttpRequest(
         method=method,
         path=path,
@@ -57,6 +103,7 @@ def http_request(
         ),
         upgrade=any(token.strip().lower() == "websocket" for token in upgrade),
         subprotocols=tuple(p.strip() for p in offered if p.strip()),
+        bad_target=problem,
     )
 
 
