@@ -45,7 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
-    run_server(args.root, host=args.host, port=args.port, engine=args.engine)
+    options: dict[str, object] = {"open_timeout": args.open_timeout}
+    if args.max_connections is not None:
+        options["max_connections"] = args.max_connections
+    run_server(args.root, host=args.host, port=args.port, engine=args.engine, **options)
     return 0
 
 
@@ -114,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--engine", help="engine to serve with (default: aiohttp)")
+    serve.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection gets to complete its handshake or request (default: 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="WebSocket connections at once; more get 503 (default: no limit)",
+    )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(
         "connect", help="an interactive client: stdin lines are sent, messages printed"

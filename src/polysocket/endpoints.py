@@ -1,7 +1,7 @@
 """The endpoint registry: a folder of ``*.websocket`` descriptors (SPEC section 4).
 
 A descriptor is JSON: ``{"handler": "my-project/ws-handler", "endpoint": "my-endpoint",
-"description": "My Websocket"}``. Handlers resolve against the registry folder. A broken
+"description": "My Websocket"}``, optionally with ``"max_connections": N``. Handlers resolve against the registry folder. A broken
 descriptor is reported as a :class:`DescriptorError` naming its file; it never stops the
 others from being served. Of two descriptors claiming one endpoint name, the first in path
 order is served and both files are named in the error.
@@ -31,6 +31,9 @@ class Endpoint:
     handler: Handler
     description: str
     file: Path
+    #: Sessions this endpoint takes at once (handshakes in progress included); ``None``: the
+    #: server's limit only. More handshakes are refused with 503.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class Scan:
 
 def descriptor_files(root: Path) -> list[Path]:
     found = []
-    for folder, subfolders, files in os.walk(root):
+    # onerror: a folder that cannot be read (EMFILE under load) is an error, not "no files"
+    for folder, subfolders, files in os.walk(root, onerror=_raise):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         found += [Path(folder) / f for f in files if f.endswith(DESCRIPTOR_SUFFIX)]
     return sorted(found)
@@ -108,17 +112,27 @@ def _read(path: Path, root: Path) -> Endpoint:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise problem("description must be a string")
+    limit = data.get("max_connections")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise problem(
+            f"max_connections must be a positive integer (sessions at once), not {limit!r};"
+            " leave it out for no limit of its own"
+        )
     try:
         handler = resolve_handler(handler_spec, root=root)
     except HandlerNotFoundError as exc:
         raise problem(str(exc)) from exc
-    return Endpoint(name, handler, description, path)
+    return Endpoint(name, handler, description, path, limit)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def snapshot(root: Path) -> dict[str, int]:
     """Modification times of every descriptor and Python file under ``root``."""
     times = {}
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root, onerror=_raise):
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
         for name in files:
             if name.endswith((DESCRIPTOR_SUFFIX, ".py")):

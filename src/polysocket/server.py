@@ -16,6 +16,8 @@ import signal
 import threading
 import time
 import uuid
+import weakref
+from collections import Counter
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from . import endpoints as registry_folder
 from . import page
 from .connection import Connection
+from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
 from .managed import ManagedTransport, close_bound
@@ -52,6 +55,8 @@ __all__ = [
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
 RELOAD_INTERVAL = 0.5
+#: Seconds a client refused for ``max_connections`` is told to wait (``Retry-After``).
+RETRY_AFTER = 5
 
 
 class ServerSession:
@@ -141,6 +146,12 @@ class EndpointServer:
         self._server: Server | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._connections: set[Connection] = set()
+        # Admission (max_connections): sessions running, by endpoint, and handshakes accepted
+        # by route() whose session has not started, by id(request) in the order accepted. A
+        # pending handshake ends when its session starts, when the engine drops the request,
+        # or open_timeout after it was accepted (the engine drops the connection by then).
+        self._running: Counter[str] = Counter()
+        self._pending: dict[int, tuple[weakref.ref[HttpRequest], str, float]] = {}
         self.host = "127.0.0.1"
 
     @property
@@ -154,6 +165,8 @@ class EndpointServer:
 
     async def start(self, host: str, port: int) -> None:
         self.host = host
+        # one warning per out-of-descriptors episode, not a traceback per accept attempt
+        install_accept_error_filter(asyncio.get_running_loop())
         self._server = await self.engine.serve(host, port, self, self._options)
         if self._reload:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -168,9 +181,16 @@ class EndpointServer:
     # -- the ServerApp side of the engine contract -------------------------------------------
 
     def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        if request.header_lines > MAX_HEADER_LINES:
+            return _text(
+                431,
+                f"the request has {request.header_lines} header lines; this server reads at"
+                f" most {MAX_HEADER_LINES}\n",
+            )
         if request.path.startswith(page.SERVICE_PATH):
             name = request.path[len(page.SERVICE_PATH) :]
-            if name not in self.scan.endpoints:
+            endpoint = self.scan.endpoints.get(name)
+            if endpoint is None:
                 known = ", ".join(self.scan.endpoints) or "none"
                 return _text(404, f"no endpoint {name!r} here; known endpoints: {known}\n")
             if not request.upgrade:
@@ -180,6 +200,14 @@ class EndpointServer:
                     f" (ws://{request.headers.get('host', 'HOST')}{request.path}).\n",
                     {"Upgrade": "websocket"},
                 )
+            full = self._full(name, endpoint.max_connections)
+            if full is not None:
+                return _text(503, full, {"Retry-After": str(RETRY_AFTER)})
+            self._pending[id(request)] = (
+                weakref.ref(request),
+                name,
+                time.monotonic() + self._options.open_timeout,
+            )
             chosen = next((p for p in request.subprotocols if p in self._subprotocols), None)
             return Accept(chosen)
         if request.method != "GET":
@@ -190,9 +218,39 @@ class EndpointServer:
             return HttpResponse(200, self.listing(), "application/json")
         return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
 
+    def _full(self, name: str, endpoint_limit: int | None) -> str | None:
+        """Why a handshake for endpoint ``name`` is refused for ``max_connections``, or
+        ``None`` when there is room. Counts running sessions and pending handshakes."""
+        server_limit = self._options.max_connections
+        if server_limit is None and endpoint_limit is None:
+            return None
+        now = time.monotonic()
+        for key, (ref, _, expires) in list(self._pending.items()):
+            if ref() is None or expires < now:  # dropped by the engine, or timed out
+                del self._pending[key]
+        pending = Counter(endpoint for _, endpoint, _ in self._pending.values())
+        if server_limit is not None:
+            total = self._running.total() + pending.total()
+            if total >= server_limit:
+                return (
+                    f"server busy: it takes at most {server_limit} WebSocket connections at"
+                    f" once (max_connections) and has {total}; try again later\n"
+                )
+        if endpoint_limit is not None:
+            here = self._running[name] + pending[name]
+            if here >= endpoint_limit:
+                return (
+                    f"endpoint {name!r} busy: it takes at most {endpoint_limit} connections at"
+                    f" once (max_connections in its descriptor) and has {here}; try again later\n"
+                )
+        return None
+
     async def session(self, request: HttpRequest, transport: Transport) -> None:
         # The contract: when this returns, the connection is closed; engines only await it.
         managed = ManagedTransport(transport, self._options.close_timeout)
+        name = request.path[len(page.SERVICE_PATH) :]
+        self._pending.pop(id(request), None)
+        self._running[name] += 1
         try:
             await self._run_session(request, managed)
         except asyncio.CancelledError:
@@ -203,6 +261,10 @@ class EndpointServer:
             await managed.close(CloseCode.INTERNAL_ERROR, "session failed")
         else:
             await managed.close()  # already closed unless the connection never started
+        finally:
+            self._running[name] -= 1
+            if not self._running[name]:
+                del self._running[name]
 
     async def _run_session(self, request: HttpRequest, transport: ManagedTransport) -> None:
         name = request.path[len(page.SERVICE_PATH) :]
@@ -262,7 +324,11 @@ class EndpointServer:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            now = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
+            try:
+                now = await asyncio.to_thread(registry_folder.snapshot, self.scan.root)
+            except OSError as exc:  # out of descriptors, say: a partial view is no change
+                log.debug("cannot look at the registry folder now (%s); trying again", exc)
+                continue
             if now != self._seen:
                 self._seen = now
                 try:

@@ -44,7 +44,8 @@ def http_request(
 ) -> HttpRequest:
     """The :class:`HttpRequest` for a parsed request. ``headers`` are the header lines as
     received (repeats included); ``peer`` is the socket's peer name (``None`` if unknown)."""
-    fields = header_map(headers)
+    lines = list(headers)
+    fields = header_map(lines)
     upgrade = fields.get("upgrade", "").split(",")
     offered = fields.get("sec-websocket-protocol", "").split(",")
     return HttpRequest(
@@ -57,6 +58,7 @@ def http_request(
         ),
         upgrade=any(token.strip().lower() == "websocket" for token in upgrade),
         subprotocols=tuple(p.strip() for p in offered if p.strip()),
+        header_lines=len(lines),
     )
 
 
