@@ -55,7 +55,7 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.stalled + 256)), hard))
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)  # noqa: SIM115
     command = ["prlimit", f"--nofile={args.limit}", sys.executable, "-m", "polysocket", "serve"]
     command += ["--engine", args.engine, "--port", str(port), *args.serve_args.split()]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

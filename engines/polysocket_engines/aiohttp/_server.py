@@ -19,7 +19,7 @@ class ServerWebSocket(CloseFrameOnly, web.WebSocketResponse):
     """aiohttp's server WebSocket whose ``close()`` only sends the close frame."""
 
 
-class TimedRequestHandler(RequestHandler):  # type: ignore[misc]  # aiohttp's is untyped here
+class TimedRequestHandler(RequestHandler):
     """aiohttp's connection protocol, with the core's handshake deadline from accept on
     (aiohttp's own keep-alive timer does not drop a connection in the middle of a request)."""
 
@@ -37,7 +37,7 @@ class TimedRequestHandler(RequestHandler):  # type: ignore[misc]  # aiohttp's is
         super().connection_lost(exc)
 
 
-class TimedServer(web.Server):  # type: ignore[misc]
+class TimedServer(web.Server):
     """``web.Server`` whose connections are :class:`TimedRequestHandler`."""
 
     def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:

@@ -34,19 +34,18 @@ from .sessions import SessionTracker
 from .sockets import bind_sockets
 
 __all__ = [
+    "FRAMING_HEADERS",
     "LIBRARY_MAX_HEADER_LINES",
     "MAX_HEADER_LINES",
     "MAX_HEAD_SIZE",
     "MAX_LINE_SIZE",
-    "AcceptErrorFilter",
-    "HandshakeDeadline",
-    "accept_connections",
-    "install_accept_error_filter",
-    "FRAMING_HEADERS",
     "TOKEN_CHARS",
+    "AcceptErrorFilter",
     "CloseCode",
+    "HandshakeDeadline",
     "Keepalive",
     "SessionTracker",
+    "accept_connections",
     "answer_fields",
     "answer_headers",
     "answer_payload",
@@ -54,5 +53,6 @@ __all__ = [
     "bind_sockets",
     "header_map",
     "http_request",
+    "install_accept_error_filter",
     "valid_close_code",
 ]

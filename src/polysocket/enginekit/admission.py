@@ -15,11 +15,11 @@ from typing import Any
 
 __all__ = [
     "ACCEPT_RETRY_DELAY",
+    "LIBRARY_MAX_HEADER_LINES",
     "MAX_HEADER_LINES",
     "MAX_HEAD_SIZE",
     "MAX_LINE_SIZE",
     "AcceptErrorFilter",
-    "LIBRARY_MAX_HEADER_LINES",
     "HandshakeDeadline",
     "accept_connections",
     "install_accept_error_filter",
@@ -83,7 +83,9 @@ class HandshakeDeadline:
         self._timer = None
         if not self._transport.is_closing():
             peer = self._transport.get_extra_info("peername")
-            log.debug("dropping %s: no complete handshake in %s s (open_timeout)", peer, self._timeout)
+            log.debug(
+                "dropping %s: no complete handshake in %s s (open_timeout)", peer, self._timeout
+            )
         self._transport.abort()  # type: ignore[attr-defined]  # every asyncio transport has it
 
 
@@ -96,7 +98,9 @@ class AcceptErrorFilter:
     the next failure starts another (and logs another warning).
     """
 
-    def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None):
+    def __init__(
+        self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+    ):
         self.previous = previous
         self.last_failure: float | None = None
         self.failures = 0  # in the current episode
