@@ -200,6 +200,7 @@ class EndpointServer:
                     f" (ws://{request.headers.get('host', 'HOST')}{request.path}).\n",
                     {"Upgrade": "websocket"},
                 )
+            self._expire_pending()
             full = self._full(name, endpoint.max_connections)
             if full is not None:
                 return _text(503, full, {"Retry-After": str(RETRY_AFTER)})
@@ -218,15 +219,24 @@ class EndpointServer:
             return HttpResponse(200, self.listing(), "application/json")
         return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
 
+    def _expire_pending(self) -> None:
+        """Forget the pending handshakes past open_timeout: the oldest first, as they were
+        accepted with the same timeout (so the dict stays bounded with no limit set too)."""
+        now = time.monotonic()
+        while self._pending:
+            key, (_, _, expires) = next(iter(self._pending.items()))
+            if expires >= now:
+                break
+            del self._pending[key]
+
     def _full(self, name: str, endpoint_limit: int | None) -> str | None:
         """Why a handshake for endpoint ``name`` is refused for ``max_connections``, or
         ``None`` when there is room. Counts running sessions and pending handshakes."""
         server_limit = self._options.max_connections
         if server_limit is None and endpoint_limit is None:
             return None
-        now = time.monotonic()
-        for key, (ref, _, expires) in list(self._pending.items()):
-            if ref() is None or expires < now:  # dropped by the engine, or timed out
+        for key, (ref, _, _) in list(self._pending.items()):
+            if ref() is None:  # the engine dropped the connection before the session
                 del self._pending[key]
         pending = Counter(endpoint for _, endpoint, _ in self._pending.values())
         if server_limit is not None:
