@@ -44,6 +44,13 @@ def handshake(port: int, timeout: float) -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", required=True)
@@ -67,6 +74,7 @@ def main() -> int:
                 return 2
             time.sleep(0.2)
         before = os.path.getsize(log.name)
+        cpu_before = cpu_seconds(server.pid)
         stalled = []
         start = time.monotonic()
         for _ in range(args.stalled):
@@ -89,10 +97,12 @@ def main() -> int:
         while time.monotonic() - start < args.duration:
             time.sleep(0.2)
         size = os.path.getsize(log.name) - before
+        cpu = cpu_seconds(server.pid) - cpu_before
         got = "never" if connected_after is None else f"{connected_after:.1f} s"
         print(
             f"{args.engine}: {len(stalled)} stalled sockets, fd limit {args.limit}:"
-            f" log grew {size} bytes in {args.duration:.0f} s; a real client got a 101 after {got}"
+            f" log grew {size} bytes in {args.duration:.0f} s; a real client got a 101 after {got};"
+            f" server CPU {cpu:.1f} s"
         )
         for s in stalled:
             s.close()

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .sockets import RESOURCE_ERRNOS
+
 __all__ = [
     "ACCEPT_RETRY_DELAY",
     "LIBRARY_MAX_HEADER_LINES",
@@ -44,8 +46,6 @@ MAX_HEAD_SIZE = 64 * 1024
 ACCEPT_RETRY_DELAY = 1.0
 #: An out-of-descriptors episode ends when accepting has not failed for this long.
 EPISODE_GAP = 10.0
-#: The errors that mean "out of descriptors or memory", not "this one connection failed".
-RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: What asyncio's own accept loop reports through the loop's exception handler.
 ASYNCIO_ACCEPT_MESSAGE = "socket.accept() out of system resource"
 
