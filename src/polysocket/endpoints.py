@@ -2,10 +2,10 @@
 
 A descriptor is JSON: ``{"handler": "my-project/ws-handler", "endpoint": "my-endpoint",
 "description": "My Websocket"}``, optionally with ``"max_connections": N`` (sessions at
-once). Handlers resolve against the registry folder. A broken
-descriptor is reported as a :class:`DescriptorError` naming its file; it never stops the
-others from being served. Of two descriptors claiming one endpoint name, the first in path
-order is served and both files are named in the error.
+once). Handlers resolve against the registry folder. A broken descriptor is reported as a
+:class:`DescriptorError` naming its file; it never stops the others from being served. Of
+two descriptors claiming one endpoint name, the first in path order is served and both files
+are named in the error.
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ class PolysocketServerConnection(PolysocketConnection, ServerConnection):
 
 def _header_limits() -> None:
     """websockets' header limits are module constants (read at each parse; the same for its
-    clients): lines of ``MAX_LINE_SIZE``, and more lines than the core allows, so that the
-    core's 431 answers a request with too many, not websockets' silent close."""
+    clients): lines of ``MAX_LINE_SIZE``, and a count above the core's, so that the core
+    answers a request with a few too many (129 to 256) with its own 431 and text."""
     import websockets.http11
 
     websockets.http11.MAX_LINE_LENGTH = kit.MAX_LINE_SIZE + 2  # it counts the CRLF
