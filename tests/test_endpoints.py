@@ -222,3 +222,21 @@ def test_too_many_header_lines_get_431(root):
     answer = server.route(http_request("GET", "/", "", lines, None))
     assert answer.status == 431 and b"129 header lines" in answer.body
     assert server.route(http_request("GET", "/", "", lines[:128], None)).status == 200
+
+
+def test_an_unreadable_registry_folder_is_an_error_not_an_empty_registry(root, monkeypatch):
+    # Out of descriptors (EMFILE), os.walk used to skip the folder silently: live reload
+    # then saw "every descriptor removed" and closed every endpoint.
+    import errno
+    import os
+
+    from polysocket.endpoints import snapshot
+
+    def out_of_descriptors(path):
+        raise OSError(errno.EMFILE, "Too many open files", str(path))
+
+    monkeypatch.setattr(os, "scandir", out_of_descriptors)
+    with pytest.raises(OSError):
+        snapshot(root)
+    with pytest.raises(OSError):
+        scan(root)
