@@ -105,3 +105,14 @@ def test_connect_to_an_unknown_endpoint_says_404(served_sample):
     result = run("connect", f"ws://127.0.0.1:{port}/websockets/v4/service/nope", input="")
     assert result.returncode == 1
     assert "HTTP 404" in result.stderr
+
+
+def test_serve_admission_flags_are_checked_by_the_parser(capsys):
+    from polysocket.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--open-timeout", "2.5", "--max-connections", "7"])
+    assert (args.open_timeout, args.max_connections) == (2.5, 7)
+    for bad in (["--open-timeout", "0"], ["--max-connections", "-1"], ["--max-connections", "x"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+        assert "is not a positive" in capsys.readouterr().err

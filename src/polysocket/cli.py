@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .context import get_close_code, get_close_reason, get_session
 from .errors import WebsocketError
@@ -96,6 +96,21 @@ def _connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above 0 (else a usage error, not a traceback)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polysocket", description="The Dirigible WebSocket API over several engines."
@@ -119,13 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", help="engine to serve with (default: aiohttp)")
     serve.add_argument(
         "--open-timeout",
-        type=float,
+        type=_positive(float),
         default=10.0,
         help="seconds a connection gets to complete its handshake or request (default: 10)",
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=_positive(int),
         help="WebSocket connections at once; more get 503 (default: no limit)",
     )
     serve.set_defaults(run=_serve)
