@@ -1,9 +1,10 @@
 """Attack: many stalled sockets against `polysocket serve` under a 1024 file-descriptor limit.
 
 Starts ``polysocket serve --engine E`` under ``prlimit --nofile=LIMIT``, opens STALLED raw
-sockets that send half a request and then nothing, and meanwhile tries a real WebSocket
-handshake every second. Reports the server log's size after DURATION seconds and how long
-the first real client waited for its 101.
+sockets that send half a request and then nothing, then tries a real WebSocket handshake
+(waiting up to the end of the run, again if refused or dropped). Reports the server log's
+size after DURATION seconds, how long the first real client waited for its 101 (from its
+first attempt, 1 s after the last stalled socket was opened), and the server's CPU time.
 
     python bench/stalled_sockets.py --engine aiohttp [--stalled 1100 --limit 1024 --duration 15]
 """
@@ -86,6 +87,7 @@ def main() -> int:
             except OSError:
                 pass
             stalled.append(s)
+        opened = time.monotonic() - start
         time.sleep(1.0)  # let the server run out of descriptors
         attempt_start = time.monotonic()
         connected_after = None
@@ -100,7 +102,8 @@ def main() -> int:
         cpu = cpu_seconds(server.pid) - cpu_before
         got = "never" if connected_after is None else f"{connected_after:.1f} s"
         print(
-            f"{args.engine}: {len(stalled)} stalled sockets, fd limit {args.limit}:"
+            f"{args.engine}: {len(stalled)} stalled sockets (opened in {opened:.1f} s),"
+            f" fd limit {args.limit}:"
             f" log grew {size} bytes in {args.duration:.0f} s; a real client got a 101 after {got};"
             f" server CPU {cpu:.1f} s"
         )
