@@ -289,3 +289,14 @@ def test_sigterm_exits_within_close_timeout_however_many_handlers_are_stuck(tmp_
             "shutdown: 8 session(s) still in a handler callback after close_timeout=1.5 s" in text
         ), text
         assert "8 x " in text and "stuck.py (endpoint 'stuck')" in text, text
+
+
+def test_serve_admission_flags_are_checked_by_the_parser(capsys):
+    from polysocket.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--open-timeout", "2.5", "--max-connections", "7"])
+    assert (args.open_timeout, args.max_connections) == (2.5, 7)
+    for bad in (["--open-timeout", "0"], ["--max-connections", "-1"], ["--max-connections", "x"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+        assert "is not a positive" in capsys.readouterr().err

@@ -211,3 +211,62 @@ def test_a_failing_session_closes_with_1011(root, monkeypatch, caplog):
 
     asyncio.run(scenario())
     assert "cannot start" in caplog.text
+
+
+def test_descriptor_max_connections_must_be_a_positive_int(root):
+    for bad in (0, -1, "3", 2.5, True):
+        descriptor(
+            root, "x.websocket", handler="my-project/ws-handler", endpoint="x", max_connections=bad
+        )
+        problems = [str(p) for p in scan(root).problems]
+        assert any("max_connections must be a positive integer" in p for p in problems), bad
+    descriptor(
+        root, "x.websocket", handler="my-project/ws-handler", endpoint="x", max_connections=3
+    )
+    assert scan(root).endpoints["x"].max_connections == 3
+
+
+def test_max_connections_counts_pending_handshakes_until_dropped_or_timed_out(root, monkeypatch):
+    import polysocket.server as server_module
+
+    options = ServerOptions(max_connections=1, open_timeout=10)
+    server = EndpointServer(root, registry.get("aiohttp"), options, [], False)
+    first = request("/websockets/v4/service/my-endpoint")
+    assert server.route(first) == Accept(None)
+    busy = server.route(request("/websockets/v4/service/my-endpoint"))
+    assert busy.status == 503 and b"max_connections" in busy.body
+    assert busy.headers["Retry-After"]
+    del first  # the engine dropped the connection before the session: room again
+    second = request("/websockets/v4/service/my-endpoint")
+    assert server.route(second) == Accept(None)
+    clock = server_module.time.monotonic() + 11  # open_timeout later: room again too
+    monkeypatch.setattr(server_module.time, "monotonic", lambda: clock)
+    assert server.route(request("/websockets/v4/service/my-endpoint")) == Accept(None)
+
+
+def test_too_many_header_lines_get_431(root):
+    server = EndpointServer(root, registry.get("aiohttp"), ServerOptions(), [], False)
+    lines = [(f"x-{i}", "v") for i in range(129)]
+    from polysocket.enginekit import http_request
+
+    answer = server.route(http_request("GET", "/", lines, None))
+    assert answer.status == 431 and b"129 header lines" in answer.body
+    assert server.route(http_request("GET", "/", lines[:128], None)).status == 200
+
+
+def test_an_unreadable_registry_folder_is_an_error_not_an_empty_registry(root, monkeypatch):
+    # Out of descriptors (EMFILE), os.walk used to skip the folder silently: live reload
+    # then saw "every descriptor removed" and closed every endpoint.
+    import errno
+    import os
+
+    from polysocket.endpoints import snapshot
+
+    def out_of_descriptors(path):
+        raise OSError(errno.EMFILE, "Too many open files", str(path))
+
+    monkeypatch.setattr(os, "scandir", out_of_descriptors)
+    with pytest.raises(OSError):
+        snapshot(root)
+    with pytest.raises(OSError):
+        scan(root)

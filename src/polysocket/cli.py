@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .context import get_close_code, get_close_reason, get_session
 from .errors import WebsocketError
@@ -56,6 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("polysocket.auth").info(
             "%d bearer token(s) from %s", len(authenticate), " and ".join(sources)
         )
+    options: dict[str, object] = {"open_timeout": args.open_timeout}
+    if args.max_connections is not None:
+        options["max_connections"] = args.max_connections
     run_server(
         args.root,
         host=args.host,
@@ -67,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         close_timeout=args.close_timeout,
         allow_module_handlers=args.allow_module_handlers,
         import_timeout=args.import_timeout,
+        **options,
     )
     return 0
 
@@ -113,6 +117,21 @@ def _connect(args: argparse.Namespace) -> int:
         pass
     client.close()
     return 0
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` above 0 (else a usage error, not a traceback)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="a handler module not loaded within this is a descriptor problem (default: 5)",
+    )
+    serve.add_argument(
+        "--open-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds a connection gets to complete its handshake or request (default: 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        help="WebSocket connections at once; more get 503 (default: no limit)",
     )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(

@@ -9,9 +9,10 @@ both files. Handler modules run at most ``import_timeout`` seconds (a hung one i
 of its descriptor), and module names (imported from ``sys.path``) are problems unless
 ``allow_modules``.
 
-Optional fields: ``"origins"`` (a list of ``scheme://host[:port]`` or ``"*"``; replaces the
-server's list for this endpoint) and ``"roles"`` (a list of role names; a session needs an
-authenticated principal holding one of them).
+Optional fields: ``"max_connections": N`` (sessions at once), ``"origins"`` (a list of
+``scheme://host[:port]`` or ``"*"``; replaces the server's list for this endpoint) and
+``"roles"`` (a list of role names; a session needs an authenticated principal holding one of
+them).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Endpoint:
     origins: tuple[str, ...] | None = None
     #: A principal needs one of these roles; empty: no role needed.
     roles: frozenset[str] = frozenset()
+    #: Sessions this endpoint takes at once (handshakes in progress included); ``None``: the
+    #: server's limit only. More handshakes are refused with 503.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Scan:
 
 def descriptor_files(root: Path) -> list[Path]:
     found = []
-    for folder, subfolders, files in os.walk(root):
+    # onerror: a folder that cannot be read (EMFILE under load) is an error, not "no files"
+    for folder, subfolders, files in os.walk(root, onerror=_raise):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         found += [Path(folder) / f for f in files if f.endswith(DESCRIPTOR_SUFFIX)]
     return sorted(found)
@@ -150,19 +155,31 @@ def _read(path: Path, root: Path, allow_modules: bool, import_timeout: float | N
     roles = data.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
         raise problem('roles must be a list of role names such as ["admin"]')
+    limit = data.get("max_connections")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise problem(
+            f"max_connections must be a positive integer (sessions at once), not {limit!r};"
+            " leave it out for no limit of its own"
+        )
     try:
         handler = resolve_handler(
             handler_spec, root=root, allow_modules=allow_modules, import_timeout=import_timeout
         )
     except HandlerNotFoundError as exc:
         raise problem(str(exc)) from exc
-    return Endpoint(name, handler, description, path, origins, frozenset(roles))
+    return Endpoint(
+        name, handler, description, path, origins, frozenset(roles), max_connections=limit
+    )
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def snapshot(root: Path) -> dict[str, int]:
     """Modification times of every descriptor and Python file under ``root``."""
     times = {}
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root, onerror=_raise):
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]
         for name in files:
             if name.endswith((DESCRIPTOR_SUFFIX, ".py")):

@@ -88,6 +88,9 @@ def _checked(
         isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0
     ):
         raise TypeError(f"max_size must be a positive number of bytes or None, not {max_size!r}")
+    limit = options.get("max_connections")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise TypeError(f"max_connections must be a positive int or None, not {limit!r}")
     if options.get("compression") not in (None, "deflate"):
         raise UnsupportedOptionError(
             f"compression={options['compression']!r}: use 'deflate' (permessage-deflate) or None"

@@ -26,6 +26,7 @@ from . import endpoints as registry_folder
 from . import page
 from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
 from .connection import Connection
+from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
 from .managed import ABORT_GRACE, ManagedTransport
@@ -57,6 +58,8 @@ __all__ = [
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
 RELOAD_INTERVAL = 0.5
+#: Seconds a client refused for ``max_connections`` is told to wait (``Retry-After``).
+RETRY_AFTER = 5
 
 
 class ServerSession:
@@ -159,6 +162,12 @@ class EndpointServer:
         self._watcher: asyncio.Task[None] | None = None
         #: Open sessions' connections, each with the handler it runs (for the shutdown log).
         self._connections: dict[Connection, str] = {}
+        # Admission (max_connections): sessions running, by endpoint, and handshakes accepted
+        # by route() whose session has not started, by id(request) in the order accepted. A
+        # pending handshake ends when its session starts, when the engine drops the request,
+        # or open_timeout after it was accepted (the engine drops the connection by then).
+        self._running: Counter[str] = Counter()
+        self._pending: dict[int, tuple[weakref.ref[HttpRequest], str, float]] = {}
         self.host = "127.0.0.1"
         self.debug = debug
         checked = None if origins is None else origin_list(origins, "origins=")
@@ -179,6 +188,8 @@ class EndpointServer:
 
     async def start(self, host: str, port: int) -> None:
         self.host = host
+        # one warning per out-of-descriptors episode, not a traceback per accept attempt
+        install_accept_error_filter(asyncio.get_running_loop())
         self._server = await self.engine.serve(host, port, self, self._options)
         if self._reload:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -204,6 +215,12 @@ class EndpointServer:
     # -- the ServerApp side of the engine contract -------------------------------------------
 
     def route(self, request: HttpRequest) -> HttpResponse | Accept:
+        if request.header_lines > MAX_HEADER_LINES:
+            return _text(
+                431,
+                f"the request has {request.header_lines} header lines; this server reads at"
+                f" most {MAX_HEADER_LINES}\n",
+            )
         if request.bad_target is not None:
             return _text(400, f"bad request target: {request.bad_target}\n")
         if request.path.startswith(page.SERVICE_PATH):
@@ -228,6 +245,15 @@ class EndpointServer:
                 key = id(request)
                 self._principals[key] = admitted.principal
                 weakref.finalize(request, self._principals.pop, key, None)
+            self._expire_pending()
+            full = self._full(name, endpoint.max_connections)
+            if full is not None:
+                return _text(503, full, {"Retry-After": str(RETRY_AFTER)})
+            self._pending[id(request)] = (
+                weakref.ref(request),
+                name,
+                time.monotonic() + self._options.open_timeout,
+            )
             chosen = next((p for p in request.subprotocols if p in self._subprotocols), None)
             return Accept(chosen)
         if request.method != "GET":
@@ -240,9 +266,48 @@ class EndpointServer:
             return HttpResponse(200, self.listing(), "application/json")
         return _text(404, f"nothing at {request.path}; the endpoints are listed at /\n")
 
+    def _expire_pending(self) -> None:
+        """Forget the pending handshakes past open_timeout: the oldest first, as they were
+        accepted with the same timeout (so the dict stays bounded with no limit set too)."""
+        now = time.monotonic()
+        while self._pending:
+            key, (_, _, expires) = next(iter(self._pending.items()))
+            if expires >= now:
+                break
+            del self._pending[key]
+
+    def _full(self, name: str, endpoint_limit: int | None) -> str | None:
+        """Why a handshake for endpoint ``name`` is refused for ``max_connections``, or
+        ``None`` when there is room. Counts running sessions and pending handshakes."""
+        server_limit = self._options.max_connections
+        if server_limit is None and endpoint_limit is None:
+            return None
+        for key, (ref, _, _) in list(self._pending.items()):
+            if ref() is None:  # the engine dropped the connection before the session
+                del self._pending[key]
+        pending = Counter(endpoint for _, endpoint, _ in self._pending.values())
+        if server_limit is not None:
+            total = self._running.total() + pending.total()
+            if total >= server_limit:
+                return (
+                    f"server busy: it takes at most {server_limit} WebSocket connections at"
+                    f" once (max_connections) and has {total}; try again later\n"
+                )
+        if endpoint_limit is not None:
+            here = self._running[name] + pending[name]
+            if here >= endpoint_limit:
+                return (
+                    f"endpoint {name!r} busy: it takes at most {endpoint_limit} connections at"
+                    f" once (max_connections in its descriptor) and has {here}; try again later\n"
+                )
+        return None
+
     async def session(self, request: HttpRequest, transport: Transport) -> None:
         # The contract: when this returns, the connection is closed; engines only await it.
         managed = ManagedTransport(transport, self._options.close_timeout)
+        name = request.path[len(page.SERVICE_PATH) :]
+        self._pending.pop(id(request), None)
+        self._running[name] += 1
         try:
             await self._run_session(request, managed)
         except asyncio.CancelledError:
@@ -253,6 +318,10 @@ class EndpointServer:
             await managed.close(CloseCode.INTERNAL_ERROR, "session failed")
         else:
             await managed.close()  # already closed unless the connection never started
+        finally:
+            self._running[name] -= 1
+            if not self._running[name]:
+                del self._running[name]
 
     async def _run_session(self, request: HttpRequest, transport: ManagedTransport) -> None:
         name = request.path[len(page.SERVICE_PATH) :]
@@ -321,7 +390,11 @@ class EndpointServer:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            now = await _in_daemon_thread(lambda: registry_folder.snapshot(self.scan.root))
+            try:
+                now = await _in_daemon_thread(lambda: registry_folder.snapshot(self.scan.root))
+            except OSError as exc:  # out of descriptors, say: a partial view is no change
+                log.debug("cannot look at the registry folder now (%s); trying again", exc)
+                continue
             if now != self._seen:
                 self._seen = now
                 try:

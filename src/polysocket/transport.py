@@ -107,8 +107,13 @@ class ConnectionOptions:
     """Options of every connection, client or server: ``compression`` is ``"deflate"`` or
     ``None``; ``ping_interval`` seconds between keepalive pings (``None``: no pings);
     ``ping_timeout`` for the pong (default ``ping_interval``), after which the connection
-    ends as lost; ``ssl`` an :class:`ssl.SSLContext` (to verify the server, or to serve)."""
+    ends as lost; ``ssl`` an :class:`ssl.SSLContext` (to verify the server, or to serve);
+    ``open_timeout`` seconds for the opening handshake: a client gives up connecting after it,
+    a server drops a connection that has not completed its handshake (or its plain HTTP
+    request) that long after it was accepted, and an idle keep-alive connection that long
+    after its last answer."""
 
+    open_timeout: float = 10.0
     close_timeout: float = 10.0
     max_size: int | None = DEFAULT_MAX_SIZE
     compression: str | None = None
@@ -126,14 +131,17 @@ class ConnectionOptions:
 
 @dataclass(frozen=True)
 class ClientOptions(ConnectionOptions):
-    open_timeout: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)
     subprotocols: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
 class ServerOptions(ConnectionOptions):
-    """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``."""
+    """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``; so is
+    ``max_connections`` (WebSocket connections at once, handshakes in progress included;
+    ``None``: no limit), which engines never see enforced but by the core's 503."""
+
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,9 @@ class HttpRequest:
     #: Why the request target cannot be routed (``enginekit.request_path``); the core then
     #: answers 400. ``path`` is percent-decoded once; ``query`` is as sent.
     bad_target: str | None = None
+    #: How many header lines the request had (repeats count each time): the core answers
+    #: more than ``enginekit.MAX_HEADER_LINES`` with 431.
+    header_lines: int = 0
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # private: PRIVATE_API
 from polysocket.enginekit import (
+    MAX_LINE_SIZE,
     TOKEN_CHARS,
+    HandshakeDeadline,
     SessionTracker,
     answer_fields,
     answer_payload,
@@ -59,8 +61,6 @@ _picows_log = logging.getLogger("picows.server")
 MAX_HEAD = 16 * 1024 - 1
 #: Bodies the front reads (and discards: ``HttpRequest`` has none) before answering.
 MAX_BODY = 1024 * 1024
-#: Time a client gets to send its request.
-REQUEST_TIMEOUT = 10.0
 
 
 class BadRequest(Exception):
@@ -88,6 +88,8 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
         raise BadRequest(400, "malformed request line")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise BadRequest(505, f"{version} is not served here; use HTTP/1.1")
+    if any(len(line) > MAX_LINE_SIZE for line in lines):
+        raise BadRequest(431, f"a request or header line is over {MAX_LINE_SIZE} bytes")
     fields: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -139,17 +141,18 @@ class _HttpFront(asyncio.Protocol):
         self._buffer = bytearray()
         self._head: tuple[str, str, str, list[tuple[str, str]]] | None = None
         self._body_left = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: HandshakeDeadline | None = None
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         self._server.fronts.add(self)
-        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, transport.abort)
+        # the request, and the answer to a plain one, within open_timeout
+        self._deadline = HandshakeDeadline(transport, self._server.options.open_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.fronts.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadline is not None:
+            self._deadline.done()
 
     def data_received(self, data: bytes) -> None:
         if self._transport.is_closing():
@@ -161,8 +164,6 @@ class _HttpFront(asyncio.Protocol):
             self._answer(HttpResponse(exc.status, f"{exc}\n".encode()), "GET")
             return
         if complete:
-            if self._timer is not None:
-                self._timer.cancel()
             self._route()
 
     def _parse(self) -> bool:
@@ -211,10 +212,14 @@ class _HttpFront(asyncio.Protocol):
             _log.exception("cannot send the answer to %s", method)
             data = render_response(HttpResponse(500, b"internal server error\n"), method)
         self._transport.write(data)
-        self._transport.close()
+        self._transport.close()  # waits until the answer is written: the deadline bounds it
+        if self._deadline is not None:
+            self._deadline.restart()
 
     def _hand_over(self, request: HttpRequest, accept: Accept, head: bytes) -> None:
         server = self._server
+        if self._deadline is not None:
+            self._deadline.done()  # picows writes the 101 before _feed returns
         ws = PicowsTransport(server.options, client=False)
         ws.subprotocol = accept.subprotocol
         ws.on_open = functools.partial(server.sessions.start, request, ws)

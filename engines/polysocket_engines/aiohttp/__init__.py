@@ -15,6 +15,9 @@ PRIVATE_API: dict[str, str] = {
     " transport (half-closed after a failure, aborted) and close(), releasing it",
     "aiohttp.client_ws.ClientWebSocketResponse._pong_heartbeat": _PONG_WAIT,
     "aiohttp.web_ws.WebSocketResponse._pong_heartbeat": _PONG_WAIT,
+    "aiohttp.web_server.Server._loop": "Server.__call__ builds the connection protocol with it",
+    "aiohttp.web_server.Server._kwargs": "Server.__call__ builds the connection protocol with it",
+    "aiohttp.web_protocol.RequestHandler._manager": "its Server, which has open_timeout",
 }
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+from typing import Any
 
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from polysocket import enginekit
 from polysocket.enginekit import answer_headers, bind_sockets, http_request
 from polysocket.transport import HttpResponse, ServerApp, ServerOptions
 
@@ -14,11 +19,50 @@ class ServerWebSocket(CloseFrameOnly, web.WebSocketResponse):
     """aiohttp's server WebSocket whose ``close()`` only sends the close frame."""
 
 
+class TimedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, with the core's handshake deadline from accept on
+    (aiohttp's own keep-alive timer does not drop a connection in the middle of a request)."""
+
+    deadline: enginekit.HandshakeDeadline | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        assert isinstance(server, TimedServer)
+        self.deadline = enginekit.HandshakeDeadline(transport, server.open_timeout)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+        super().connection_lost(exc)
+
+
+class TimedServer(web.Server):
+    """``web.Server`` whose connections are :class:`TimedRequestHandler`."""
+
+    def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_timeout = open_timeout
+
+    def __call__(self) -> RequestHandler:
+        return TimedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 class AiohttpServer:
     def __init__(self, app: ServerApp, options: ServerOptions) -> None:
         self._app = app
         self._options = options
-        server = web.Server(self._handle, access_log=None)
+        server = TimedServer(
+            self._handle,
+            open_timeout=options.open_timeout,
+            access_log=None,
+            # idle keep-alive connections, between requests; within a request, the deadline
+            keepalive_timeout=options.open_timeout,
+            max_line_size=enginekit.MAX_LINE_SIZE,
+            max_field_size=enginekit.MAX_LINE_SIZE,
+            # above the core's count, so that the core answers too many with its 431
+            max_headers=enginekit.LIBRARY_MAX_HEADER_LINES,
+        )
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         self.port = 0
 
@@ -41,7 +85,10 @@ class AiohttpServer:
         # raw_path: the target as sent (request.path is decoded): the core decodes it
         http = http_request(request.method, request.raw_path, headers, peer)
         decision = self._app.route(http)
+        deadline = getattr(request.protocol, "deadline", None)
         if isinstance(decision, HttpResponse):
+            if deadline is not None:  # the answer and the next request: open_timeout again
+                deadline.restart()
             return web.Response(
                 status=decision.status, body=decision.body, headers=answer_headers(decision)
             )
@@ -58,6 +105,8 @@ class AiohttpServer:
             joined["Sec-WebSocket-Protocol"] = http.headers["sec-websocket-protocol"]
             request = request.clone(headers=joined)
         await ws.prepare(request)  # raises ConnectionResetError when tcp is None
+        if deadline is not None:
+            deadline.done()  # the 101 is written: the session is the core's now
         if tcp is not None:
             await self._app.session(http, AiohttpTransport(ws, tcp, ws.ws_protocol, options))
         return ws

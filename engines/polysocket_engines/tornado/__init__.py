@@ -12,6 +12,10 @@ PRIVATE_API: dict[str, str] = {
     "tornado.websocket.WebSocketProtocol13._handle_message": "check close frames, see text",
     "tornado.websocket.WebSocketProtocol13._receive_frame": "after failing, await the EOF",
     "tornado.websocket.WebSocketProtocol13._waiting": "its 5 s close timer, cancelled once set",
+    "tornado.tcpserver.TCPServer._handle_connection": "what enginekit's accept loop hands"
+    " each socket to (tornado's own accept loop spins on EMFILE)",
+    "tornado.tcpserver.TCPServer._sockets": "the listening sockets stop() closes",
+    "tornado.tcpserver.TCPServer._handlers": "how stop() stops each accept loop",
 }
 
 

@@ -37,9 +37,20 @@ class TornadoServer:
             max_buffer_size=max(_BUFFER, limit + 1024),
             max_body_size=_BUFFER,
             ssl_options=options.ssl,
+            # tornado's time limit for each request head, from accept (or from the previous
+            # answer on a keep-alive connection): the core's open_timeout, not tornado's hour
+            idle_connection_timeout=options.open_timeout,
+            body_timeout=options.open_timeout,
+            max_header_size=enginekit.MAX_HEAD_SIZE,
         )
         sockets = enginekit.bind_sockets(host, port)
-        self._http.add_sockets(sockets)
+        # What add_sockets() does, with enginekit's accept loop: tornado's retries at once, a
+        # traceback each time, for as long as the process is out of descriptors.
+        for sock in sockets:
+            self._http._sockets[sock.fileno()] = sock  # stop() closes them
+            self._http._handlers[sock.fileno()] = enginekit.accept_connections(
+                sock, self._http._handle_connection
+            )
         self.port: int = sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -16,6 +16,8 @@ PRIVATE_API: dict[str, str] = {
     "websockets.asyncio.connection.Connection.keepalive_task": "fail() from it: a lost pong",
     "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
     "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
+    "websockets.http11.MAX_LINE_LENGTH": "header line limit (module constant): 8190 bytes",
+    "websockets.http11.MAX_NUM_HEADERS": "header count limit: above the core's 128",
 }
 
 

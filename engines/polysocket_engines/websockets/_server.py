@@ -51,6 +51,18 @@ class PolysocketServerConnection(PolysocketConnection, ServerConnection):
         super().connection_lost(exc)
 
 
+def _header_limits() -> None:
+    """websockets' header limits are module constants (read at each parse; the same for its
+    clients): lines of ``MAX_LINE_SIZE``, and a count above the core's, so that the core
+    answers a request with a few too many (129 to 256) with its own 431 and text."""
+    import websockets.http11
+
+    websockets.http11.MAX_LINE_LENGTH = kit.MAX_LINE_SIZE + 2  # it counts the CRLF
+    websockets.http11.MAX_NUM_HEADERS = max(
+        websockets.http11.MAX_NUM_HEADERS, kit.LIBRARY_MAX_HEADER_LINES
+    )
+
+
 class WebsocketsServer:
     """The websockets servers of one ``serve()``, their connections and sessions."""
 
@@ -61,6 +73,7 @@ class WebsocketsServer:
         self._servers: list[Server] = []
 
     async def start(self, host: str, port: int) -> None:
+        _header_limits()
         sockets = kit.bind_sockets(host, port)
         self.port = sockets[0].getsockname()[1]
         try:
@@ -68,6 +81,9 @@ class WebsocketsServer:
                 server = await serve(
                     self._handler,
                     sock=sock,
+                    # from accept to the 101 or the plain HTTP answer (websockets closes the
+                    # connection after one); websockets' own, the same rule as the core's
+                    open_timeout=self.options.open_timeout,
                     process_request=self._process_request,
                     select_subprotocol=self._select_subprotocol,
                     ssl=self.options.ssl,

@@ -1,5 +1,6 @@
 """What engines share, so that no engine writes it again: HTTP requests and answers,
-close codes, listening sockets, session tracking and keepalive pings.
+close codes, listening sockets, session tracking, keepalive pings, and admission (handshake
+deadlines, header limits, an accept loop that backs off when descriptors run out).
 
 Nothing here is required by the contract (:mod:`polysocket.transport`); an engine uses
 whatever its library does not already do.
@@ -7,6 +8,16 @@ whatever its library does not already do.
 
 from __future__ import annotations
 
+from .admission import (
+    LIBRARY_MAX_HEADER_LINES,
+    MAX_HEAD_SIZE,
+    MAX_HEADER_LINES,
+    MAX_LINE_SIZE,
+    AcceptErrorFilter,
+    HandshakeDeadline,
+    accept_connections,
+    install_accept_error_filter,
+)
 from .closecodes import CloseCode, valid_close_code
 from .http import (
     FRAMING_HEADERS,
@@ -25,10 +36,17 @@ from .sockets import bind_sockets
 
 __all__ = [
     "FRAMING_HEADERS",
+    "LIBRARY_MAX_HEADER_LINES",
+    "MAX_HEADER_LINES",
+    "MAX_HEAD_SIZE",
+    "MAX_LINE_SIZE",
     "TOKEN_CHARS",
+    "AcceptErrorFilter",
     "CloseCode",
+    "HandshakeDeadline",
     "Keepalive",
     "SessionTracker",
+    "accept_connections",
     "answer_fields",
     "answer_headers",
     "answer_payload",
@@ -36,6 +54,7 @@ __all__ = [
     "bind_sockets",
     "header_map",
     "http_request",
+    "install_accept_error_filter",
     "request_path",
     "valid_close_code",
 ]

@@ -89,7 +89,8 @@ def http_request(
     on the request line, not decoded (:func:`request_path` applies the one rule every engine
     shares); ``headers`` are the header lines as received (repeats included); ``peer`` is the
     socket's peer name (``None`` if unknown)."""
-    fields = header_map(headers)
+    lines = list(headers)
+    fields = header_map(lines)
     upgrade = fields.get("upgrade", "").split(",")
     offered = fields.get("sec-websocket-protocol", "").split(",")
     path, query, problem = request_path(target)
@@ -104,6 +105,7 @@ def http_request(
         upgrade=any(token.strip().lower() == "websocket" for token in upgrade),
         subprotocols=tuple(p.strip() for p in offered if p.strip()),
         bad_target=problem,
+        header_lines=len(lines),
     )
 
 

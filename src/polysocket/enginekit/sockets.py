@@ -5,8 +5,39 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 
-__all__ = ["bind_sockets"]
+__all__ = ["ListeningSocket", "bind_sockets"]
+
+#: Errors of accept() that mean "out of descriptors or memory" (a retry at once fails again).
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Seconds accept() says "nothing to accept" after such an error; under the accept loops'
+#: own retry delay (1 s), so that their retry does try again.
+ACCEPT_PAUSE = 0.5
+
+
+class ListeningSocket(socket.socket):
+    """A listening socket whose ``accept()`` rests for :data:`ACCEPT_PAUSE` after failing for
+    lack of descriptors, raising ``BlockingIOError`` meanwhile, as if nothing were waiting.
+
+    Why: an accept loop that keeps calling ``accept()`` after EMFILE fails once per queued
+    connection, every time. asyncio before the fix of CPython gh-151615 (3.11 here) goes on
+    after its first EMFILE for the rest of its batch, scheduling one retry per failure, so the
+    retries multiply (thousands a second, each reported). With this socket every accept loop
+    (asyncio's, enginekit's) fails once per retry and stops at the ``BlockingIOError``.
+    """
+
+    _resting_until = 0.0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self._resting_until and time.monotonic() < self._resting_until:
+            raise BlockingIOError(errno.EAGAIN, "accepting paused: out of file descriptors")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                self._resting_until = time.monotonic() + ACCEPT_PAUSE
+            raise
 
 
 def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
@@ -26,7 +57,7 @@ def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
             seen.add((family, address[0]))
             if sockets and port == 0:  # the other addresses on the port the first one got
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock = socket.socket(family, kind, proto)
+            sock = ListeningSocket(family, kind, proto)
             try:
                 if os.name != "nt":  # as asyncio does: rebind at once after close()
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,8 +74,8 @@ def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
                 raise
             sockets.append(sock)
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        for opened in sockets:
+            opened.close()
         raise
     if not sockets:
         raise error or OSError(f"cannot listen on {host}:{port}")
