@@ -15,10 +15,10 @@ from websockets.exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 
-from polysocket.enginekit import CloseCode
+from polysocket.enginekit import CloseCode, Keepalive
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
-TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE  # per frame
+TEXT, BINARY, CONT, CLOSE, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
 
 
 class PolysocketProtocol(Protocol):
@@ -52,27 +52,27 @@ class PolysocketProtocol(Protocol):
         else:  # control frames, and continuation frames websockets refuses
             if opcode is CLOSE:
                 self.unfinished = None
+            elif opcode is PONG and self.connection.pinger is not None:
+                self.connection.pinger.pong()
             super().recv_frame(frame)
 
     def fail(self, code: int, reason: str = "") -> None:
-        sent, connection = self.close_sent, self.connection
+        sent = self.close_sent
         super().fail(code, reason)
-        if self.close_sent is sent:  # no close frame sent: the connection was ending already
-            return
-        connection.failed = True
-        task = connection.keepalive_task  # which fails a connection only for a missing pong
-        if code == CloseCode.INTERNAL_ERROR and task is not None and task is asyncio.current_task():
-            connection.keepalive_lost = True
-            asyncio.get_running_loop().call_soon(connection.transport.abort)  # after the frame
+        if self.close_sent is not sent:  # else the connection was ending already
+            self.connection.failed = True
 
 
 class PolysocketConnection(Connection):
     """websockets enforces close_timeout only inside its own close(): this drops TCP
     ``close_timeout`` after the closing handshake started however it did (the peer's close
-    frame, a failure), and right after the close frame of a keepalive timeout."""
+    frame, a failure). The keepalive is ``enginekit.Keepalive``: websockets' own awaits the
+    write buffer's drain before its pong wait starts, so it never fires while a peer that
+    stopped reading keeps that buffer full."""
 
     protocol_class: ClassVar[type[PolysocketProtocol]]
     deadline: asyncio.TimerHandle | None = None
+    pinger: Keepalive | None = None
     failed = keepalive_lost = False  # this side failed the connection; for a missing pong
 
     def __init__(self, protocol: Protocol, *args: Any, max_size: int | None, **kwargs: Any) -> None:
@@ -86,6 +86,32 @@ class PolysocketConnection(Connection):
         timeout = self.close_timeout  # aborting a closed connection does nothing
         if self.deadline is None and self.protocol.state is State.CLOSING and timeout is not None:
             self.deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pinger is not None:
+            self.pinger.stop()
+        super().connection_lost(exc)
+
+    def start_pinger(self, interval: float | None, timeout: float | None) -> None:
+        """Pings queued at once, however full the write buffer: the pong wait starts then.
+        A missing pong sends 1011 (if it ever leaves) and drops TCP. While reading is paused
+        (a backlog of unread messages) a pong may sit unread: not held against the peer."""
+        if interval is not None and timeout is not None:
+            paused = lambda: not self.transport.is_reading()  # noqa: E731
+            self.pinger = Keepalive(self.ping_now, interval, timeout, self.lost, paused)
+
+    def ping_now(self) -> None:
+        if self.protocol.state is not State.OPEN:  # closing: close_timeout bounds it now
+            raise ConnectionError("the connection is closing")
+        self.protocol.send_ping(b"")
+        self.send_data()  # no drain(): the ping goes behind whatever is buffered
+
+    def lost(self, _: TimeoutError) -> None:
+        if self.protocol.state is State.OPEN:  # else closing already: close_timeout bounds it
+            self.keepalive_lost = True
+            self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self.send_data()
+            asyncio.get_running_loop().call_soon(self.transport.abort)  # after the frame
 
 
 class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol): ...
@@ -105,8 +131,8 @@ def shared_options(
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
         compression="deflate" if options.compression == "deflate" else None,
-        ping_interval=options.ping_interval,
-        ping_timeout=options.keepalive_timeout,
+        ping_interval=None,  # PolysocketConnection.start_pinger instead
+        ping_timeout=None,
         close_timeout=options.close_timeout,
     )
 
@@ -117,6 +143,7 @@ class WebsocketsTransport:
     def __init__(self, ws: PolysocketConnection, options: ConnectionOptions) -> None:
         self._ws, self._options = ws, options
         self.subprotocol: str | None = ws.subprotocol
+        ws.start_pinger(options.ping_interval, options.keepalive_timeout)
 
     async def send(self, message: Message) -> None:
         try:
