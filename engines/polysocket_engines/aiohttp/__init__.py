@@ -1,7 +1,7 @@
 """The aiohttp engine, polysocket's default: ``_client`` (a ``ClientSession`` per connection),
 ``_server`` (aiohttp's low-level ``web.Server``), ``_transport`` (both sides' connection, and
 why aiohttp's ``close()`` is replaced). aiohttp is imported inside connect/serve only. Known
-limitation: aiohttp answers pings inside ``receive()`` only, which the core's reader awaits
+limitation: pings are answered inside ``receive()`` only, which the core's reader awaits
 except while a handler's backlog pauses reading.
 """
 
@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from polysocket import hookimpl, transport
 
-_PONG_WAIT = "the heartbeat's wait for a pong (heartbeat/2, no setting for it): ping_timeout"
 PRIVATE_API: dict[str, str] = {
     "aiohttp.client_ws.ClientWebSocketResponse._response": "the client's connection: its TCP"
     " transport (half-closed after a failure, aborted) and close(), releasing it",
-    "aiohttp.client_ws.ClientWebSocketResponse._pong_heartbeat": _PONG_WAIT,
-    "aiohttp.web_ws.WebSocketResponse._pong_heartbeat": _PONG_WAIT,
 }
 
 

@@ -39,7 +39,7 @@ async def connect(uri: str, options: ClientOptions) -> ClientTransport:
             headers=dict(options.headers),
             max_msg_size=msg_limit(options.max_size),
             autoclose=False,  # the transport answers a close frame, echoing its code
-            heartbeat=options.ping_interval,
+            autoping=False,  # the transport answers pings, and pings (enginekit.Keepalive)
             compress=15 if options.compression else 0,
             ssl=options.ssl if options.ssl is not None else True,
         )

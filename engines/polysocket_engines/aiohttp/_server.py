@@ -49,7 +49,7 @@ class AiohttpServer:
             protocols=(decision.subprotocol,) if decision.subprotocol else (),
             max_msg_size=msg_limit(options.max_size),
             autoclose=False,  # the transport answers a close frame, echoing its code
-            heartbeat=options.ping_interval,
+            autoping=False,  # the transport answers pings, and pings (enginekit.Keepalive)
             compress=options.compression is not None,
         )
         if decision.subprotocol:  # aiohttp selects from the first Sec-WebSocket-Protocol line:

@@ -5,17 +5,23 @@ core closes, then receives them), and closes TCP. aiohttp calls it itself to fai
 (a message too big, a broken frame) while the peer may still be sending: the TCP close resets,
 and a reset can destroy the close frame before the peer reads it (it sees 1006, not 1009). So
 both sides mix in :class:`CloseFrameOnly`, and the transport owns TCP.
+
+The keepalive is ``enginekit.Keepalive``, not aiohttp's heartbeat: that one pings only when the
+peer has sent nothing for an interval, so a peer that sends but never reads (nor answers) kept
+its connection. The transport answers pings itself (``autoping=False``), without awaiting the
+write buffer's drain: a reader stuck there would see no pong.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
-from polysocket.enginekit import CloseCode, valid_close_code
+from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
     ConnectionOptions,
     Message,
@@ -44,7 +50,6 @@ class CloseFrameOnly:
     """``close()`` sends the close frame, once: the engine calls it to close and to answer the
     peer's; aiohttp again at the peer's EOF, and on the server when the handler returns."""
 
-    _pong_heartbeat: float
     close_sent = False
 
     async def close(self: _Frames, *, code: int = 1000, message: bytes = b"", **_: object) -> bool:
@@ -54,11 +59,6 @@ class CloseFrameOnly:
         with contextlib.suppress(ConnectionError):  # TCP is gone: receive() says how it ended
             await self.send_frame(code.to_bytes(2, "big") + message, aiohttp.WSMsgType.CLOSE)
         return True
-
-    def pong_within(self, timeout: float | None) -> None:
-        """aiohttp's heartbeat waits heartbeat/2 for the pong; polysocket ``ping_timeout``."""
-        if timeout is not None:
-            self._pong_heartbeat = timeout
 
 
 class AiohttpTransport:
@@ -75,7 +75,15 @@ class AiohttpTransport:
         self._tcp = tcp
         self._options = options
         self.subprotocol = subprotocol
-        ws.pong_within(options.keepalive_timeout)
+        self._receiving = False  # in ws.receive(): pongs are being read
+        self._lost_pong: TimeoutError | None = None
+        self._pinging: asyncio.Task[None] | None = None
+        self._ponging: asyncio.Task[None] | None = None
+        self._keepalive: Keepalive | None = None
+        interval, timeout = options.ping_interval, options.keepalive_timeout
+        if interval is not None and timeout is not None:
+            paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
+            self._keepalive = Keepalive(self._ping, interval, timeout, self._lost, paused)
 
     async def send(self, message: Message) -> None:
         if self._ws.close_sent:  # by aiohttp, failing the connection: receive() is ending it
@@ -89,15 +97,30 @@ class AiohttpTransport:
             raise TransportClosed(None) from exc
 
     async def receive(self) -> Message:
-        msg = await self._ws.receive()
-        kind = msg.type
+        while True:
+            self._receiving = True
+            try:
+                msg = await self._ws.receive()
+            finally:
+                self._receiving = False
+            kind = msg.type
+            if kind is aiohttp.WSMsgType.PING:  # one pong at a time answers the latest ping
+                if self._ponging is None or self._ponging.done():  # (RFC 6455 5.5.3)
+                    self._ponging = _written(self._ws.pong(msg.data))
+            elif kind is aiohttp.WSMsgType.PONG:
+                if self._keepalive is not None:
+                    self._keepalive.pong()
+            else:
+                break
         if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
             return msg.data  # type: ignore[no-any-return]  # aiohttp types data as Any
         if kind is aiohttp.WSMsgType.CLOSE:
             ended = await self._peer_closed(msg.data, msg.extra or "")
-        else:  # ERROR: aiohttp failed the connection (or its heartbeat did); CLOSED: lost
+        else:  # ERROR: aiohttp failed the connection; CLOSED: lost (or the keepalive's abort)
             await self._linger()
             ended = self._failed(msg.data if kind is aiohttp.WSMsgType.ERROR else None)
+        if self._keepalive is not None:
+            self._keepalive.stop()
         await self._finish()
         raise ended
 
@@ -111,13 +134,12 @@ class AiohttpTransport:
         return TransportClosed(code or CloseCode.NO_STATUS, reason)
 
     def _failed(self, exc: BaseException | None) -> TransportClosed:
+        if self._lost_pong is not None:
+            return TransportClosed(None, error=self._lost_pong)
         if isinstance(exc, aiohttp.WebSocketError):  # CloseFrameOnly.close() sent the code
             if exc.code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(exc.code, error=MessageTooBigError(self._options.max_size))
             return TransportClosed(exc.code, error=ProtocolViolation(exc.code, str(exc)))
-        if isinstance(exc, TimeoutError):  # the heartbeat's pong did not come
-            timeout = self._options.keepalive_timeout
-            exc = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
         return TransportClosed(None, error=exc)
 
     async def _linger(self) -> None:
@@ -138,7 +160,27 @@ class AiohttpTransport:
         self._tcp.close()
 
     async def close(self, code: int, reason: str) -> None:
+        if self._keepalive is not None:  # close_timeout bounds the closing handshake
+            self._keepalive.stop()
         await self._ws.close(code=code, message=reason.encode())
 
     def abort(self) -> None:
         self._tcp.abort()
+
+    def _ping(self) -> None:
+        if self._ws.close_sent or self._tcp.is_closing():
+            raise ConnectionError("the connection is closing")  # the keepalive stops
+        if self._pinging is None or self._pinging.done():
+            self._pinging = _written(self._ws.ping())
+
+    def _lost(self, error: TimeoutError) -> None:
+        self._lost_pong = error
+        self._tcp.abort()  # receive() then ends, reporting the error
+
+
+def _written(frame: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Send a control frame now: aiohttp writes it at once, then may await the drain, which
+    its task does for it. A failure there is the connection's end, which receive() reports."""
+    task = asyncio.get_running_loop().create_task(frame)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task
