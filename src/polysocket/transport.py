@@ -133,7 +133,15 @@ class ClientOptions(ConnectionOptions):
 
 @dataclass(frozen=True)
 class ServerOptions(ConnectionOptions):
-    """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``."""
+    """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``.
+
+    Keepalive is on by default (websockets' and uvicorn's 20 s / 20 s): a server drops a
+    peer that stopped answering, even one that stopped reading what the server sends, within
+    ``ping_interval + ping_timeout``. ``ping_interval=None`` turns it off.
+    """
+
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
 
 
 @dataclass(frozen=True)
