@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from polysocket import hookimpl, transport
 
+_COUNTED = "its frame reader, set just before it goes to the protocol, and that reader's"
+_COUNTED += " message queue: the reader is wrapped to count a message's frames (MAX_FRAGMENTS)"
 PRIVATE_API: dict[str, str] = {
     "aiohttp.client_ws.ClientWebSocketResponse._response": "the client's connection: its TCP"
     " transport (half-closed after a failure, aborted) and close(), releasing it",
+    "aiohttp.client_ws.ClientWebSocketResponse._parser": _COUNTED,
+    "aiohttp.client_ws.ClientWebSocketResponse._reader": _COUNTED,
+    "aiohttp.web_ws.WebSocketResponse._parser": _COUNTED,
+    "aiohttp.web_ws.WebSocketResponse._reader": _COUNTED,
 }
 
 

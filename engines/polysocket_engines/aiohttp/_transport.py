@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
+from polysocket import enginekit as kit
 from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
     ConnectionOptions,
@@ -42,6 +43,7 @@ def msg_limit(max_size: int | None) -> int:
 
 class _Frames(Protocol):  # what CloseFrameOnly needs of aiohttp's classes
     close_sent: bool
+    _reader: Any  # aiohttp's WebSocketDataQueue: where the frame reader's messages go
 
     async def send_frame(self, message: bytes, opcode: aiohttp.WSMsgType) -> None: ...
 
@@ -51,6 +53,17 @@ class CloseFrameOnly:
     peer's; aiohttp again at the peer's EOF, and on the server when the handler returns."""
 
     close_sent = False
+    counted: CountedReader | None = None
+
+    @property
+    def _parser(self) -> Any:
+        return self.counted
+
+    @_parser.setter
+    def _parser(self: Any, reader: Any) -> None:
+        # aiohttp sets it to its frame reader just before handing that to the protocol:
+        # the protocol gets this wrapper instead, from the first byte after the handshake.
+        self.counted = None if reader is None else CountedReader(reader, self._reader)
 
     async def close(self: _Frames, *, code: int = 1000, message: bytes = b"", **_: object) -> bool:
         if self.close_sent:
@@ -59,6 +72,28 @@ class CloseFrameOnly:
         with contextlib.suppress(ConnectionError):  # TCP is gone: receive() says how it ended
             await self.send_frame(code.to_bytes(2, "big") + message, aiohttp.WSMsgType.CLOSE)
         return True
+
+
+class CountedReader:
+    """aiohttp's frame reader (compiled, with no limit on a message's frames and no hook for
+    one) behind an ``enginekit.FrameCounter``: a message in more than MAX_FRAGMENTS frames
+    fails the connection with 1009, as on every engine, before aiohttp parses it further."""
+
+    def __init__(self, reader: Any, messages: Any) -> None:
+        self._reader, self._messages = reader, messages
+        self._counter = kit.FrameCounter()
+        self.overflowed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.overflowed and self._counter.feed(data):
+            return self._reader.feed_data(data)  # type: ignore[no-any-return]
+        if not self.overflowed:  # receive() then sends the 1009 close frame
+            self.overflowed = True
+            self._messages.set_exception(aiohttp.WebSocketError(1009, kit.FRAGMENTS_REASON))
+        return True, b""  # what aiohttp's reader returns once failed: nothing more to parse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 class AiohttpTransport:
@@ -136,6 +171,8 @@ class AiohttpTransport:
     def _failed(self, exc: BaseException | None) -> TransportClosed:
         if self._lost_pong is not None:
             return TransportClosed(None, error=self._lost_pong)
+        if self._ws.counted is not None and self._ws.counted.overflowed:
+            return TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=kit.too_many_fragments())
         if isinstance(exc, aiohttp.WebSocketError):  # CloseFrameOnly.close() sent the code
             if exc.code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(exc.code, error=MessageTooBigError(self._options.max_size))

@@ -15,16 +15,23 @@ from websockets.exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 
+from polysocket import enginekit as kit
 from polysocket.enginekit import CloseCode, Keepalive
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
 TEXT, BINARY, CONT, CLOSE, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
 
 
+class TooManyFragments(PayloadTooBig):  # websockets fails the connection with 1009 for it
+    def __str__(self) -> str:
+        return kit.FRAGMENTS_REASON
+
+
 class PolysocketProtocol(Protocol):
-    """Reassembles a fragmented message (max_size bounds it whole) before websockets sees
-    it: its assembler caps a message at 4096 frames, a limit no other engine has; and a close
-    frame in the middle of a message just drops it (RFC 6455 5.4) where websockets fails."""
+    """Reassembles a fragmented message (max_size bounds it whole, MAX_FRAGMENTS its frames)
+    before websockets sees it: its assembler caps a message at 4096 frames, where every
+    engine takes MAX_FRAGMENTS; and a close frame in the middle of a message just drops it
+    (RFC 6455 5.4) where websockets fails."""
 
     connection: PolysocketConnection
     max_message: int | None
@@ -39,6 +46,8 @@ class PolysocketProtocol(Protocol):
             self.size += len(frame.data)
             if self.max_message is not None and self.size > self.max_message:
                 raise PayloadTooBig(self.size, self.max_message)
+            if len(self.fragments) > kit.MAX_FRAGMENTS:
+                raise TooManyFragments(None, kit.MAX_FRAGMENTS)
             if frame.fin:
                 self.unfinished = None
                 super().recv_frame(Frame(unfinished, b"".join(self.fragments)))
@@ -164,7 +173,9 @@ class WebsocketsTransport:
             lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
             return TransportClosed(None, error=lost)
         if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
-            if sent.code == CloseCode.MESSAGE_TOO_BIG:
+            if isinstance(cause, TooManyFragments):
+                cause = kit.too_many_fragments()
+            elif sent.code == CloseCode.MESSAGE_TOO_BIG:
                 size = cause.size if isinstance(cause, PayloadTooBig) else None
                 cause = MessageTooBigError(options.max_size, size)
             return TransportClosed(sent.code, error=cause or exc)

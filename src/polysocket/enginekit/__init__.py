@@ -1,5 +1,5 @@
 """What engines share, so that no engine writes it again: HTTP requests and answers,
-close codes, listening sockets, session tracking and keepalive pings.
+close codes, listening sockets, session tracking, keepalive pings and the fragment limit.
 
 Nothing here is required by the contract (:mod:`polysocket.transport`); an engine uses
 whatever its library does not already do.
@@ -8,6 +8,7 @@ whatever its library does not already do.
 from __future__ import annotations
 
 from .closecodes import CloseCode, valid_close_code
+from .fragments import FRAGMENTS_REASON, MAX_FRAGMENTS, FrameCounter, too_many_fragments
 from .http import (
     FRAMING_HEADERS,
     TOKEN_CHARS,
@@ -23,9 +24,12 @@ from .sessions import SessionTracker
 from .sockets import bind_sockets
 
 __all__ = [
+    "FRAGMENTS_REASON",
     "FRAMING_HEADERS",
+    "MAX_FRAGMENTS",
     "TOKEN_CHARS",
     "CloseCode",
+    "FrameCounter",
     "Keepalive",
     "SessionTracker",
     "answer_fields",
@@ -35,5 +39,6 @@ __all__ = [
     "bind_sockets",
     "header_map",
     "http_request",
+    "too_many_fragments",
     "valid_close_code",
 ]
