@@ -207,11 +207,8 @@ class PicowsTransport:
         if self._abandoned:  # connect() gave up already: nobody will ever use this one
             ws.disconnect(graceful=False)
             return
-        interval, timeout = self._options.ping_interval, self._options.keepalive_timeout
-        if interval is not None and timeout is not None:
-            self._keepalive = Keepalive(
-                ws.send_ping, interval, timeout, self._lost, lambda: self._reading_paused
-            )
+        paused = lambda: self._reading_paused  # noqa: E731
+        self._keepalive = Keepalive.start(self._options, ws.send_ping, self._lost, paused)
         if self.on_open is not None:
             self.on_open()
 

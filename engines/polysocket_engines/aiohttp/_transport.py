@@ -114,11 +114,8 @@ class AiohttpTransport:
         self._lost_pong: TimeoutError | None = None
         self._pinging: asyncio.Task[None] | None = None
         self._ponging: asyncio.Task[None] | None = None
-        self._keepalive: Keepalive | None = None
-        interval, timeout = options.ping_interval, options.keepalive_timeout
-        if interval is not None and timeout is not None:
-            paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
-            self._keepalive = Keepalive(self._ping, interval, timeout, self._lost, paused)
+        paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
+        self._keepalive = Keepalive.start(options, self._ping, self._lost, paused)
 
     async def send(self, message: Message) -> None:
         if self._ws.close_sent:  # by aiohttp, failing the connection: receive() is ending it

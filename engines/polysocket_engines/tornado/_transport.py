@@ -132,11 +132,8 @@ class TornadoTransport:
 
     def open(self) -> None:  # the handshake is complete
         self.subprotocol = self.proto.selected_subprotocol
-        interval, timeout = self.options.ping_interval, self.options.keepalive_timeout
-        if interval is not None and timeout is not None:
-            ping = self.proto.write_ping
-            keepalive = Keepalive(lambda: ping(b""), interval, timeout, self._lost, self.queue.full)
-            self.proto.keepalive = keepalive
+        ping = lambda: self.proto.write_ping(b"")  # noqa: E731  # buffered at once, no waiting
+        self.proto.keepalive = Keepalive.start(self.options, ping, self._lost, self.queue.full)
 
     async def send(self, message: str | bytes) -> None:
         if self.proto.server_terminated:  # failed: no frame may follow our close frame

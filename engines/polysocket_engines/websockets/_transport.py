@@ -82,7 +82,8 @@ class PolysocketConnection(Connection):
     protocol_class: ClassVar[type[PolysocketProtocol]]
     deadline: asyncio.TimerHandle | None = None
     pinger: Keepalive | None = None
-    failed = keepalive_lost = False  # this side failed the connection; for a missing pong
+    failed = False  # this side failed the connection
+    lost_pong: TimeoutError | None = None
 
     def __init__(self, protocol: Protocol, *args: Any, max_size: int | None, **kwargs: Any) -> None:
         protocol.__class__ = self.protocol_class
@@ -101,23 +102,18 @@ class PolysocketConnection(Connection):
             self.pinger.stop()
         super().connection_lost(exc)
 
-    def start_pinger(self, interval: float | None, timeout: float | None) -> None:
-        """Pings queued at once, however full the write buffer: the pong wait starts then.
-        A missing pong sends 1011 (if it ever leaves) and drops TCP. While reading is paused
-        (a backlog of unread messages) a pong may sit unread: not held against the peer."""
-        if interval is not None and timeout is not None:
-            paused = lambda: not self.transport.is_reading()  # noqa: E731
-            self.pinger = Keepalive(self.ping_now, interval, timeout, self.lost, paused)
+    def start_pinger(self, options: ConnectionOptions) -> None:
+        """A missing pong sends 1011 (if it ever leaves) and drops TCP."""
+        paused = lambda: not self.transport.is_reading()  # noqa: E731
+        self.pinger = Keepalive.start(options, self.ping_now, self.lost, paused)
 
     def ping_now(self) -> None:
-        if self.protocol.state is not State.OPEN:  # closing: close_timeout bounds it now
-            raise ConnectionError("the connection is closing")
-        self.protocol.send_ping(b"")
+        self.protocol.send_ping(b"")  # raises once closed: the keepalive stops
         self.send_data()  # no drain(): the ping goes behind whatever is buffered
 
-    def lost(self, _: TimeoutError) -> None:
+    def lost(self, error: TimeoutError) -> None:
         if self.protocol.state is State.OPEN:  # else closing already: close_timeout bounds it
-            self.keepalive_lost = True
+            self.lost_pong = error
             self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             self.send_data()
             asyncio.get_running_loop().call_soon(self.transport.abort)  # after the frame
@@ -152,7 +148,7 @@ class WebsocketsTransport:
     def __init__(self, ws: PolysocketConnection, options: ConnectionOptions) -> None:
         self._ws, self._options = ws, options
         self.subprotocol: str | None = ws.subprotocol
-        ws.start_pinger(options.ping_interval, options.keepalive_timeout)
+        ws.start_pinger(options)
 
     async def send(self, message: Message) -> None:
         try:
@@ -168,10 +164,8 @@ class WebsocketsTransport:
 
     def _ending(self, exc: ConnectionClosed) -> TransportClosed:
         sent, cause, options = exc.sent, exc.__cause__, self._options
-        if self._ws.keepalive_lost:
-            timeout = options.keepalive_timeout
-            lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
-            return TransportClosed(None, error=lost)
+        if self._ws.lost_pong is not None:
+            return TransportClosed(None, error=self._ws.lost_pong)
         if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
             if isinstance(cause, TooManyFragments):
                 cause = kit.too_many_fragments()
