@@ -74,6 +74,10 @@ class CloseFrameOnly:
         return True
 
 
+class TooManyFragments(aiohttp.WebSocketError):
+    """What receive() gets when a message has too many frames; aiohttp sends its 1009."""
+
+
 class CountedReader:
     """aiohttp's frame reader (compiled, with no limit on a message's frames and no hook for
     one) behind an ``enginekit.FrameCounter``: a message in more than MAX_FRAGMENTS frames
@@ -89,7 +93,7 @@ class CountedReader:
             return self._reader.feed_data(data)  # type: ignore[no-any-return]
         if not self.overflowed:  # receive() then sends the 1009 close frame
             self.overflowed = True
-            self._messages.set_exception(aiohttp.WebSocketError(1009, kit.FRAGMENTS_REASON))
+            self._messages.set_exception(TooManyFragments(1009, kit.FRAGMENTS_REASON))
         return True, b""  # what aiohttp's reader returns once failed: nothing more to parse
 
     def __getattr__(self, name: str) -> Any:
@@ -168,7 +172,7 @@ class AiohttpTransport:
     def _failed(self, exc: BaseException | None) -> TransportClosed:
         if self._lost_pong is not None:
             return TransportClosed(None, error=self._lost_pong)
-        if self._ws.counted is not None and self._ws.counted.overflowed:
+        if isinstance(exc, TooManyFragments):
             return TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=kit.too_many_fragments())
         if isinstance(exc, aiohttp.WebSocketError):  # CloseFrameOnly.close() sent the code
             if exc.code == CloseCode.MESSAGE_TOO_BIG:
