@@ -9,7 +9,9 @@ learns the code.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -29,6 +31,7 @@ from polysocket_conformance.rawframes import (
     TEXT,
     RawClient,
     RawServer,
+    _Reader,
     close_frame,
     frame,
 )
@@ -314,6 +317,32 @@ def test_endless_empty_fragments_fail_with_1009_and_starve_nobody(server: Server
     error = flooded[1].payload
     assert f"more than {MAX_FRAGMENTS} fragments" in error, error
     assert slowest < 2.0, f"another client waited {slowest:.1f} s for an echo"
+
+
+def test_endless_fragments_sent_with_the_handshake_are_counted(server: ServerThread) -> None:
+    """The same flood written together with the opening handshake, before the 101 came:
+    the frames that arrive with the request are counted too (an engine that counts bytes
+    must start at the first one, or it loses the frame boundaries)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {ECHO} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    endless = frame(TEXT, b"", fin=False) + EMPTY_CONTINUATION * (MAX_FRAGMENTS + 10_000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(request + endless,), daemon=True)
+        sender.start()
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(4096)
+            assert chunk, f"no handshake answer: {response!r}"
+            response += chunk
+        head, _, rest = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        code, _, _ = _Reader(sock, rest).until_close()
+        sender.join(WAIT)
+    assert code == 1009
+    assert events.wait("onclose", "echo").close_code == 1009
 
 
 def test_client_fails_endless_empty_fragments_with_1009(

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from polysocket.enginekit import answer_headers, bind_sockets, http_request
 from polysocket.transport import HttpResponse, ServerApp, ServerOptions
 
-from ._transport import AiohttpTransport, CloseFrameOnly, msg_limit
+from ._transport import AiohttpTransport, CloseFrameOnly, CountedReader, msg_limit
 
 
 class ServerWebSocket(CloseFrameOnly, web.WebSocketResponse):
     """aiohttp's server WebSocket whose ``close()`` only sends the close frame."""
+
+    def _post_start(self, request: web.BaseRequest, *args: Any) -> None:
+        # aiohttp hands its frame reader to the protocol here, which feeds it the bytes that
+        # came with the handshake first: the CountedReader counts them, and all after.
+        protocol = request.protocol
+        tail = protocol._message_tail
+        super()._post_start(request, *args)
+        CountedReader.install(protocol, self._reader, tail)
 
 
 class AiohttpServer:

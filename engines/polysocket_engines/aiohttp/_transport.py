@@ -43,7 +43,6 @@ def msg_limit(max_size: int | None) -> int:
 
 class _Frames(Protocol):  # what CloseFrameOnly needs of aiohttp's classes
     close_sent: bool
-    _reader: Any  # aiohttp's WebSocketDataQueue: where the frame reader's messages go
 
     async def send_frame(self, message: bytes, opcode: aiohttp.WSMsgType) -> None: ...
 
@@ -53,17 +52,6 @@ class CloseFrameOnly:
     peer's; aiohttp again at the peer's EOF, and on the server when the handler returns."""
 
     close_sent = False
-    counted: CountedReader | None = None
-
-    @property
-    def _parser(self) -> Any:
-        return self.counted
-
-    @_parser.setter
-    def _parser(self: Any, reader: Any) -> None:
-        # aiohttp sets it to its frame reader just before handing that to the protocol:
-        # the protocol gets this wrapper instead, from the first byte after the handshake.
-        self.counted = None if reader is None else CountedReader(reader, self._reader)
 
     async def close(self: _Frames, *, code: int = 1000, message: bytes = b"", **_: object) -> bool:
         if self.close_sent:
@@ -81,16 +69,31 @@ class TooManyFragments(aiohttp.WebSocketError):
 class CountedReader:
     """aiohttp's frame reader (compiled, with no limit on a message's frames and no hook for
     one) behind an ``enginekit.FrameCounter``: a message in more than MAX_FRAGMENTS frames
-    fails the connection with 1009, as on every engine, before aiohttp parses it further."""
+    fails the connection with 1009, as on every engine, before aiohttp parses it further.
 
-    def __init__(self, reader: Any, messages: Any) -> None:
+    :meth:`install` puts it in front of the protocol's reader with nothing fed in between
+    but ``tail``: what came with the handshake, which the protocol fed it first. The counter
+    must see every byte the reader saw, from a frame boundary on, or it loses the frames.
+    """
+
+    def __init__(self, reader: Any, messages: Any, tail: bytes) -> None:
         self._reader, self._messages = reader, messages
         self._counter = kit.FrameCounter()
         self.overflowed = False
+        if not self._counter.feed(tail):
+            self._overflow()
+
+    @classmethod
+    def install(cls, protocol: Any, messages: Any, tail: bytes) -> None:
+        """``protocol``: aiohttp's, either side; ``messages``: the WebSocket's data queue."""
+        protocol._payload_parser = cls(protocol._payload_parser, messages, tail)
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if not self.overflowed and self._counter.feed(data):
             return self._reader.feed_data(data)  # type: ignore[no-any-return]
+        return self._overflow()
+
+    def _overflow(self) -> tuple[bool, bytes]:
         if not self.overflowed:  # receive() then sends the 1009 close frame
             self.overflowed = True
             self._messages.set_exception(TooManyFragments(1009, kit.FRAGMENTS_REASON))
