@@ -91,13 +91,28 @@ class RawClient:
     (over TLS with ``ssl``, a client context that trusts the server).
 
     ``headers`` are extra request header lines, in order, repeats allowed; the answer's
-    status line is ``status_line`` and its header lines ``response_headers``.
+    status line is ``status_line`` and its header lines ``response_headers``. A
+    ``receive_buffer`` (bytes) is set before connecting: TCP's window then closes as soon as
+    that much is unread, instead of after the several MiB loopback autotuning allows.
     """
 
     def __init__(
-        self, port: int, path: str, ssl: Any = None, headers: Sequence[tuple[str, str]] = ()
+        self,
+        port: int,
+        path: str,
+        ssl: Any = None,
+        headers: Sequence[tuple[str, str]] = (),
+        receive_buffer: int | None = None,
     ) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        try:
+            self.sock.connect(("127.0.0.1", port))
+        except OSError:
+            self.sock.close()
+            raise
         if ssl is not None:
             self.sock = ssl.wrap_socket(self.sock, server_hostname="127.0.0.1")
         key = base64.b64encode(os.urandom(16)).decode()

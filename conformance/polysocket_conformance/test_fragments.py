@@ -9,13 +9,19 @@ learns the code.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import polysocket
+from polysocket.enginekit import MAX_FRAGMENTS
 from polysocket_conformance.peer_processes import Peer
 from polysocket_conformance.rawframes import (
     BINARY,
@@ -25,6 +31,7 @@ from polysocket_conformance.rawframes import (
     TEXT,
     RawClient,
     RawServer,
+    _Reader,
     close_frame,
     frame,
 )
@@ -255,3 +262,110 @@ def test_client_fails_a_broken_message(
     assert server.done.wait(WAIT)
     assert server.close_code == code, "the server did not get the failing close frame"
     recorder.assert_well_formed()
+
+
+# -- endless messages (issue 9) -------------------------------------------------------------
+
+#: Client frames: an empty continuation frame masked with the all-zero key (nothing to mask).
+EMPTY_CONTINUATION = bytes([CONTINUATION, 0x80]) + bytes(4)
+#: How long an engine may take to count MAX_FRAGMENTS frames on a loaded machine (tornado,
+#: the slowest, takes about 3 s unloaded).
+FLOOD_LIMIT = 12.0
+
+
+def test_endless_empty_fragments_fail_with_1009_and_starve_nobody(server: ServerThread) -> None:
+    """A message of endless empty continuation frames never reaches max_size: past
+    ``enginekit.MAX_FRAGMENTS`` frames the server fails it with 1009, and another client's
+    echoes stay quick meanwhile. (The flood is bounded, a little over the limit, so that a
+    sending thread does not hold the GIL from the server's loop in this process.)"""
+    from websockets.sync.client import connect
+
+    with RawClient(server.port, ECHO) as flooder:
+        flood_id = events.wait("onopen", "echo").session_id
+        endless = frame(TEXT, b"", fin=False) + EMPTY_CONTINUATION * (MAX_FRAGMENTS + 10_000)
+        codes: list[int | None] = []
+
+        def flood() -> None:
+            with contextlib.suppress(OSError):
+                flooder.sock.sendall(endless)
+
+        def read_close() -> None:
+            with contextlib.suppress(OSError):
+                codes.append(flooder.reader.until_close()[0])  # answered, like a real client
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (flood, read_close)]
+        with connect(server.uri("echo")) as other:
+            started, slowest = time.monotonic(), 0.0
+            for thread in threads:
+                thread.start()
+            while threads[1].is_alive():
+                assert time.monotonic() - started < FLOOD_LIMIT, "the endless message goes on"
+                sent = time.monotonic()
+                other.send("still served?")
+                assert other.recv(timeout=WAIT) == "still served?"
+                slowest = max(slowest, time.monotonic() - sent)
+                time.sleep(0.05)
+        for thread in threads:
+            thread.join(WAIT)
+    assert codes == [1009], f"no 1009 close frame in {WAIT} s: the endless message went on"
+    deadline = time.monotonic() + WAIT
+    while "onclose" not in events.of(flood_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events.of(flood_id) == ["onopen", "onerror", "onclose"]
+    flooded = [e for e in events.items if e.session_id == flood_id]
+    assert flooded[-1].close_code == 1009
+    error = flooded[1].payload
+    assert f"more than {MAX_FRAGMENTS} fragments" in error, error
+    assert slowest < 2.0, f"another client waited {slowest:.1f} s for an echo"
+
+
+def test_endless_fragments_sent_with_the_handshake_are_counted(server: ServerThread) -> None:
+    """The same flood written together with the opening handshake, before the 101 came:
+    the frames that arrive with the request are counted too (an engine that counts bytes
+    must start at the first one, or it loses the frame boundaries)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {ECHO} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    endless = frame(TEXT, b"", fin=False) + EMPTY_CONTINUATION * (MAX_FRAGMENTS + 10_000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(request + endless,), daemon=True)
+        sender.start()
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(4096)
+            assert chunk, f"no handshake answer: {response!r}"
+            response += chunk
+        head, _, rest = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        code, _, _ = _Reader(sock, rest).until_close()
+        sender.join(WAIT)
+    assert code == 1009
+    assert events.wait("onclose", "echo").close_code == 1009
+
+
+def test_client_fails_endless_empty_fragments_with_1009(
+    engine: str, raw_server: Callable[..., RawServer]
+) -> None:
+    """The client side of the same: a server sending one message in more than
+    MAX_FRAGMENTS empty frames gets a 1009 close frame; onError, then onClose 1009."""
+    codes: list[int | None] = []
+
+    def endless(sock: socket.socket, reader: Any) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(frame(TEXT, b"", fin=False, mask=False))
+            batch = bytes([CONTINUATION, 0]) * 10_000
+            for _ in range(MAX_FRAGMENTS // 10_000 + 2):
+                sock.sendall(batch)
+            code, _, _ = reader.until_close()
+            codes.append(code)
+
+    server = raw_server(conversation=endless)
+    recorder = Recorder()
+    polysocket.createWebsocket(server.uri, recorder, engine)
+    assert recorder.wait_closed(FLOOD_LIMIT), "the endless message goes on"
+    assert recorder.names == ["onopen", "onerror", "onclose"]
+    assert f"more than {MAX_FRAGMENTS} fragments" in recorder.errors[0], recorder.errors
+    assert recorder.of("onclose")[0].close_code == 1009
+    assert server.done.wait(WAIT) and codes == [1009]

@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 from .errors import UnsupportedOptionError
 from .transport import ClientOptions, Engine, ServerOptions
 
-#: Option -> the engine capability it needs when set to something other than its default.
+#: Option -> the engine capability it needs when set to something other than its default
+#: (its side's: a server pings by default, and an engine without keepalive, such as the
+#: in-memory one, still serves with that default, which it cannot and need not honour).
 CAPABILITY_OF_OPTION: dict[str, str] = {
     "headers": "headers",
     "subprotocols": "subprotocols",
@@ -33,7 +35,7 @@ def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
         raise TypeError("headers must be a mapping of str to str")
     values["headers"] = dict(headers)
     values["subprotocols"] = _strings("subprotocols", values.get("subprotocols"))
-    _check_capabilities(engine, values)
+    _check_capabilities(engine, ClientOptions, values)
     return ClientOptions(**values)
 
 
@@ -43,13 +45,15 @@ def server_options(
     """Build :class:`ServerOptions`; ``subprotocols`` are the ones the server may select."""
     values = _checked(engine, ServerOptions, options, ("subprotocols",))
     subprotocols = _strings("subprotocols", values.pop("subprotocols", None))
-    _check_capabilities(engine, values)
+    _check_capabilities(engine, ServerOptions, values)
     return ServerOptions(**values), subprotocols
 
 
-def _check_capabilities(engine: Engine, options: Mapping[str, Any]) -> None:
+def _check_capabilities(engine: Engine, kind: type[Options], options: Mapping[str, Any]) -> None:
+    defaults = {f.name: f.default for f in fields(kind)}
     for name, capability in CAPABILITY_OF_OPTION.items():
-        if options.get(name) and capability not in engine.capabilities:
+        value = options.get(name)
+        if value and value != defaults.get(name) and capability not in engine.capabilities:
             raise UnsupportedOptionError(
                 f"engine {engine.name!r} cannot honour {name}= (it lacks the {capability!r}"
                 " capability; see `polysocket engines`); pick another engine or drop it"

@@ -139,9 +139,16 @@ class ClientOptions(ConnectionOptions):
 class ServerOptions(ConnectionOptions):
     """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``; so is
     ``max_connections`` (WebSocket connections at once, handshakes in progress included;
-    ``None``: no limit), which engines never see enforced but by the core's 503."""
+    ``None``: no limit), which engines never see enforced but by the core's 503.
+
+    Keepalive is on by default (websockets' and uvicorn's 20 s / 20 s): a server drops a
+    peer that stopped answering, even one that stopped reading what the server sends, within
+    ``ping_interval + ping_timeout``. ``ping_interval=None`` turns it off.
+    """
 
     max_connections: int | None = None
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ the end state, the idempotent close, draining and ``close_timeout`` on top):
 
 - messages: continuation frames are reassembled; a text message is decoded as it arrives
   (invalid UTF-8 fails the connection with 1007); ``max_size`` counts the whole message, not
-  one frame (1009 with :class:`MessageTooBigError`); reserved bits and continuation frames out
-  of place fail it with 1002;
+  one frame (1009 with :class:`MessageTooBigError`), ``enginekit.MAX_FRAGMENTS`` its frames
+  (1009); reserved bits and continuation frames out of place fail it with 1002;
 - the closing handshake: picows never answers a close frame, nor drops TCP once the
   handshake is done. This transport echoes the peer's close frame and then closes TCP;
   after failing a connection it waits for the peer's close frame before closing TCP. Both
@@ -38,7 +38,13 @@ from collections.abc import Callable
 from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
-from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
+from polysocket.enginekit import (
+    MAX_FRAGMENTS,
+    CloseCode,
+    Keepalive,
+    too_many_fragments,
+    valid_close_code,
+)
 from polysocket.transport import (
     ConnectionOptions,
     Message,
@@ -201,11 +207,8 @@ class PicowsTransport:
         if self._abandoned:  # connect() gave up already: nobody will ever use this one
             ws.disconnect(graceful=False)
             return
-        interval, timeout = self._options.ping_interval, self._options.keepalive_timeout
-        if interval is not None and timeout is not None:
-            self._keepalive = Keepalive(
-                ws.send_ping, interval, timeout, self._lost, lambda: self._reading_paused
-            )
+        paused = lambda: self._reading_paused  # noqa: E731
+        self._keepalive = Keepalive.start(self._options, ws.send_ping, self._lost, paused)
         if self.on_open is not None:
             self.on_open()
 
@@ -250,6 +253,9 @@ class PicowsTransport:
                 self._invalid_text(exc)
 
     def _continue(self, frame: WSFrame) -> None:
+        if len(self._frag_parts) >= MAX_FRAGMENTS:  # endless (empty) frames never reach max_size
+            self._fail(CloseCode.MESSAGE_TOO_BIG, too_many_fragments())
+            return
         self._frag_size += frame.payload_size
         if self._too_big(self._frag_size):
             return

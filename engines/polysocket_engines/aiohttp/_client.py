@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from polysocket import ConnectError
 from polysocket.transport import ClientOptions
 
-from ._transport import AiohttpTransport, CloseFrameOnly, msg_limit
+from ._transport import AiohttpTransport, CloseFrameOnly, CountedReader, msg_limit
 
 
 class ClientWebSocket(CloseFrameOnly, aiohttp.ClientWebSocketResponse):
     """aiohttp's client WebSocket whose ``close()`` only sends the close frame."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiohttp builds this just before it hands its frame reader to the protocol, which
+        # feeds the reader what came with the handshake first: CountedReader must count it.
+        connection = self._response.connection  # not `if connection`: it has its own __bool__
+        protocol = connection.protocol if connection is not None else None
+        self.tail: bytes = protocol._tail if protocol is not None else b""
 
 
 class ClientTransport(AiohttpTransport):
@@ -39,11 +49,14 @@ async def connect(uri: str, options: ClientOptions) -> ClientTransport:
             headers=dict(options.headers),
             max_msg_size=msg_limit(options.max_size),
             autoclose=False,  # the transport answers a close frame, echoing its code
-            heartbeat=options.ping_interval,
+            autoping=False,  # the transport answers pings, and pings (enginekit.Keepalive)
             compress=15 if options.compression else 0,
             ssl=options.ssl if options.ssl is not None else True,
         )
         assert isinstance(ws, ClientWebSocket)  # ws_response_class
+        connection = ws._response.connection
+        assert connection is not None  # set by aiohttp for an upgraded response
+        CountedReader.install(connection.protocol, ws._reader, ws.tail)  # no await since
         return ClientTransport(ws, session, options)
     except BaseException as exc:
         await session.close()

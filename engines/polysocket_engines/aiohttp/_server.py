@@ -12,11 +12,19 @@ from polysocket import enginekit
 from polysocket.enginekit import answer_headers, bind_sockets, http_request
 from polysocket.transport import HttpResponse, ServerApp, ServerOptions
 
-from ._transport import AiohttpTransport, CloseFrameOnly, msg_limit
+from ._transport import AiohttpTransport, CloseFrameOnly, CountedReader, msg_limit
 
 
 class ServerWebSocket(CloseFrameOnly, web.WebSocketResponse):
     """aiohttp's server WebSocket whose ``close()`` only sends the close frame."""
+
+    def _post_start(self, request: web.BaseRequest, *args: Any) -> None:
+        # aiohttp hands its frame reader to the protocol here, which feeds it the bytes that
+        # came with the handshake first: the CountedReader counts them, and all after.
+        protocol = request.protocol
+        tail = protocol._message_tail
+        super()._post_start(request, *args)
+        CountedReader.install(protocol, self._reader, tail)
 
 
 class TimedRequestHandler(RequestHandler):
@@ -97,7 +105,7 @@ class AiohttpServer:
             protocols=(decision.subprotocol,) if decision.subprotocol else (),
             max_msg_size=msg_limit(options.max_size),
             autoclose=False,  # the transport answers a close frame, echoing its code
-            heartbeat=options.ping_interval,
+            autoping=False,  # the transport answers pings, and pings (enginekit.Keepalive)
             compress=options.compression is not None,
         )
         if decision.subprotocol:  # aiohttp selects from the first Sec-WebSocket-Protocol line:

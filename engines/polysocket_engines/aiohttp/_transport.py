@@ -5,17 +5,24 @@ core closes, then receives them), and closes TCP. aiohttp calls it itself to fai
 (a message too big, a broken frame) while the peer may still be sending: the TCP close resets,
 and a reset can destroy the close frame before the peer reads it (it sees 1006, not 1009). So
 both sides mix in :class:`CloseFrameOnly`, and the transport owns TCP.
+
+The keepalive is ``enginekit.Keepalive``, not aiohttp's heartbeat: that one pings only when the
+peer has sent nothing for an interval, so a peer that sends but never reads (nor answers) kept
+its connection. The transport answers pings itself (``autoping=False``), without awaiting the
+write buffer's drain: a reader stuck there would see no pong.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
-from polysocket.enginekit import CloseCode, valid_close_code
+from polysocket import enginekit as kit
+from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
     ConnectionOptions,
     Message,
@@ -44,7 +51,6 @@ class CloseFrameOnly:
     """``close()`` sends the close frame, once: the engine calls it to close and to answer the
     peer's; aiohttp again at the peer's EOF, and on the server when the handler returns."""
 
-    _pong_heartbeat: float
     close_sent = False
 
     async def close(self: _Frames, *, code: int = 1000, message: bytes = b"", **_: object) -> bool:
@@ -55,10 +61,46 @@ class CloseFrameOnly:
             await self.send_frame(code.to_bytes(2, "big") + message, aiohttp.WSMsgType.CLOSE)
         return True
 
-    def pong_within(self, timeout: float | None) -> None:
-        """aiohttp's heartbeat waits heartbeat/2 for the pong; polysocket ``ping_timeout``."""
-        if timeout is not None:
-            self._pong_heartbeat = timeout
+
+class TooManyFragments(aiohttp.WebSocketError):
+    """What receive() gets when a message has too many frames; aiohttp sends its 1009."""
+
+
+class CountedReader:
+    """aiohttp's frame reader (compiled, with no limit on a message's frames and no hook for
+    one) behind an ``enginekit.FrameCounter``: a message in more than MAX_FRAGMENTS frames
+    fails the connection with 1009, as on every engine, before aiohttp parses it further.
+
+    :meth:`install` puts it in front of the protocol's reader with nothing fed in between
+    but ``tail``: what came with the handshake, which the protocol fed it first. The counter
+    must see every byte the reader saw, from a frame boundary on, or it loses the frames.
+    """
+
+    def __init__(self, reader: Any, messages: Any, tail: bytes) -> None:
+        self._reader, self._messages = reader, messages
+        self._counter = kit.FrameCounter()
+        self.overflowed = False
+        if not self._counter.feed(tail):
+            self._overflow()
+
+    @classmethod
+    def install(cls, protocol: Any, messages: Any, tail: bytes) -> None:
+        """``protocol``: aiohttp's, either side; ``messages``: the WebSocket's data queue."""
+        protocol._payload_parser = cls(protocol._payload_parser, messages, tail)
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if not self.overflowed and self._counter.feed(data):
+            return self._reader.feed_data(data)  # type: ignore[no-any-return]
+        return self._overflow()
+
+    def _overflow(self) -> tuple[bool, bytes]:
+        if not self.overflowed:  # receive() then sends the 1009 close frame
+            self.overflowed = True
+            self._messages.set_exception(TooManyFragments(1009, kit.FRAGMENTS_REASON))
+        return True, b""  # what aiohttp's reader returns once failed: nothing more to parse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 class AiohttpTransport:
@@ -75,7 +117,12 @@ class AiohttpTransport:
         self._tcp = tcp
         self._options = options
         self.subprotocol = subprotocol
-        ws.pong_within(options.keepalive_timeout)
+        self._receiving = False  # in ws.receive(): pongs are being read
+        self._lost_pong: TimeoutError | None = None
+        self._pinging: asyncio.Task[None] | None = None
+        self._ponging: asyncio.Task[None] | None = None
+        paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
+        self._keepalive = Keepalive.start(options, self._ping, self._lost, paused)
 
     async def send(self, message: Message) -> None:
         if self._ws.close_sent:  # by aiohttp, failing the connection: receive() is ending it
@@ -89,15 +136,30 @@ class AiohttpTransport:
             raise TransportClosed(None) from exc
 
     async def receive(self) -> Message:
-        msg = await self._ws.receive()
-        kind = msg.type
+        while True:
+            self._receiving = True
+            try:
+                msg = await self._ws.receive()
+            finally:
+                self._receiving = False
+            kind = msg.type
+            if kind is aiohttp.WSMsgType.PING:  # one pong at a time answers the latest ping
+                if self._ponging is None or self._ponging.done():  # (RFC 6455 5.5.3)
+                    self._ponging = _written(self._ws.pong(msg.data))
+            elif kind is aiohttp.WSMsgType.PONG:
+                if self._keepalive is not None:
+                    self._keepalive.pong()
+            else:
+                break
         if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
             return msg.data  # type: ignore[no-any-return]  # aiohttp types data as Any
         if kind is aiohttp.WSMsgType.CLOSE:
             ended = await self._peer_closed(msg.data, msg.extra or "")
-        else:  # ERROR: aiohttp failed the connection (or its heartbeat did); CLOSED: lost
+        else:  # ERROR: aiohttp failed the connection; CLOSED: lost (or the keepalive's abort)
             await self._linger()
             ended = self._failed(msg.data if kind is aiohttp.WSMsgType.ERROR else None)
+        if self._keepalive is not None:
+            self._keepalive.stop()
         await self._finish()
         raise ended
 
@@ -111,13 +173,14 @@ class AiohttpTransport:
         return TransportClosed(code or CloseCode.NO_STATUS, reason)
 
     def _failed(self, exc: BaseException | None) -> TransportClosed:
+        if self._lost_pong is not None:
+            return TransportClosed(None, error=self._lost_pong)
+        if isinstance(exc, TooManyFragments):
+            return TransportClosed(CloseCode.MESSAGE_TOO_BIG, error=kit.too_many_fragments())
         if isinstance(exc, aiohttp.WebSocketError):  # CloseFrameOnly.close() sent the code
             if exc.code == CloseCode.MESSAGE_TOO_BIG:
                 return TransportClosed(exc.code, error=MessageTooBigError(self._options.max_size))
             return TransportClosed(exc.code, error=ProtocolViolation(exc.code, str(exc)))
-        if isinstance(exc, TimeoutError):  # the heartbeat's pong did not come
-            timeout = self._options.keepalive_timeout
-            exc = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
         return TransportClosed(None, error=exc)
 
     async def _linger(self) -> None:
@@ -138,7 +201,27 @@ class AiohttpTransport:
         self._tcp.close()
 
     async def close(self, code: int, reason: str) -> None:
+        if self._keepalive is not None:  # close_timeout bounds the closing handshake
+            self._keepalive.stop()
         await self._ws.close(code=code, message=reason.encode())
 
     def abort(self) -> None:
         self._tcp.abort()
+
+    def _ping(self) -> None:
+        if self._ws.close_sent or self._tcp.is_closing():
+            raise ConnectionError("the connection is closing")  # the keepalive stops
+        if self._pinging is None or self._pinging.done():
+            self._pinging = _written(self._ws.ping())
+
+    def _lost(self, error: TimeoutError) -> None:
+        self._lost_pong = error
+        self._tcp.abort()  # receive() then ends, reporting the error
+
+
+def _written(frame: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Send a control frame now: aiohttp writes it at once, then may await the drain, which
+    its task does for it. A failure there is the connection's end, which receive() reports."""
+    task = asyncio.get_running_loop().create_task(frame)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task

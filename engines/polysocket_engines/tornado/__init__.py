@@ -10,7 +10,9 @@ __all__ = ["PRIVATE_API", "TornadoEngine", "polysocket_register_engines"]
 PRIVATE_API: dict[str, str] = {
     "tornado.websocket.WebSocketProtocol13._abort": "fail broken frames with a close frame",
     "tornado.websocket.WebSocketProtocol13._handle_message": "check close frames, see text",
-    "tornado.websocket.WebSocketProtocol13._receive_frame": "after failing, await the EOF",
+    "tornado.websocket.WebSocketProtocol13._receive_frame": "count fragments; after failing,"
+    " await the EOF",
+    "tornado.websocket.WebSocketProtocol13._fragmented_message_buffer": "a message in progress",
     "tornado.websocket.WebSocketProtocol13._waiting": "its 5 s close timer, cancelled once set",
     "tornado.tcpserver.TCPServer._handle_connection": "what enginekit's accept loop hands"
     " each socket to (tornado's own accept loop spins on EMFILE)",

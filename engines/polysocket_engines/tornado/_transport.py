@@ -19,6 +19,7 @@ from tornado.queues import Queue
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketProtocol13
 
 from polysocket import ConnectError
+from polysocket import enginekit as kit
 from polysocket.enginekit import CloseCode, Keepalive, valid_close_code
 from polysocket.transport import (
     ClientOptions,
@@ -38,6 +39,7 @@ class StrictProtocol(WebSocketProtocol13):
     outcome: TransportClosed | None = None
     decoding_text = False  # tornado's one _abort() inside a text message is for bad UTF-8
     keepalive: Keepalive | None = None
+    fragments = 0  # frames read since the fragmented message in progress began
 
     def fail(self, code: int, text: str) -> None:
         self.outcome = TransportClosed(code, error=ProtocolViolation(code, text))
@@ -91,7 +93,14 @@ class StrictProtocol(WebSocketProtocol13):
 
     async def _receive_frame(self) -> None:
         if self.outcome is None:
-            return await super()._receive_frame()
+            await super()._receive_frame()
+            fragmented = self._fragmented_message_buffer is not None
+            self.fragments = self.fragments + 1 if fragmented else 0
+            if self.fragments > kit.MAX_FRAGMENTS and self.outcome is None:  # tornado has none
+                code = CloseCode.MESSAGE_TOO_BIG
+                self.outcome = TransportClosed(code, error=kit.too_many_fragments())
+                self.close(code, kit.FRAGMENTS_REASON)
+            return
         stream = self.stream  # failed: our close frame is the last frame either way
         stream.io_loop.call_later(self.close_timeout, stream.close)  # the peer may never close
         await stream.write(b"")  # resolves once our close frame is out
@@ -123,11 +132,8 @@ class TornadoTransport:
 
     def open(self) -> None:  # the handshake is complete
         self.subprotocol = self.proto.selected_subprotocol
-        interval, timeout = self.options.ping_interval, self.options.keepalive_timeout
-        if interval is not None and timeout is not None:
-            ping = self.proto.write_ping
-            keepalive = Keepalive(lambda: ping(b""), interval, timeout, self._lost, self.queue.full)
-            self.proto.keepalive = keepalive
+        ping = lambda: self.proto.write_ping(b"")  # noqa: E731  # buffered at once, no waiting
+        self.proto.keepalive = Keepalive.start(self.options, ping, self._lost, self.queue.full)
 
     async def send(self, message: str | bytes) -> None:
         if self.proto.server_terminated:  # failed: no frame may follow our close frame

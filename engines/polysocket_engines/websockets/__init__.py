@@ -1,8 +1,9 @@
 """The websockets engine, ``engine="websockets"``, on the library's asyncio API: ``connect``
 here, ``serve`` on each socket of ``enginekit.bind_sockets`` (``_server``), and the protocol
-and connection subclasses both sides share (``_transport``). ``compression="deflate"`` and
-the keepalive are websockets' own. websockets is imported inside ``connect``/``serve`` only,
-so that ``polysocket engines`` can say what to install when it is missing."""
+and connection subclasses both sides share (``_transport``). ``compression="deflate"`` is
+websockets' own, the keepalive ``enginekit.Keepalive``. websockets is imported inside
+``connect``/``serve`` only, so that ``polysocket engines`` can say what to install when it
+is missing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from polysocket.transport import CAPABILITIES, ClientOptions, Engine, ServerApp,
 
 PRIVATE_API: dict[str, str] = {
     "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, close mid-message",
-    "websockets.asyncio.connection.Connection.keepalive_task": "fail() from it: a lost pong",
     "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
     "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
     "websockets.http11.MAX_LINE_LENGTH": "header line limit (module constant): 8190 bytes",

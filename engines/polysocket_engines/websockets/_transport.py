@@ -15,16 +15,23 @@ from websockets.exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 
-from polysocket.enginekit import CloseCode
+from polysocket import enginekit as kit
+from polysocket.enginekit import CloseCode, Keepalive
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
-TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE  # per frame
+TEXT, BINARY, CONT, CLOSE, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
+
+
+class TooManyFragments(PayloadTooBig):  # websockets fails the connection with 1009 for it
+    def __str__(self) -> str:
+        return kit.FRAGMENTS_REASON
 
 
 class PolysocketProtocol(Protocol):
-    """Reassembles a fragmented message (max_size bounds it whole) before websockets sees
-    it: its assembler caps a message at 4096 frames, a limit no other engine has; and a close
-    frame in the middle of a message just drops it (RFC 6455 5.4) where websockets fails."""
+    """Reassembles a fragmented message (max_size bounds it whole, MAX_FRAGMENTS its frames)
+    before websockets sees it: its assembler caps a message at 4096 frames, where every
+    engine takes MAX_FRAGMENTS; and a close frame in the middle of a message just drops it
+    (RFC 6455 5.4) where websockets fails."""
 
     connection: PolysocketConnection
     max_message: int | None
@@ -39,6 +46,8 @@ class PolysocketProtocol(Protocol):
             self.size += len(frame.data)
             if self.max_message is not None and self.size > self.max_message:
                 raise PayloadTooBig(self.size, self.max_message)
+            if len(self.fragments) > kit.MAX_FRAGMENTS:
+                raise TooManyFragments(None, kit.MAX_FRAGMENTS)
             if frame.fin:
                 self.unfinished = None
                 super().recv_frame(Frame(unfinished, b"".join(self.fragments)))
@@ -52,28 +61,29 @@ class PolysocketProtocol(Protocol):
         else:  # control frames, and continuation frames websockets refuses
             if opcode is CLOSE:
                 self.unfinished = None
+            elif opcode is PONG and self.connection.pinger is not None:
+                self.connection.pinger.pong()
             super().recv_frame(frame)
 
     def fail(self, code: int, reason: str = "") -> None:
-        sent, connection = self.close_sent, self.connection
+        sent = self.close_sent
         super().fail(code, reason)
-        if self.close_sent is sent:  # no close frame sent: the connection was ending already
-            return
-        connection.failed = True
-        task = connection.keepalive_task  # which fails a connection only for a missing pong
-        if code == CloseCode.INTERNAL_ERROR and task is not None and task is asyncio.current_task():
-            connection.keepalive_lost = True
-            asyncio.get_running_loop().call_soon(connection.transport.abort)  # after the frame
+        if self.close_sent is not sent:  # else the connection was ending already
+            self.connection.failed = True
 
 
 class PolysocketConnection(Connection):
     """websockets enforces close_timeout only inside its own close(): this drops TCP
     ``close_timeout`` after the closing handshake started however it did (the peer's close
-    frame, a failure), and right after the close frame of a keepalive timeout."""
+    frame, a failure). The keepalive is ``enginekit.Keepalive``: websockets' own awaits the
+    write buffer's drain before its pong wait starts, so it never fires while a peer that
+    stopped reading keeps that buffer full."""
 
     protocol_class: ClassVar[type[PolysocketProtocol]]
     deadline: asyncio.TimerHandle | None = None
-    failed = keepalive_lost = False  # this side failed the connection; for a missing pong
+    pinger: Keepalive | None = None
+    failed = False  # this side failed the connection
+    lost_pong: TimeoutError | None = None
 
     def __init__(self, protocol: Protocol, *args: Any, max_size: int | None, **kwargs: Any) -> None:
         protocol.__class__ = self.protocol_class
@@ -86,6 +96,27 @@ class PolysocketConnection(Connection):
         timeout = self.close_timeout  # aborting a closed connection does nothing
         if self.deadline is None and self.protocol.state is State.CLOSING and timeout is not None:
             self.deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pinger is not None:
+            self.pinger.stop()
+        super().connection_lost(exc)
+
+    def start_pinger(self, options: ConnectionOptions) -> None:
+        """A missing pong sends 1011 (if it ever leaves) and drops TCP."""
+        paused = lambda: not self.transport.is_reading()  # noqa: E731
+        self.pinger = Keepalive.start(options, self.ping_now, self.lost, paused)
+
+    def ping_now(self) -> None:
+        self.protocol.send_ping(b"")  # raises once closed: the keepalive stops
+        self.send_data()  # no drain(): the ping goes behind whatever is buffered
+
+    def lost(self, error: TimeoutError) -> None:
+        if self.protocol.state is State.OPEN:  # else closing already: close_timeout bounds it
+            self.lost_pong = error
+            self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self.send_data()
+            asyncio.get_running_loop().call_soon(self.transport.abort)  # after the frame
 
 
 class PolysocketClientProtocol(PolysocketProtocol, ClientProtocol): ...
@@ -105,8 +136,8 @@ def shared_options(
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
         compression="deflate" if options.compression == "deflate" else None,
-        ping_interval=options.ping_interval,
-        ping_timeout=options.keepalive_timeout,
+        ping_interval=None,  # PolysocketConnection.start_pinger instead
+        ping_timeout=None,
         close_timeout=options.close_timeout,
     )
 
@@ -117,6 +148,7 @@ class WebsocketsTransport:
     def __init__(self, ws: PolysocketConnection, options: ConnectionOptions) -> None:
         self._ws, self._options = ws, options
         self.subprotocol: str | None = ws.subprotocol
+        ws.start_pinger(options)
 
     async def send(self, message: Message) -> None:
         try:
@@ -132,12 +164,12 @@ class WebsocketsTransport:
 
     def _ending(self, exc: ConnectionClosed) -> TransportClosed:
         sent, cause, options = exc.sent, exc.__cause__, self._options
-        if self._ws.keepalive_lost:
-            timeout = options.keepalive_timeout
-            lost = TimeoutError(f"keepalive ping timeout: no pong within {timeout} s")
-            return TransportClosed(None, error=lost)
+        if self._ws.lost_pong is not None:
+            return TransportClosed(None, error=self._ws.lost_pong)
         if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
-            if sent.code == CloseCode.MESSAGE_TOO_BIG:
+            if isinstance(cause, TooManyFragments):
+                cause = kit.too_many_fragments()
+            elif sent.code == CloseCode.MESSAGE_TOO_BIG:
                 size = cause.size if isinstance(cause, PayloadTooBig) else None
                 cause = MessageTooBigError(options.max_size, size)
             return TransportClosed(sent.code, error=cause or exc)

@@ -1,6 +1,7 @@
 """What engines share, so that no engine writes it again: HTTP requests and answers,
-close codes, listening sockets, session tracking, keepalive pings, and admission (handshake
-deadlines, header limits, an accept loop that backs off when descriptors run out).
+close codes, listening sockets, session tracking, keepalive pings, the fragment limit, and
+admission (handshake deadlines, header limits, an accept loop that backs off when descriptors
+run out).
 
 Nothing here is required by the contract (:mod:`polysocket.transport`); an engine uses
 whatever its library does not already do.
@@ -19,6 +20,7 @@ from .admission import (
     install_accept_error_filter,
 )
 from .closecodes import CloseCode, valid_close_code
+from .fragments import FRAGMENTS_REASON, MAX_FRAGMENTS, FrameCounter, too_many_fragments
 from .http import (
     FRAMING_HEADERS,
     TOKEN_CHARS,
@@ -35,14 +37,17 @@ from .sessions import SessionTracker
 from .sockets import bind_sockets
 
 __all__ = [
+    "FRAGMENTS_REASON",
     "FRAMING_HEADERS",
     "LIBRARY_MAX_HEADER_LINES",
+    "MAX_FRAGMENTS",
     "MAX_HEADER_LINES",
     "MAX_HEAD_SIZE",
     "MAX_LINE_SIZE",
     "TOKEN_CHARS",
     "AcceptErrorFilter",
     "CloseCode",
+    "FrameCounter",
     "HandshakeDeadline",
     "Keepalive",
     "SessionTracker",
@@ -56,5 +61,6 @@ __all__ = [
     "http_request",
     "install_accept_error_filter",
     "request_path",
+    "too_many_fragments",
     "valid_close_code",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from polysocket.transport import ConnectionOptions
+
 __all__ = ["Keepalive"]
 
 
@@ -16,7 +18,25 @@ class Keepalive:
     connection ends. ``paused()``, if given, says that this side has stopped reading (a
     backlog of unread messages): a pong may then sit unread, so it is not held against
     the peer.
+
+    ``ping()`` must queue the ping without waiting for the write buffer to drain: the pong
+    wait starts when it returns, so a peer that stopped reading while this side sends (its
+    TCP window closed, our ping stuck behind the data) is still dropped in time.
     """
+
+    @classmethod
+    def start(
+        cls,
+        options: ConnectionOptions,
+        ping: Callable[[], None],
+        on_lost: Callable[[TimeoutError], None],
+        paused: Callable[[], bool] = lambda: False,
+    ) -> Keepalive | None:
+        """The keepalive ``options`` ask for (``ping_interval``, ``ping_timeout``), or None."""
+        interval, timeout = options.ping_interval, options.keepalive_timeout
+        if interval is None or timeout is None:
+            return None
+        return cls(ping, interval, timeout, on_lost, paused)
 
     def __init__(
         self,
