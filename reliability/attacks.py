@@ -348,8 +348,9 @@ def endless_fragments(engine: str, seconds: float) -> Result:
         )
         thread.start()
         fragments, state, closed_at = _fragments(attacker, until, server)
+        # the round trips go on to the end: once the attacker is gone they should be quick
+        thread.join(max(0.0, until - time.monotonic()) + ECHO_TIMEOUT + 2)
         stop.set()
-        thread.join(ECHO_TIMEOUT + 2)
         result = _figures(server, began)
         attacker.sock.close()
         prober.sock.close()
@@ -483,7 +484,19 @@ EXIT_CAP = 90.0
 
 def sigterm_stuck(engine: str, seconds: float) -> Result:
     """8 sessions whose onMessage sleeps 60 s, then SIGTERM: how long until the server
-    exits, with which code, and when do the clients get their close frames?"""
+    exits, with which code, and when do the clients get their close frames? Twice: with
+    clients that answer the close frame (as browsers do), then with silent ones."""
+    result = _sigterm_round(engine, answer=True)
+    silent = _sigterm_round(engine, answer=False)
+    result.update(
+        silent_exit_seconds=silent["exit_seconds"],
+        silent_exit_code=silent["exit_code"],
+        seconds=round(result["seconds"] + silent["seconds"], 1),
+    )
+    return result
+
+
+def _sigterm_round(engine: str, answer: bool) -> Result:
     with _serve(engine, root=REGISTRY) as server:
         clients = [connect_ws(server.port, SERVICE + "stuck") for _ in range(STUCK_SESSIONS)]
         if any(c.status != 101 for c in clients):
@@ -495,7 +508,7 @@ def sigterm_stuck(engine: str, seconds: float) -> Result:
         closes: list[tuple[str, float]] = []
         began = time.monotonic()
         waiters = [
-            threading.Thread(target=_close_of, args=(c, began, closes), daemon=True)
+            threading.Thread(target=_close_of, args=(c, began, closes, answer), daemon=True)
             for c in clients
         ]
         for waiter in waiters:
@@ -516,8 +529,8 @@ def sigterm_stuck(engine: str, seconds: float) -> Result:
         return result
 
 
-def _close_of(raw: RawSocket, began: float, closes: list[tuple[str, float]]) -> None:
-    state = drain_for_close(raw, EXIT_CAP)
+def _close_of(raw: RawSocket, began: float, closes: list[tuple[str, float]], answer: bool) -> None:
+    state = drain_for_close(raw, EXIT_CAP, answer=answer)
     closes.append((state, time.monotonic() - began))
 
 

@@ -240,9 +240,12 @@ def push(
     return count, "open"
 
 
-def drain_for_close(raw: RawSocket, seconds: float, limit: int = 64 * MIB) -> str:
+def drain_for_close(
+    raw: RawSocket, seconds: float, limit: int = 64 * MIB, *, answer: bool = False
+) -> str:
     """Read for up to ``seconds`` (or ``limit`` bytes): "closed CODE", "ended (no close
-    frame)" or "open"."""
+    frame)" or "open". With ``answer``, a close frame is answered, as a well-behaved client
+    does (so that the server's wait for the closing handshake is not what gets measured)."""
     sock = raw.sock
     sock.setblocking(False)
     deadline = time.monotonic() + seconds
@@ -262,8 +265,24 @@ def drain_for_close(raw: RawSocket, seconds: float, limit: int = 64 * MIB) -> st
         read += len(chunk)
         for opcode, _, payload in raw.parser.feed(chunk):
             if opcode == CLOSE:
+                if answer:
+                    _answer_close(sock, close_code(payload))
                 return f"closed {close_code(payload)}"
     return "open"
+
+
+def _answer_close(sock: socket.socket, code: int | None) -> None:
+    """Answer a close frame, wait (up to 5 s) for the server to end TCP, then close ours:
+    what a browser does. (A peer that keeps its socket open makes some engines wait their
+    ``close_timeout``: that is not what an attack here measures.)"""
+    with contextlib.suppress(OSError):
+        sock.sendall(close_frame(code or 1000))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and not sock.recv(65536):
+                break
+    sock.close()
 
 
 # -- processes and their memory ------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from harness import mib, size
 
 Result = dict[str, Any]
+GOOD = "http://good.example"
 
 
 def _rss(result: Result) -> str:
@@ -25,6 +26,10 @@ def _rss(result: Result) -> str:
         f"RSS {mib(result['rss_start'])} / peak {mib(result['rss_peak'])}"
         f" / end {mib(result['rss_end'])}"
     )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def figure(result: Result) -> str:
@@ -46,10 +51,10 @@ def figure(result: Result) -> str:
         )
     if attack == "stalled-handshakes":
         got_in = result["got_in_after"]
-        waited = "**never**" if got_in is None else f"{got_in} s"
+        waited = f"**never** in {result['seconds']} s" if got_in is None else f"{got_in} s"
         return (
-            f"real client in after {waited} (run {result['seconds']} s); log"
-            f" {size(result['log_bytes'])}; stalled dropped {result['stalled_dropped']}"
+            f"real client in after {waited}; log {size(result['log_bytes'])};"
+            f" stalled sockets dropped by then: {result['stalled_dropped']}"
             f" of {result['stalled_connected']}"
         )
     if attack == "endless-fragments":
@@ -58,18 +63,25 @@ def figure(result: Result) -> str:
             closed += f" at {result['attacker_closed_at']} s"
         return (
             f"attacker {closed} after {result['fragments']:,} fragments; others' echo p50"
-            f" {result['echo_p50_ms']} ms, max {result['echo_max_ms']} ms; {_rss(result)}"
+            f" {_ms(result['echo_p50_ms'])}, max {_ms(result['echo_max_ms'])}"
+            f" ({result['echo_lost']} lost); {_rss(result)}"
         )
     if attack == "cross-site":
+        with_list = (
+            f"evil {result['evil_with_origins']}, good {result['good_with_origins']}"
+            if "good_with_origins" in result
+            else "not supported by this checkout"
+        )
         return (
-            f"evil origin, no list: {result['evil_no_origins']}; with --origin:"
-            f" evil {result['evil_with_origins']}"
-            + (f", good {result['good_with_origins']}" if "good_with_origins" in result else "")
+            f"no origin list: evil {result['evil_no_origins']}; --origin {GOOD}: {with_list};"
+            f" anonymous same-origin: {result['anonymous_same_origin']}"
         )
     if attack == "sigterm-stuck":
         return (
             f"exit {result['exit_code']} after {result['exit_seconds']} s;"
-            f" close frames {result['close_frames']}"
+            f" close frames {result['close_frames']}; silent clients: exit"
+            f" {result.get('silent_exit_code', '?')}"
+            f" after {result.get('silent_exit_seconds', '?')} s"
         )
     return json.dumps(result)
 
