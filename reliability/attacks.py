@@ -42,6 +42,8 @@ from harness import (
     GIB,
     HERE,
     MIB,
+    PING,
+    PONG,
     REGISTRY,
     SERVICE,
     TEXT,
@@ -168,12 +170,14 @@ async def _chat(server: ServeProcess, stalled: RawSocket, seconds: float) -> Res
     send_stalls = [0]
     started = asyncio.Event()
 
-    async def read(reader: asyncio.StreamReader) -> None:
+    async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, OSError):
             while True:
                 opcode, _, payload = await aread_frame(reader)
                 if opcode == CLOSE:
                     return
+                if opcode == PING:  # a server with keepalive must not drop the readers
+                    writer.write(frame(PONG, payload))
                 if started.is_set() and b": m:" in payload[:64]:
                     delivered.append(time.monotonic())
 
@@ -189,7 +193,7 @@ async def _chat(server: ServeProcess, stalled: RawSocket, seconds: float) -> Res
             sent[index] += 1
             await asyncio.sleep(CHAT_INTERVAL)
 
-    tasks = [asyncio.create_task(read(reader)) for reader, _ in members]
+    tasks = [asyncio.create_task(read(reader, writer)) for reader, writer in members]
     await asyncio.sleep(1.0)  # the join notices
     server.rss.begin()
     started.set()

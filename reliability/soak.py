@@ -28,8 +28,11 @@ import time
 from typing import Any
 
 from harness import (
+    BINARY,
     CLOSE,
     MIB,
+    PING,
+    PONG,
     SERVICE,
     TEXT,
     HarnessError,
@@ -144,7 +147,9 @@ async def _read(
                 with contextlib.suppress(OSError):
                     writer.write(close_frame(code or 1000))
                 return
-            if opcode in (TEXT, 0x2):
+            if opcode == PING:  # answered, as every client library does
+                writer.write(frame(PONG, payload))
+            elif opcode in (TEXT, BINARY):
                 stats.received += 1
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the connection ended: counted by the side that ended it
