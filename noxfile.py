@@ -139,6 +139,15 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/throughput.py", *session.posargs)
 
 
+@nox.session
+def soak(session: nox.Session) -> None:
+    """About 60 s of 200 clients with random traffic, slow readers and disconnects against
+    `polysocket serve` (reliability/soak.py; not run by CI): `nox -s soak -- --engine
+    tornado`. Fails if the server dies or its RSS ends 200 MiB or more above its start."""
+    _install(session, *DISTRIBUTIONS)
+    session.run("python", "reliability/soak.py", *session.posargs)
+
+
 AUTOBAHN = ["autobahn/run.py", "--allow", "autobahn/allowed-failures.toml"]
 
 
