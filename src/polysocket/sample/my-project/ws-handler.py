@@ -9,13 +9,18 @@ import polysocket
 
 log = logging.getLogger("polysocket.sample")
 
+#: A log line shows this much of a message: a client must not be able to fill the log.
+SHOWN = 200
+
 
 def onOpen():
     log.info("Connection opened")
 
 
 def onMessage(message):
-    log.info("Message: %s", message)
+    shown = message[:SHOWN]
+    more = f" ... ({len(message)} in all)" if len(message) > SHOWN else ""
+    log.info("Message: %s%s", shown, more)
     return message
 
 
