@@ -18,6 +18,9 @@ from websockets.protocol import Protocol, State
 from polysocket.enginekit import CloseCode
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
+#: websockets' max_queue (see shared_options).
+MAX_QUEUE = 2
+
 TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE  # per frame
 
 
@@ -104,6 +107,10 @@ def shared_options(
     return dict(
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
+        # Unread messages (frames: PolysocketProtocol hands websockets whole messages) before
+        # it stops reading the socket: websockets' 16 would be 16 x max_size on top of the
+        # core's own queue, which max_queue bounds in bytes. Reading resumes when it is empty.
+        max_queue=MAX_QUEUE,
         compression="deflate" if options.compression == "deflate" else None,
         ping_interval=options.ping_interval,
         ping_timeout=options.keepalive_timeout,
