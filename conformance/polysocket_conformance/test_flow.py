@@ -122,7 +122,12 @@ def flow_server(engine: str, tmp_path: Path) -> Iterator[Any]:
 def binary(payload: bytes) -> bytes:
     """A client frame masked with an all-zero key (legal): the payload goes as it is."""
     size = len(payload)
-    head = bytes([0x80 | BINARY, 0x80 | 127]) + size.to_bytes(8, "big")
+    if size < 126:  # the shortest length encoding, as RFC 6455 5.2 requires
+        head = bytes([0x80 | BINARY, 0x80 | size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | BINARY, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | BINARY, 0x80 | 127]) + size.to_bytes(8, "big")
     return head + b"\0\0\0\0" + payload
 
 
