@@ -144,7 +144,8 @@ def run(engine: str, kind: str, seconds: float, root: str | None) -> str:
                 break
             peak = max(peak, rss_kib(server.pid))
             if peak > MAX_RSS_KIB:  # the machine is shared: stop before it runs out
-                over = f"  STOPPED: over {MAX_RSS_KIB >> 20} GiB after {time.monotonic() - began:.0f} s"
+                took = time.monotonic() - began
+                over = f"  STOPPED: over {MAX_RSS_KIB >> 20} GiB after {took:.0f} s"
                 break
         end = rss_kib(server.pid) if server.poll() is None else 0
         state = "alive" if server.poll() is None else f"DIED ({server.returncode})"

@@ -24,6 +24,7 @@ from typing import Any
 from .context import CallbackContext, current_call
 from .handlers import Handler
 from .threads import handler_threads
+from .transport import DEFAULT_MAX_QUEUE
 
 log = logging.getLogger("polysocket.dispatch")
 
@@ -95,7 +96,7 @@ class Dispatcher:
         loop: asyncio.AbstractEventLoop,
         reply: Callable[[Any], None] | None = None,
         reply_async: Callable[[Any], Awaitable[None]] | None = None,
-        max_queue: int = 1 << 20,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self._handler = handler
         self._reply = reply
