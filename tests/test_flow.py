@@ -200,3 +200,17 @@ def test_send_async_from_another_event_loop_and_after_close(recorder):
 def test_flow_options_are_checked(options):
     with install(MemoryEngine()), pytest.raises(TypeError, match=next(iter(options))):
         polysocket.createWebsocket(URI, object(), engine="memory", **options)
+
+
+def test_close_aborts_after_close_timeout_when_the_close_frame_cannot_get_out(recorder):
+    """close() queues the close frame after what was sent; a peer that reads nothing keeps
+    it from going out, so close_timeout later the connection is dropped (1006)."""
+    engine = GatedEngine(pushing([], [], threading.Event()))
+    with install(engine):
+        client = polysocket.createWebsocket(URI, recorder, engine="memory", close_timeout=0.5)
+        client.send("never delivered")
+        start = time.monotonic()
+        client.close()
+        assert client.wait_closed(5), "the connection never ended"
+        assert time.monotonic() - start < 3
+    assert client.close_code == 1006

@@ -145,6 +145,8 @@ class Connection:
         self._room_on_loop = asyncio.Event()
         self.state = State.CONNECTING
         self._close_requested: tuple[int, str] | None = None
+        #: The writer has reached the close frame: the closing handshake has begun.
+        self._handshaking = False
         self.ended = threading.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -237,7 +239,8 @@ class Connection:
     def offer(self, message: str | bytes) -> bool:
         """Queue a checked message without ever waiting (``broadcast``). With no room, the
         connection is closed with 1008 (:data:`TOO_SLOW`): what it had queued is dropped,
-        and it is aborted if it has not ended ``close_timeout`` later. False then."""
+        and it is aborted if the close frame cannot get out within ``close_timeout``. False
+        then."""
         size = len(message)
         with self._lock:
             if self.state is not State.OPEN:
@@ -324,7 +327,9 @@ class Connection:
         """Close, then wait for the closing handshake and, outside callbacks, for onClose.
 
         On the loop thread it only starts the close. Inside a callback it does not wait for
-        ``onClose``, which runs on a handler thread after the current callback returns.
+        ``onClose``, which runs on a handler thread after the current callback returns. The
+        close frame goes after what is queued; if it cannot get out within ``close_timeout``
+        (the peer reads nothing), the connection is aborted.
         """
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
@@ -357,6 +362,9 @@ class Connection:
         self._room_on_loop.set()  # send_async() waiters: closing now
         if wake:
             self._wake_writer.set()
+        # What is queued goes first, but a peer that reads nothing keeps the writer inside the
+        # engine's send() forever, before the close frame: close_timeout bounds that too.
+        self._loop.call_later(self._close_timeout, self._abort_unless_closing)
 
     def _drop_queued(self) -> None:
         """Closed for slowness (``offer``): drop what is queued, then send the close frame.
@@ -379,13 +387,16 @@ class Connection:
             len(dropped),
         )
         self._closing_started(wake)
-        # A peer that reads nothing keeps the writer inside the engine's send(), before the
-        # close frame: the connection ends close_timeout from now, whatever happens.
-        self._loop.call_later(self._close_timeout, self._abort_unless_ended)
 
-    def _abort_unless_ended(self) -> None:
-        if self.state is not State.CLOSED:
-            log.info("a connection closed for slowness did not end within close_timeout; aborting")
+    def _abort_unless_closing(self) -> None:
+        """close_timeout after close(): abort if the close frame is still stuck behind what
+        was queued (once it is out, ManagedTransport bounds the closing handshake)."""
+        if self.state is not State.CLOSED and not self._handshaking:
+            log.info(
+                "the close frame could not be sent within close_timeout=%s s (the peer reads"
+                " nothing); aborting the connection",
+                self._close_timeout,
+            )
             self._transport.abort()
 
     def _deliver(self, message: str | bytes) -> Awaitable[None] | None:
@@ -420,6 +431,7 @@ class Connection:
                     while batch:
                         message = batch.popleft()
                         if message is _CLOSE:
+                            self._handshaking = True
                             # ManagedTransport bounds it by close_timeout; never raises.
                             await self._transport.close(*(self._close_requested or (1000, "")))
                             return
