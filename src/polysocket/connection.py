@@ -147,6 +147,7 @@ class Connection:
         self._close_requested: tuple[int, str] | None = None
         #: The writer has reached the close frame: the closing handshake has begun.
         self._handshaking = False
+        self._close_deadline: asyncio.TimerHandle | None = None
         self.ended = threading.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -364,7 +365,10 @@ class Connection:
             self._wake_writer.set()
         # What is queued goes first, but a peer that reads nothing keeps the writer inside the
         # engine's send() forever, before the close frame: close_timeout bounds that too.
-        self._loop.call_later(self._close_timeout, self._abort_unless_closing)
+        if self._close_deadline is None:
+            self._close_deadline = self._loop.call_later(
+                self._close_timeout, self._abort_unless_closing
+            )
 
     def _drop_queued(self) -> None:
         """Closed for slowness (``offer``): drop what is queued, then send the close frame.
@@ -463,6 +467,8 @@ class Connection:
             self._outbox.clear()
             self._room.notify_all()
         self._room_on_loop.set()
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
         # A writer in the middle of the closing handshake finishes on its own; any other
         # would wait forever for a wake-up (the close marker it was to send is gone).
         if self._writer is not None and not handshaking:
