@@ -206,9 +206,9 @@ def test_a_reply_to_a_client_that_never_reads_its_echoes_times_out(
     """The bundled sample's echo, plain and async: replies to a client that never reads them
     wait for room up to send_timeout, then onError gets SendTimeoutError; before, an async
     reply queued without bound."""
-    server = flow_server(send_timeout=1.0, write_limit=256 * 1024)
+    server = flow_server(send_timeout=0.5, write_limit=256 * 1024)
     with not_reading(RawClient(server.port, f"/websockets/v4/service/{endpoint}")) as client:
-        push_until_blocked(client.sock, binary(b"e" * 256 * 1024), 8 * MIB, stalled=1.0)
+        push_until_blocked(client.sock, binary(b"e" * 256 * 1024), 8 * MIB, stalled=0.5)
         error = events.wait("onerror", endpoint).payload
         [session] = polysocket.getSessions(endpoint)
         buffered = session.buffered_amount
@@ -248,6 +248,7 @@ def test_broadcast_closes_a_member_that_never_reads_and_serves_the_others(
         code, reason, frames = slow.until_close()  # and answers it
         assert (code, reason) == (1008, "too slow: send queue over write_limit")
         assert 0 < len(frames) < count
+        slow.close()  # the end of the handshake: a server may wait for the client's TCP close
         deadline = time.monotonic() + WAIT  # our answer to its close frame ends it
         while len(polysocket.getSessions(endpoint)) > 3 and time.monotonic() < deadline:
             time.sleep(0.01)
