@@ -118,7 +118,6 @@ class Connection:
         self._transport = transport
         self._loop = loop
         self._close_timeout = options.close_timeout
-        self._max_queue = options.max_queue
         self._write_limit = options.write_limit
         self._send_timeout = options.send_timeout
         self._on_ended = on_ended
@@ -174,7 +173,7 @@ class Connection:
         queued = self._queued_bytes
         return queued == 0 or queued + size <= self._write_limit
 
-    def _enqueue(self, message: str | bytes | object, size: int) -> bool:
+    def _enqueue(self, message: object, size: int) -> bool:
         """Queue (the lock held); True if the writer needs waking."""
         self._outbox.append(message)
         self._queued_bytes += size
