@@ -240,11 +240,7 @@ def test_one_wake_up_per_burst_of_sent_messages(recorder, monkeypatch):
     assert len(wakes) <= 2, f"{len(wakes)} wake-ups for 1000 sends"
 
 
-def test_send_blocks_while_the_peer_is_slow(recorder, monkeypatch):
-    from polysocket import connection
-
-    monkeypatch.setattr(connection, "OUTBOX_HIGH", 1000)
-    monkeypatch.setattr(connection, "OUTBOX_LOW", 100)
+def test_send_blocks_while_the_peer_is_slow(recorder):
     gate = asyncio.Event()
     got = []
 
@@ -265,7 +261,7 @@ def test_send_blocks_while_the_peer_is_slow(recorder, monkeypatch):
             got.append(message)
 
     with install(GatedEngine(sink)):
-        client = open_client(recorder)
+        client = open_client(recorder, write_limit=1000)
         done = threading.Event()
 
         def sender():

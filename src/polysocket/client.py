@@ -72,11 +72,31 @@ class WebsocketClient:
         self._connection: Connection
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send text (``str``) or binary (bytes-like); blocks while the peer is slow.
+        """Send text (``str``) or binary (bytes-like); thread-safe.
 
-        Raises ``TypeError`` for anything else and ``ConnectionClosedError`` once closed.
+        While more than ``write_limit`` bytes wait to be sent (the peer reads slowly) it
+        blocks this thread, up to ``send_timeout`` seconds, then raises
+        :class:`SendTimeoutError` (the connection stays open). On polysocket's event loop
+        (``async def`` callbacks) it cannot wait and raises at once: ``await send_async()``
+        there. Raises ``TypeError`` for anything else and ``ConnectionClosedError`` once closed.
         """
         self._connection.send(message)
+
+    async def send_async(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Like :meth:`send`, awaiting room (up to ``send_timeout``) instead of blocking;
+        for ``async def`` callbacks and any other event loop."""
+        await self._connection.send_async(message)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes waiting to be sent (at most about ``write_limit``)."""
+        return self._connection.buffered_amount
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of received messages waiting for ``onMessage`` (about ``max_queue`` at
+        most: over it, the connection stops reading until the handler catches up)."""
+        return self._connection.dispatcher.backlog
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after flushing what was sent; idempotent, safe from any thread or callback."""
@@ -164,7 +184,7 @@ async def _open_client(
         handler,
         client,
         asyncio.get_running_loop(),
-        options.close_timeout,
+        options,
         on_ended=lambda: clients.remove(client),
     )
     clients.add(client)

@@ -5,33 +5,38 @@ event loop; ``send`` and ``close`` may be called from any thread.
 
 Outgoing messages go into one queue under a lock (so one thread's messages leave in call
 order); the first message of a burst wakes the writer task once, and the writer sends the
-whole burst. Senders block while too much is queued, and the writer itself waits on the
-engine's flow control, so a slow peer slows the sender down instead of growing memory.
+whole burst. The writer waits on the engine's flow control, so a slow peer fills the queue;
+the queue holds at most ``write_limit`` bytes (one message always fits in an empty queue).
+Over it, ``send()`` off the loop blocks its own thread up to ``send_timeout`` and then raises
+:class:`SendTimeoutError`; on the loop it cannot wait and raises at once, and ``send_async()``
+awaits room instead. ``offer()`` (what ``broadcast`` uses) never waits: a connection with no
+room is closed with 1008 and what it had queued is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .context import current_call
-from .dispatch import BACKLOG_HIGH, Dispatcher, ErrorText, Event
+from .dispatch import MESSAGE_OVERHEAD, Dispatcher, ErrorText, Event
 from .enginekit.closecodes import CloseCode, valid_close_code
-from .errors import ConnectionClosedError
+from .errors import ConnectionClosedError, SendTimeoutError
 from .handlers import Handler
 from .managed import ManagedTransport, close_bound
-from .transport import TransportClosed
+from .transport import ConnectionOptions, TransportClosed
 
 log = logging.getLogger("polysocket.connection")
 
-#: Queued outgoing bytes above which ``send`` blocks, and below which it resumes.
-OUTBOX_HIGH = 1 << 20
-OUTBOX_LOW = 1 << 18
+#: The close reason of a connection closed because its send queue was over ``write_limit``.
+TOO_SLOW = "too slow: send queue over write_limit"
 
 #: Users get plain ints, never an IntEnum.
 ABNORMAL = int(CloseCode.ABNORMAL)
@@ -106,25 +111,42 @@ class Connection:
         handler: Handler,
         session: Any,
         loop: asyncio.AbstractEventLoop,
-        close_timeout: float,
+        options: ConnectionOptions,
         on_ended: Callable[[], None],
         replies: bool = False,
     ) -> None:
         self._transport = transport
         self._loop = loop
-        self._close_timeout = close_timeout
+        self._close_timeout = options.close_timeout
+        self._write_limit = options.write_limit
+        self._send_timeout = options.send_timeout
         self._on_ended = on_ended
-        self.dispatcher = Dispatcher(handler, session, loop, self._reply if replies else None)
+        self.dispatcher = Dispatcher(
+            handler,
+            session,
+            loop,
+            self._reply if replies else None,
+            self._reply_async if replies else None,
+            options.max_queue,
+        )
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._outbox: deque[Any] = deque()
+        #: The burst the writer is sending (what a drop for slowness discards, on the loop).
+        self._batch: deque[Any] = deque()
+        #: Bytes in the outbox and in the writer's burst, the one being sent included.
         self._queued_bytes = 0
         self._writer_awake = False
         self._wake_writer = asyncio.Event()
+        #: Set on the loop when room is made or sending ends (``send_async`` waits on it).
+        self._room_on_loop = asyncio.Event()
         self.state = State.CONNECTING
         self._close_requested: tuple[int, str] | None = None
+        #: The writer has reached the close frame: the closing handshake has begun.
+        self._handshaking = False
+        self._close_deadline: asyncio.TimerHandle | None = None
         self.ended = threading.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -141,21 +163,127 @@ class Connection:
 
     # -- any thread ------------------------------------------------------------------------
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued for sending and not yet handed to the engine in full."""
+        return self._queued_bytes
+
+    def _fits(self, size: int) -> bool:
+        # One message always fits in an empty queue, however big (max_size bounds it).
+        queued = self._queued_bytes
+        return queued == 0 or queued + size <= self._write_limit
+
+    def _enqueue(self, message: object, size: int) -> bool:
+        """Queue (the lock held); True if the writer needs waking."""
+        self._outbox.append(message)
+        self._queued_bytes += size
+        if self._writer_awake:
+            return False
+        self._writer_awake = True
+        return True
+
     def send(self, message: Any) -> None:
+        """Queue ``message``. Off the loop, wait up to ``send_timeout`` for room; on the loop
+        (``async def`` callbacks), raise :class:`SendTimeoutError` at once when there is none."""
         message = check_message(message)
         size = len(message)
         on_loop = threading.get_ident() == self._loop_thread
+        deadline: float | None = None
         with self._lock:
-            while self._queued_bytes >= OUTBOX_HIGH and not on_loop and self.state is State.OPEN:
-                self._room.wait()
+            while True:
+                if self.state is not State.OPEN:
+                    raise self._closed_error()
+                if self._fits(size):
+                    break
+                if on_loop:
+                    raise self._no_room_on_loop()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._send_timeout
+                elif now >= deadline:
+                    raise self._timed_out()
+                self._room.wait(deadline - now)
+            wake = self._enqueue(message, size)
+        if wake:
+            if on_loop:
+                self._wake_writer.set()
+            else:
+                self._loop.call_soon_threadsafe(self._wake_writer.set)
+
+    async def send_async(self, message: Any) -> None:
+        """Queue ``message``, awaiting room up to ``send_timeout``; from any event loop."""
+        message = check_message(message)
+        if asyncio.get_running_loop() is not self._loop:  # another loop (the asyncio API user)
+            future = asyncio.run_coroutine_threadsafe(self.send_async(message), self._loop)
+            return await asyncio.wrap_future(future)
+        size = len(message)
+        deadline = self._loop.time() + self._send_timeout
+        while True:
+            with self._lock:
+                if self.state is not State.OPEN:
+                    raise self._closed_error()
+                if self._fits(size):
+                    wake = self._enqueue(message, size)
+                    break
+            left = deadline - self._loop.time()
+            if left <= 0:
+                raise self._timed_out()
+            # No await since the check: room made meanwhile (on this loop) is not missed.
+            self._room_on_loop.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._room_on_loop.wait()
+        if wake:
+            self._wake_writer.set()
+
+    def offer(self, message: str | bytes) -> bool:
+        """Queue a checked message without ever waiting (``broadcast``). With no room, the
+        connection is closed with 1008 (:data:`TOO_SLOW`): what it had queued is dropped,
+        and it is aborted if the close frame cannot get out within ``close_timeout``. False
+        then."""
+        size = len(message)
+        with self._lock:
             if self.state is not State.OPEN:
                 raise self._closed_error()
-            self._outbox.append(message)
-            self._queued_bytes += size
-            if self._writer_awake:
-                return
-            self._writer_awake = True
-        self._loop.call_soon_threadsafe(self._wake_writer.set)
+            if self._fits(size):
+                wake = self._enqueue(message, size)
+                dropped = False
+            else:
+                self.state = State.CLOSING
+                self._close_requested = (int(CloseCode.POLICY_VIOLATION), TOO_SLOW)
+                self._room.notify_all()
+                wake = dropped = True
+        if dropped:
+            self._loop.call_soon_threadsafe(self._drop_queued)
+        elif wake:
+            if threading.get_ident() == self._loop_thread:
+                self._wake_writer.set()
+            else:
+                self._loop.call_soon_threadsafe(self._wake_writer.set)
+        return not dropped
+
+    def _timed_out(self) -> SendTimeoutError:
+        queued, limit = self._queued_bytes, self._write_limit
+        return SendTimeoutError(
+            f"send() waited send_timeout={self._send_timeout} s for room and got none:"
+            f" {queued} bytes are still queued for this connection (write_limit={limit})"
+            " because the peer reads too slowly. The message was not sent and the connection"
+            " stays open: retry later, drop the message or close the connection; raise"
+            " send_timeout= or write_limit= if such a slow peer is expected.",
+            queued=queued,
+            write_limit=limit,
+        )
+
+    def _no_room_on_loop(self) -> SendTimeoutError:
+        queued, limit = self._queued_bytes, self._write_limit
+        return SendTimeoutError(
+            f"send() cannot wait on the event loop (in an async def callback) and {queued}"
+            f" bytes are already queued for this connection (write_limit={limit}): the peer"
+            " reads too slowly. The message was not sent; use `await session.send_async(...)`"
+            " (or client.send_async), which waits up to send_timeout for room.",
+            queued=queued,
+            write_limit=limit,
+        )
 
     def _reply(self, result: Any) -> None:
         if not isinstance(result, str | bytes | bytearray | memoryview):
@@ -166,6 +294,18 @@ class Connection:
         try:
             self.send(result)
         except ConnectionClosedError:  # the peer left first: nobody to reply to, no fault
+            log.info("dropped onMessage's reply: the connection is already closed")
+
+    async def _reply_async(self, result: Any) -> None:
+        """What an ``async def`` onMessage returned: awaits room like ``send_async``."""
+        if not isinstance(result, str | bytes | bytearray | memoryview):
+            raise TypeError(
+                f"onMessage returned a {type(result).__name__}; return str or bytes to reply,"
+                " or None to send nothing"
+            )
+        try:
+            await self.send_async(result)
+        except ConnectionClosedError:
             log.info("dropped onMessage's reply: the connection is already closed")
 
     def request_close(self, code: int = 1000, reason: str = "") -> bool:
@@ -187,7 +327,9 @@ class Connection:
         """Close, then wait for the closing handshake and, outside callbacks, for onClose.
 
         On the loop thread it only starts the close. Inside a callback it does not wait for
-        ``onClose``, which runs on a handler thread after the current callback returns.
+        ``onClose``, which runs on a handler thread after the current callback returns. The
+        close frame goes after what is queued; if it cannot get out within ``close_timeout``
+        (the peer reads nothing), the connection is aborted.
         """
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
@@ -222,14 +364,53 @@ class Connection:
 
     def _closing_started(self, wake: bool) -> None:
         self.dispatcher.release()
+        self._room_on_loop.set()  # send_async() waiters: closing now
         if wake:
             self._wake_writer.set()
+        # What is queued goes first, but a peer that reads nothing keeps the writer inside the
+        # engine's send() forever, before the close frame: close_timeout bounds that too.
+        if self._close_deadline is None:
+            self._close_deadline = self._loop.call_later(
+                self._close_timeout, self._abort_unless_closing
+            )
+
+    def _drop_queued(self) -> None:
+        """Closed for slowness (``offer``): drop what is queued, then send the close frame.
+
+        On the loop, so the writer is not between taking a message and counting it: it is
+        waiting for a wake-up or inside the engine's send() of one message, which finishes.
+        """
+        with self._lock:
+            dropped = [m for m in (*self._batch, *self._outbox) if m is not _CLOSE]
+            self._batch.clear()
+            self._outbox.clear()
+            self._queued_bytes -= sum(len(m) for m in dropped)
+            self._outbox.append(_CLOSE)
+            wake = not self._writer_awake
+            self._writer_awake = True
+        log.info(
+            "closing a connection with 1008: its send queue is over write_limit=%d bytes"
+            " (the peer reads too slowly); dropped %d queued message(s)",
+            self._write_limit,
+            len(dropped),
+        )
+        self._closing_started(wake)
+
+    def _abort_unless_closing(self) -> None:
+        """close_timeout after close(): abort if the close frame is still stuck behind what
+        was queued (once it is out, ManagedTransport bounds the closing handshake)."""
+        if self.state is not State.CLOSED and not self._handshaking:
+            log.info(
+                "the close frame could not be sent within close_timeout=%s s (the peer reads"
+                " nothing); aborting the connection",
+                self._close_timeout,
+            )
+            self._transport.abort()
 
     def _deliver(self, message: str | bytes) -> Awaitable[None] | None:
-        dispatcher = self.dispatcher
-        dispatcher.push(message)
-        if dispatcher.backlog > BACKLOG_HIGH and self.state is State.OPEN:
-            return dispatcher.wait_for_backlog()  # request_close() ends the wait
+        over = self.dispatcher.push(message, len(message) + MESSAGE_OVERHEAD)
+        if over and self.state is State.OPEN:
+            return self.dispatcher.wait_for_backlog()  # request_close() ends the wait
         return None
 
     async def _read_loop(self) -> None:
@@ -250,12 +431,15 @@ class Connection:
                     if not self._outbox:
                         self._writer_awake = False
                         break
-                    batch = self._outbox
+                    batch = self._batch = self._outbox
                     self._outbox = deque()
                 sent = 0
                 try:
-                    for message in batch:
+                    # popleft: _drop_queued may empty the burst while a message is in send()
+                    while batch:
+                        message = batch.popleft()
                         if message is _CLOSE:
+                            self._handshaking = True
                             # ManagedTransport bounds it by close_timeout; never raises.
                             await self._transport.close(*(self._close_requested or (1000, "")))
                             return
@@ -274,8 +458,8 @@ class Connection:
     def _made_room(self, sent: int) -> None:
         with self._lock:
             self._queued_bytes -= sent
-            if self._queued_bytes < OUTBOX_LOW:
-                self._room.notify_all()
+            self._room.notify_all()
+        self._room_on_loop.set()
 
     def _end(self, closed: TransportClosed) -> None:
         code, reason = close_outcome(closed, self._close_requested)
@@ -286,6 +470,9 @@ class Connection:
             self.close_code, self.close_reason = code, reason
             self._outbox.clear()
             self._room.notify_all()
+        self._room_on_loop.set()
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
         # A writer in the middle of the closing handshake finishes on its own; any other
         # would wait forever for a wake-up (the close marker it was to send is gone).
         if self._writer is not None and not handshaking:

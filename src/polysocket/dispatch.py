@@ -3,6 +3,12 @@
 The event-loop thread pushes events (received messages, open/error/close) into a per-connection
 queue. The first push of a burst wakes the consumer once; the consumer then takes everything
 queued in one go. Plain callbacks run on a handler thread, ``async def`` callbacks on the loop.
+
+The queue is bounded in bytes (``max_queue``): each message counts as its length plus
+:data:`MESSAGE_OVERHEAD`, from its arrival until the handler has finished the batch it came
+in. Above ``max_queue`` the connection's reader pauses (see :meth:`Dispatcher.wait_for_backlog`)
+until the handler is down to a quarter of it; the message that crossed the mark is queued, so
+a message bigger than ``max_queue`` still gets through.
 """
 
 from __future__ import annotations
@@ -12,18 +18,19 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .context import CallbackContext, current_call
 from .handlers import Handler
 from .threads import handler_threads
+from .transport import DEFAULT_MAX_QUEUE
 
 log = logging.getLogger("polysocket.dispatch")
 
-#: Received messages waiting for the handler before the reader stops reading (backpressure).
-BACKLOG_HIGH = 4096
-BACKLOG_LOW = 1024
+#: What a queued message costs on top of its length (its object and queue slot), so that a
+#: flood of empty messages is bounded by ``max_queue`` too.
+MESSAGE_OVERHEAD = 64
 
 
 class ErrorText(str):
@@ -77,8 +84,9 @@ class Dispatcher:
     """Delivers one connection's events to its handler.
 
     ``push`` is called on the loop thread only. ``finished`` is set once ``onClose`` has run.
-    With ``reply`` (server sessions), a non-``None`` value returned by ``onMessage`` is
-    passed to it.
+    With ``reply`` (server sessions), a non-``None`` value returned by a plain ``onMessage``
+    is passed to it on the handler thread; one returned by an ``async def`` one is awaited
+    through ``reply_async`` on the loop.
     """
 
     def __init__(
@@ -87,14 +95,22 @@ class Dispatcher:
         session: Any,
         loop: asyncio.AbstractEventLoop,
         reply: Callable[[Any], None] | None = None,
+        reply_async: Callable[[Any], Awaitable[None]] | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self._handler = handler
         self._reply = reply
+        self._reply_async = reply_async
         self._session = session
         self._loop = loop
         self._on_loop = handler.is_async
         self._lock = threading.Lock()
         self._items: deque[Any] = deque()
+        #: Bytes of the messages in ``_items``, and of those plus the batch being handled.
+        self._items_bytes = 0
+        self._bytes = 0
+        self._high = max_queue
+        self._low = max_queue // 4
         self._scheduled = False
         self._resume: asyncio.Event | None = None
         self.finished = threading.Event()
@@ -106,25 +122,35 @@ class Dispatcher:
 
     # -- loop side -------------------------------------------------------------------------
 
-    def push(self, item: Any) -> None:
+    def push(self, item: Any, size: int = 0) -> bool:
+        """Queue an event or a message (``size``: what it counts for ``max_queue``);
+        True when the backlog is now over ``max_queue`` (the reader should pause)."""
         with self._lock:
             self._items.append(item)
+            self._items_bytes += size
+            self._bytes += size
+            over = self._bytes > self._high
             if self._scheduled:
-                return
+                return over
             self._scheduled = True
         if self._on_loop:
             self._loop.create_task(self._drain_on_loop())
         else:
             handler_threads.submit(self._drain_on_thread)
+        return over
 
     @property
     def backlog(self) -> int:
-        return len(self._items)
+        """Bytes of received messages the handler has not finished yet (as ``max_queue``
+        counts them)."""
+        return self._bytes
 
     async def wait_for_backlog(self) -> None:
-        """Wait until the handler has caught up below the low-water mark."""
+        """Wait until the handler has caught up to a quarter of ``max_queue``."""
         self._resume = asyncio.Event()
-        if len(self._items) > BACKLOG_LOW:
+        # _resume is published before the check: a consumer that finishes after the check
+        # sees it and sets it (_batch_done updates the count before it looks).
+        if self._bytes > self._low:
             await self._resume.wait()
         self._resume = None
 
@@ -135,26 +161,34 @@ class Dispatcher:
 
     # -- consumer side ---------------------------------------------------------------------
 
-    def _take_batch(self) -> deque[Any] | None:
+    def _take_batch(self) -> tuple[deque[Any], int] | None:
         with self._lock:
             if not self._items:
                 self._scheduled = False
                 return None
-            batch = self._items
-            self._items = deque()
-            return batch
+            batch, size = self._items, self._items_bytes
+            self._items, self._items_bytes = deque(), 0
+            return batch, size
 
-    def _caught_up(self) -> None:
-        resume = self._resume
-        if resume is not None and len(self._items) <= BACKLOG_LOW:
-            self._loop.call_soon_threadsafe(resume.set)
+    def _batch_done(self, size: int) -> bool:
+        """The handler finished a batch of ``size`` bytes; True if a paused reader may go on."""
+        with self._lock:
+            self._bytes -= size
+            return self._resume is not None and self._bytes <= self._low
+
+    def _caught_up(self, size: int) -> None:
+        if self._batch_done(size):
+            resume = self._resume
+            if resume is not None:
+                self._loop.call_soon_threadsafe(resume.set)
 
     def _drain_on_thread(self) -> None:
         # The hot path: one context for the whole drain, only its message changes.
         on_message = self._on_message
         takes_arg = self._message_takes_arg
         context = CallbackContext("onmessage", self._session)
-        while (batch := self._take_batch()) is not None:
+        while (taken := self._take_batch()) is not None:
+            batch, size = taken
             for item in batch:
                 if item.__class__ is Event:
                     self._run_on_thread(item)
@@ -163,13 +197,14 @@ class Dispatcher:
                     continue
                 context.message = item
                 self._invoke(on_message, (item,) if takes_arg else (), context)
-            self._caught_up()
+            self._caught_up(size)
 
     async def _drain_on_loop(self) -> None:
-        while (batch := self._take_batch()) is not None:
+        while (taken := self._take_batch()) is not None:
+            batch, size = taken
             for item in batch:
                 await self._run_on_loop(item)
-            if self._resume is not None and len(self._items) <= BACKLOG_LOW:
+            if self._batch_done(size) and self._resume is not None:
                 self._resume.set()
 
     def _call_for(
@@ -221,8 +256,12 @@ class Dispatcher:
             token = current_call.set(context)
             try:
                 result = await callback(*args)
-                if result is not None and self._reply is not None and item.__class__ is not Event:
-                    self._reply(result)
+                if (
+                    result is not None
+                    and self._reply_async is not None
+                    and item.__class__ is not Event
+                ):
+                    await self._reply_async(result)
             except Exception as exc:
                 report = self._callback_failed(context, exc)
                 if report is not None:

@@ -10,6 +10,7 @@ __all__ = [
     "DescriptorError",
     "EngineUnavailableError",
     "HandlerNotFoundError",
+    "SendTimeoutError",
     "UnknownEngineError",
     "UnsupportedOptionError",
     "WebsocketError",
@@ -48,6 +49,20 @@ class ConnectionClosedError(WebsocketError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class SendTimeoutError(WebsocketError, TimeoutError):
+    """A message could not be queued: the connection's send queue stayed over ``write_limit``
+    for ``send_timeout`` seconds (at once on the event loop, where ``send()`` cannot wait).
+
+    The peer reads too slowly. The message was not sent; the connection stays open.
+    ``queued`` is what was waiting to be sent, ``write_limit`` the limit.
+    """
+
+    def __init__(self, message: str, *, queued: int, write_limit: int) -> None:
+        super().__init__(message)
+        self.queued = queued
+        self.write_limit = write_limit
 
 
 class HandlerNotFoundError(WebsocketError):

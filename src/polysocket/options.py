@@ -77,7 +77,7 @@ def _checked(
             f"unknown option(s) {', '.join(map(repr, unknown))}; the options every engine"
             f" takes are: {', '.join(names)}"
         )
-    for name in ("open_timeout", "close_timeout"):
+    for name in ("open_timeout", "close_timeout", "send_timeout"):
         value = options.get(name, 10.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise TypeError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -95,6 +95,10 @@ def _checked(
     limit = options.get("max_connections")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise TypeError(f"max_connections must be a positive int or None, not {limit!r}")
+    for name in ("max_queue", "write_limit"):
+        value = options.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TypeError(f"{name} must be a positive number of bytes, not {value!r}")
     if options.get("compression") not in (None, "deflate"):
         raise UnsupportedOptionError(
             f"compression={options['compression']!r}: use 'deflate' (permessage-deflate) or None"

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from . import endpoints as registry_folder
 from . import page
 from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
-from .connection import Connection
+from .connection import Connection, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
@@ -77,8 +77,26 @@ class ServerSession:
         self._connection: Connection
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send to this session; thread-safe, blocks while the client is slow."""
+        """Send to this session; thread-safe. While more than ``write_limit`` bytes wait to
+        be sent it blocks this thread up to ``send_timeout``, then raises
+        :class:`SendTimeoutError` (the session stays open); on the event loop (``async def``
+        callbacks) it raises at once instead: ``await send_async()`` there."""
         self._connection.send(message)
+
+    async def send_async(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Like :meth:`send`, awaiting room (up to ``send_timeout``) instead of blocking."""
+        await self._connection.send_async(message)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes waiting to be sent to this client (at most about ``write_limit``)."""
+        return self._connection.buffered_amount
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of received messages waiting for ``onMessage`` (about ``max_queue`` at
+        most: over it, the session stops reading until the handler catches up)."""
+        return self._connection.dispatcher.backlog
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         self._connection.close(code, reason)
@@ -120,14 +138,31 @@ def get_sessions(endpoint: str) -> list[ServerSession]:
 
 
 def broadcast(endpoint: str, message: str | bytes) -> int:
-    """Send ``message`` to every open session of ``endpoint``; return how many got it."""
-    reached = 0
-    for session in sessions.of(endpoint):
+    """Queue ``message`` for every open session of ``endpoint``; return how many got it.
+
+    It never waits, from any thread or callback: a session whose send queue would go over
+    ``write_limit`` (its client reads too slowly) is closed with 1008 instead, its queued
+    messages dropped (see ``Connection.offer``); one log line per call counts them.
+    """
+    checked = check_message(message)
+    members = sessions.of(endpoint)
+    reached = too_slow = 0
+    for session in members:
         try:
-            session.send(message)
+            if session._connection.offer(checked):
+                reached += 1
+            else:
+                too_slow += 1
         except ConnectionClosedError:
-            continue  # it closed while we were sending; the others still get it
-        reached += 1
+            continue  # closing or closed already: the others still get it
+    if too_slow:
+        log.warning(
+            "broadcast to %s: %d of %d sessions closed with 1008, reading too slowly"
+            " (send queue over write_limit)",
+            endpoint,
+            too_slow,
+            len(members),
+        )
     return reached
 
 
@@ -340,7 +375,7 @@ class EndpointServer:
             endpoint.handler,
             session,
             asyncio.get_running_loop(),
-            self._options.close_timeout,
+            self._options,
             on_ended=forget,
             replies=True,
         )

@@ -40,7 +40,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "CAPABILITIES",
+    "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_SIZE",
+    "DEFAULT_WRITE_LIMIT",
     "Accept",
     "ClientOptions",
     "ConnectionOptions",
@@ -60,6 +62,9 @@ __all__ = [
 Message = str | bytes
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+#: Defaults of ``max_queue`` and ``write_limit`` (bytes).
+DEFAULT_MAX_QUEUE = 1024 * 1024
+DEFAULT_WRITE_LIMIT = 1024 * 1024
 
 #: Every capability an engine may declare. An option that needs one the engine lacks is
 #: refused (``UnsupportedOptionError``), and the conformance suite skips what needs it.
@@ -111,11 +116,22 @@ class ConnectionOptions:
     ``open_timeout`` seconds for the opening handshake: a client gives up connecting after it,
     a server drops a connection that has not completed its handshake (or its plain HTTP
     request) that long after it was accepted, and an idle keep-alive connection that long
-    after its last answer."""
+    after its last answer.
+
+    Flow control, enforced by the core (engines may read them to size their own buffers):
+    ``max_queue`` bytes of received messages may wait for the handler (each counted as its
+    length plus :data:`polysocket.dispatch.MESSAGE_OVERHEAD`); above it the core stops
+    calling ``receive()`` until the handler is down to a quarter, so the engine stops reading
+    the socket (TCP backpressure). ``write_limit`` bytes may wait to be sent on one
+    connection; a blocking ``send()`` waits up to ``send_timeout`` seconds for room, then
+    raises ``SendTimeoutError``."""
 
     open_timeout: float = 10.0
     close_timeout: float = 10.0
     max_size: int | None = DEFAULT_MAX_SIZE
+    max_queue: int = DEFAULT_MAX_QUEUE
+    write_limit: int = DEFAULT_WRITE_LIMIT
+    send_timeout: float = 10.0
     compression: str | None = None
     ping_interval: float | None = None
     ping_timeout: float | None = None

@@ -55,9 +55,11 @@ from polysocket.transport import (
 
 _log = logging.getLogger("polysocket_picows")
 
-#: Unread messages (or bytes) past which the socket is not read any more.
+#: Unread messages (or bytes) past which the socket is not read any more. The core bounds its
+#: own queue in bytes (``max_queue``); this one comes on top, so it stays small in bytes
+#: (aiohttp's is 512 KiB too); many small messages still go through in one read.
 QUEUE_HIGH = 256
-QUEUE_HIGH_BYTES = 4 * 1024 * 1024
+QUEUE_HIGH_BYTES = 512 * 1024
 #: ... and below which it is read again.
 QUEUE_LOW = QUEUE_HIGH // 4
 QUEUE_LOW_BYTES = QUEUE_HIGH_BYTES // 4

@@ -120,9 +120,10 @@ class TornadoTransport:
 
     def __init__(self, options: ConnectionOptions) -> None:
         self.subprotocol: str | None = None
-        # Unread messages, 16 at most (websockets' default): put() on a full queue returns a
-        # pending future, which tornado's frame loop awaits before it reads the next frame.
-        self.queue: Queue[str | bytes | None] = Queue(16)
+        # Unread messages: one, and one more waiting in put(), whose pending future tornado's
+        # frame loop awaits before it reads the next frame. The core bounds its own queue in
+        # bytes (max_queue); more here would be up to max_size each, on top of it.
+        self.queue: Queue[str | bytes | None] = Queue(1)
         self.options = options
 
     def attach(self, proto: StrictProtocol) -> StrictProtocol:

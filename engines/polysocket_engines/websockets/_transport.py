@@ -19,6 +19,9 @@ from polysocket import enginekit as kit
 from polysocket.enginekit import CloseCode, Keepalive
 from polysocket.transport import ConnectionOptions, Message, MessageTooBigError, TransportClosed
 
+#: websockets' max_queue (see shared_options).
+MAX_QUEUE = 2
+
 TEXT, BINARY, CONT, CLOSE, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
 
 
@@ -135,6 +138,10 @@ def shared_options(
     return dict(
         create_connection=partial(connection, max_size=max_size, **extra),
         max_size=max_size,
+        # Unread messages (frames: PolysocketProtocol hands websockets whole messages) before
+        # it stops reading the socket: websockets' 16 would be 16 x max_size on top of the
+        # core's own queue, which max_queue bounds in bytes. Reading resumes when it is empty.
+        max_queue=MAX_QUEUE,
         compression="deflate" if options.compression == "deflate" else None,
         ping_interval=None,  # PolysocketConnection.start_pinger instead
         ping_timeout=None,
