@@ -25,6 +25,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The suite's raw frames (installed with polysocket's dev extras), re-exported for the
+# attacks: the peers here write frames by hand, as the suite's do.
+from polysocket_conformance.rawframes import (
+    BINARY as BINARY,
+)
+from polysocket_conformance.rawframes import (
+    CLOSE as CLOSE,
+)
+from polysocket_conformance.rawframes import (
+    CONTINUATION as CONTINUATION,
+)
+from polysocket_conformance.rawframes import (
+    PING as PING,
+)
+from polysocket_conformance.rawframes import (
+    PONG as PONG,
+)
+from polysocket_conformance.rawframes import (
+    TEXT as TEXT,
+)
+from polysocket_conformance.rawframes import (
+    close_frame as close_frame,
+)
+from polysocket_conformance.rawframes import (
+    frame as frame,
+)
+from polysocket_conformance.rawframes import (
+    mask_payload as mask_payload,
+)
+
 MIB = 1 << 20
 GIB = 1 << 30
 #: A server (or client) whose RSS passes this is killed: the machine is shared.
@@ -41,44 +71,12 @@ SERVICE = "/websockets/v4/service/"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
-TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
-
 
 class HarnessError(Exception):
     """The measurement itself failed (the server never started, a peer could not connect)."""
 
 
 # -- frames ------------------------------------------------------------------------------
-
-
-def _mask(payload: bytes, key: bytes) -> bytes:
-    # one big-integer XOR: a per-byte loop takes a second for a 1 MiB message
-    size = len(payload)
-    if not size:
-        return b""
-    keys = (key * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(size, "big")
-
-
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, mask: bool = True) -> bytes:
-    """One frame; a client's (``mask=True``) is masked with a random key, as RFC 6455 says."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    flag = 0x80 if mask else 0
-    if size < 126:
-        head += bytes([flag | size])
-    elif size < 1 << 16:
-        head += bytes([flag | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([flag | 127]) + struct.pack("!Q", size)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + _mask(payload, key)
-
-
-def close_frame(code: int, reason: str = "", *, mask: bool = True) -> bytes:
-    return frame(CLOSE, struct.pack("!H", code) + reason.encode(), mask=mask)
 
 
 class FrameParser:
@@ -116,7 +114,7 @@ class FrameParser:
             return None
         payload = bytes(buf[offset : offset + size])
         if key:
-            payload = _mask(payload, key)
+            payload = mask_payload(payload, key)
         first = buf[0]
         del buf[: offset + size]
         return first & 0x0F, bool(first & 0x80), payload
@@ -211,7 +209,7 @@ async def aread_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
         (size,) = struct.unpack("!Q", await reader.readexactly(8))
     key = await reader.readexactly(4) if second & 0x80 else b""
     payload = await reader.readexactly(size)
-    return first & 0x0F, bool(first & 0x80), _mask(payload, key) if key else payload
+    return first & 0x0F, bool(first & 0x80), mask_payload(payload, key) if key else payload
 
 
 def push(

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from .connection import Connection
+from .connection import Connection, ConnectionHandle
 from .errors import ConnectError, UnsupportedOptionError
 from .handlers import Handler, resolve_handler
 from .managed import ManagedTransport
@@ -61,7 +61,7 @@ async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Ma
         raise ConnectError(f"cannot connect to {uri}: {type(exc).__name__}: {exc}") from exc
 
 
-class WebsocketClient:
+class WebsocketClient(ConnectionHandle):
     """An open client connection, as ``createWebsocket`` returns it."""
 
     def __init__(self, id: str, uri: str, handler: Handler, engine: str) -> None:
@@ -70,41 +70,6 @@ class WebsocketClient:
         self.handler = handler.spec
         self.engine = engine
         self._connection: Connection
-
-    def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send text (``str``) or binary (bytes-like); thread-safe.
-
-        While more than ``write_limit`` bytes wait to be sent (the peer reads slowly) it
-        blocks this thread, up to ``send_timeout`` seconds, then raises
-        :class:`SendTimeoutError` (the connection stays open). On polysocket's event loop
-        (``async def`` callbacks) it cannot wait and raises at once: ``await send_async()``
-        there. Raises ``TypeError`` for anything else and ``ConnectionClosedError`` once closed.
-        """
-        self._connection.send(message)
-
-    async def send_async(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Like :meth:`send`, awaiting room (up to ``send_timeout``) instead of blocking;
-        for ``async def`` callbacks and any other event loop."""
-        await self._connection.send_async(message)
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes waiting to be sent (at most about ``write_limit``)."""
-        return self._connection.buffered_amount
-
-    @property
-    def backlog(self) -> int:
-        """Bytes of received messages waiting for ``onMessage`` (about ``max_queue`` at
-        most: over it, the connection stops reading until the handler catches up)."""
-        return self._connection.dispatcher.backlog
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after flushing what was sent; idempotent, safe from any thread or callback."""
-        self._connection.close(code, reason)
-
-    @property
-    def closed(self) -> bool:
-        return self._connection.closed
 
     @property
     def close_code(self) -> int | None:

@@ -484,3 +484,45 @@ class Connection:
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))
         self.dispatcher.push(Event("onclose", close_code=code, close_reason=reason))
+
+
+class ConnectionHandle:
+    """What users hold of one connection, client or server session: sending, closing and
+    its state, each delegated to the core's :class:`Connection`."""
+
+    _connection: Connection
+
+    def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send text (``str``) or binary (bytes-like); thread-safe.
+
+        While more than ``write_limit`` bytes wait to be sent (the peer reads slowly) it
+        blocks this thread, up to ``send_timeout`` seconds, then raises
+        :class:`SendTimeoutError` (the connection stays open). On polysocket's event loop
+        (``async def`` callbacks) it cannot wait and raises at once: ``await send_async()``
+        there. Raises ``TypeError`` for anything else and ``ConnectionClosedError`` once closed.
+        """
+        self._connection.send(message)
+
+    async def send_async(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Like :meth:`send`, awaiting room (up to ``send_timeout``) instead of blocking;
+        for ``async def`` callbacks and any other event loop."""
+        await self._connection.send_async(message)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes waiting to be sent (at most about ``write_limit``)."""
+        return self._connection.buffered_amount
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of received messages waiting for ``onMessage`` (about ``max_queue`` at
+        most: over it, the connection stops reading until the handler catches up)."""
+        return self._connection.dispatcher.backlog
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after flushing what was sent; idempotent, safe from any thread or callback."""
+        self._connection.close(code, reason)
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.closed

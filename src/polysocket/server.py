@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from . import endpoints as registry_folder
 from . import page
 from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
-from .connection import Connection, check_message
+from .connection import Connection, ConnectionHandle, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
@@ -62,7 +62,7 @@ RELOAD_INTERVAL = 0.5
 RETRY_AFTER = 5
 
 
-class ServerSession:
+class ServerSession(ConnectionHandle):
     """One client connected to an endpoint; ``getSession()`` in a server callback.
     ``principal`` is who the authenticator said opened it (``None`` without one)."""
 
@@ -75,35 +75,6 @@ class ServerSession:
         self.request_headers: Mapping[str, str] = request.headers
         self.principal = principal
         self._connection: Connection
-
-    def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send to this session; thread-safe. While more than ``write_limit`` bytes wait to
-        be sent it blocks this thread up to ``send_timeout``, then raises
-        :class:`SendTimeoutError` (the session stays open); on the event loop (``async def``
-        callbacks) it raises at once instead: ``await send_async()`` there."""
-        self._connection.send(message)
-
-    async def send_async(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Like :meth:`send`, awaiting room (up to ``send_timeout``) instead of blocking."""
-        await self._connection.send_async(message)
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes waiting to be sent to this client (at most about ``write_limit``)."""
-        return self._connection.buffered_amount
-
-    @property
-    def backlog(self) -> int:
-        """Bytes of received messages waiting for ``onMessage`` (about ``max_queue`` at
-        most: over it, the session stops reading until the handler catches up)."""
-        return self._connection.dispatcher.backlog
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        self._connection.close(code, reason)
-
-    @property
-    def closed(self) -> bool:
-        return self._connection.closed
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.id[:8]} endpoint={self.endpoint} {self.remote_address}>"
