@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +31,9 @@ from polysocket.transport import (
     ProtocolViolation,
     TransportClosed,
 )
+
+#: Unanswered pings kept (see AiohttpTransport._pings).
+PINGS_KEPT = 16
 
 if TYPE_CHECKING:
     from ._client import ClientWebSocket
@@ -121,6 +125,9 @@ class AiohttpTransport:
         self._lost_pong: TimeoutError | None = None
         self._pinging: asyncio.Task[None] | None = None
         self._ponging: asyncio.Task[None] | None = None
+        #: Pings not answered yet, in order; past PINGS_KEPT only the latest are (RFC 6455
+        #: 5.5.3 lets a pong answer the latest ping alone), so a ping flood costs no memory.
+        self._pings: deque[bytes] = deque(maxlen=PINGS_KEPT)
         paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
         self._keepalive = Keepalive.start(options, self._ping, self._lost, paused)
 
@@ -135,6 +142,10 @@ class AiohttpTransport:
         except ConnectionError as exc:  # aiohttp's ClientConnectionResetError: TCP is closing
             raise TransportClosed(None) from exc
 
+    async def _answer_pings(self) -> None:
+        while self._pings:
+            await self._ws.pong(self._pings.popleft())
+
     async def receive(self) -> Message:
         while True:
             self._receiving = True
@@ -143,9 +154,10 @@ class AiohttpTransport:
             finally:
                 self._receiving = False
             kind = msg.type
-            if kind is aiohttp.WSMsgType.PING:  # one pong at a time answers the latest ping
-                if self._ponging is None or self._ponging.done():  # (RFC 6455 5.5.3)
-                    self._ponging = _written(self._ws.pong(msg.data))
+            if kind is aiohttp.WSMsgType.PING:  # answered by a task: the reader never waits
+                self._pings.append(msg.data)
+                if self._ponging is None or self._ponging.done():
+                    self._ponging = _written(self._answer_pings())
             elif kind is aiohttp.WSMsgType.PONG:
                 if self._keepalive is not None:
                     self._keepalive.pong()

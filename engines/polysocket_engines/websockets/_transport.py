@@ -50,6 +50,8 @@ class PolysocketProtocol(Protocol):
             if self.max_message is not None and self.size > self.max_message:
                 raise PayloadTooBig(self.size, self.max_message)
             if len(self.fragments) > kit.MAX_FRAGMENTS:
+                # the flag, not the exception: websockets before 15 does not chain it
+                self.connection.too_many_fragments = True
                 raise TooManyFragments(None, kit.MAX_FRAGMENTS)
             if frame.fin:
                 self.unfinished = None
@@ -86,6 +88,7 @@ class PolysocketConnection(Connection):
     deadline: asyncio.TimerHandle | None = None
     pinger: Keepalive | None = None
     failed = False  # this side failed the connection
+    too_many_fragments = False  # ... for a message in more than MAX_FRAGMENTS frames
     lost_pong: TimeoutError | None = None
 
     def __init__(self, protocol: Protocol, *args: Any, max_size: int | None, **kwargs: Any) -> None:
@@ -174,7 +177,7 @@ class WebsocketsTransport:
         if self._ws.lost_pong is not None:
             return TransportClosed(None, error=self._ws.lost_pong)
         if self._ws.failed and sent is not None:  # the peer's answer, if any, was discarded
-            if isinstance(cause, TooManyFragments):
+            if self._ws.too_many_fragments:
                 cause = kit.too_many_fragments()
             elif sent.code == CloseCode.MESSAGE_TOO_BIG:
                 size = cause.size if isinstance(cause, PayloadTooBig) else None
