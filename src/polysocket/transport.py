@@ -231,7 +231,9 @@ class ServerApp(Protocol):
 
     async def session(self, request: HttpRequest, transport: Transport) -> None:
         """Run an accepted session; returns with the connection closed (1011 if it failed)
-        or aborted (if cancelled). Never raises but ``CancelledError``."""
+        or aborted (if cancelled). Never raises but ``CancelledError``. ``request`` is the
+        very object ``route()`` accepted: the core keeps what it decided there (the
+        principal, the admission count) until the session starts."""
         ...
 
 

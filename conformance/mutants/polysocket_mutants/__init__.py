@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+import weakref
 from collections import deque
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -229,9 +230,15 @@ class AppProxy:
         self._app = app
         self._mutant = mutant
         self._listening = listening
+        #: The request route() got, by the engine's: session() must get that very object.
+        self._given: dict[int, HttpRequest] = {}
 
     def _request(self, request: HttpRequest) -> HttpRequest:
-        return self._mutant.request(request, self._listening)
+        given = self._given.get(id(request))
+        if given is None:
+            given = self._given[id(request)] = self._mutant.request(request, self._listening)
+            weakref.finalize(request, self._given.pop, id(request), None)
+        return given
 
     def route(self, request: HttpRequest) -> Decision:
         return self._mutant.decision(self._app.route(self._request(request)))
