@@ -616,10 +616,14 @@ async def _pushing(
         connected.set()
         while not stop.is_set():
             writer.write(message)
-            try:
-                await asyncio.wait_for(writer.drain(), 0.5)
-            except TimeoutError:
-                continue  # still the same message: count it when it has left
+            # one message in flight: wait for it (not write it again) until it has left
+            drained = asyncio.ensure_future(writer.drain())
+            while not drained.done() and not stop.is_set():
+                await asyncio.wait({drained}, timeout=0.5)
+            if not drained.done():
+                drained.cancel()
+                break
+            drained.result()
             pushed[0] += 1
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         pass

@@ -93,6 +93,37 @@ def test_a_slow_handler_stops_the_reader_at_max_queue_bytes(recorder, size, coun
     assert client.backlog == 0
 
 
+def test_messages_arriving_while_closing_stay_bounded_by_max_queue(recorder):
+    """After close() the reader no longer waits for the handler (it must reach the peer's
+    close frame), so a peer that keeps pushing must not grow the backlog past max_queue: what
+    arrives beyond it while closing is dropped."""
+    release = threading.Event()
+    count, size, max_queue = 400, 65536, 256 * 1024
+    messages = [bytes([i % 256]) * size for i in range(count)]
+    ends: list[MemoryPeer] = []
+    pushed = threading.Event()
+
+    class Slow(type(recorder)):  # type: ignore[misc]
+        def onMessage(self, message: Any) -> None:
+            release.wait(10)
+            super().onMessage(message)
+
+    slow = Slow()
+    with install(MemoryEngine(pushing(messages, ends, pushed))):
+        client = polysocket.createWebsocket(URI, slow, engine="memory", max_queue=max_queue)
+        assert pushed.wait(10)
+        closer = threading.Thread(target=client.close)
+        closer.start()
+        time.sleep(0.5)  # the reader, released by close(), takes what the peer pushed
+        held_while_closing = client.backlog
+        left_in_pipe = ends[0]._out.queue.qsize()
+        release.set()
+        closer.join(10)
+    assert left_in_pipe < count // 2, "the reader did not go on reading after close()"
+    each = size + MESSAGE_OVERHEAD
+    assert held_while_closing <= max_queue + each, f"{held_while_closing} bytes queued"
+
+
 def test_send_off_the_loop_times_out_and_the_connection_stays_open(recorder):
     sink: list[Any] = []
 

@@ -151,6 +151,8 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
+        #: Messages dropped because they arrived while closing with the backlog full.
+        self._dropped_while_closing = 0
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._loop_thread = threading.get_ident()
@@ -408,9 +410,22 @@ class Connection:
             self._transport.abort()
 
     def _deliver(self, message: str | bytes) -> Awaitable[None] | None:
-        over = self.dispatcher.push(message, len(message) + MESSAGE_OVERHEAD)
+        dispatcher = self.dispatcher
+        if self.state is not State.OPEN and dispatcher.backlog > dispatcher.max_queue:
+            # Closing: the reader no longer waits for the handler (it must reach the peer's
+            # close frame, and a callback may be waiting in close()), so what arrives past
+            # max_queue is dropped, not queued: a peer that keeps sending cannot grow us.
+            if not self._dropped_while_closing:
+                log.warning(
+                    "messages arriving after close() while the handler is %d bytes behind"
+                    " (over max_queue) are dropped until the connection ends",
+                    dispatcher.backlog,
+                )
+            self._dropped_while_closing += 1
+            return None
+        over = dispatcher.push(message, len(message) + MESSAGE_OVERHEAD)
         if over and self.state is State.OPEN:
-            return self.dispatcher.wait_for_backlog()  # request_close() ends the wait
+            return dispatcher.wait_for_backlog()  # request_close() ends the wait
         return None
 
     async def _read_loop(self) -> None:

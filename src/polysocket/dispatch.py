@@ -109,7 +109,7 @@ class Dispatcher:
         #: Bytes of the messages in ``_items``, and of those plus the batch being handled.
         self._items_bytes = 0
         self._bytes = 0
-        self._high = max_queue
+        self._high = self.max_queue = max_queue
         self._low = max_queue // 4
         self._scheduled = False
         self._resume: asyncio.Event | None = None
