@@ -57,6 +57,17 @@ def pushing(messages: list[Any], ends: list[MemoryPeer], pushed: threading.Event
     return peer
 
 
+def held_back(recorder: Any, release: threading.Event) -> Any:
+    """A handler like ``recorder`` whose onMessage waits for ``release`` first."""
+
+    class Slow(type(recorder)):  # type: ignore[misc]
+        def onMessage(self, message: Any) -> None:
+            release.wait(10)
+            super().onMessage(message)
+
+    return Slow()
+
+
 @pytest.mark.parametrize(
     ("size", "count", "max_queue"),
     [(65536, 100, 256 * 1024), (0, 20000, 64 * 1024)],
@@ -71,12 +82,7 @@ def test_a_slow_handler_stops_the_reader_at_max_queue_bytes(recorder, size, coun
     ends: list[MemoryPeer] = []
     pushed = threading.Event()
 
-    class Slow(type(recorder)):  # type: ignore[misc]
-        def onMessage(self, message: Any) -> None:
-            release.wait(10)
-            super().onMessage(message)
-
-    slow = Slow()
+    slow = held_back(recorder, release)
     with install(MemoryEngine(pushing(messages, ends, pushed))):
         client = polysocket.createWebsocket(URI, slow, engine="memory", max_queue=max_queue)
         assert pushed.wait(10)
@@ -103,12 +109,7 @@ def test_messages_arriving_while_closing_stay_bounded_by_max_queue(recorder):
     ends: list[MemoryPeer] = []
     pushed = threading.Event()
 
-    class Slow(type(recorder)):  # type: ignore[misc]
-        def onMessage(self, message: Any) -> None:
-            release.wait(10)
-            super().onMessage(message)
-
-    slow = Slow()
+    slow = held_back(recorder, release)
     with install(MemoryEngine(pushing(messages, ends, pushed))):
         client = polysocket.createWebsocket(URI, slow, engine="memory", max_queue=max_queue)
         assert pushed.wait(10)
