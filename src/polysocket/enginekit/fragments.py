@@ -44,53 +44,38 @@ class FrameCounter:
     def feed(self, data: bytes | bytearray | memoryview) -> bool:
         pos, end, head = 0, len(data), self._head
         while pos < end:
-            if not head and not self._skip and end - pos >= 14:
-                # The hot path: a whole head in data (14 bytes is the longest), read in place.
-                first, second = data[pos], data[pos + 1]
-                size = second & 0x7F
-                if size < 126:
-                    pos += 2
-                elif size == 126:
-                    size = (data[pos + 2] << 8) | data[pos + 3]
-                    pos += 4
-                else:
-                    size = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                    pos += 10
-                if second & 0x80:
-                    pos += 4  # the mask
-                if end - pos >= size:
-                    pos += size
-                else:
-                    self._skip = size - (end - pos)
-                    pos = end
-                if first & 0x08 == 0:  # text, binary, continuation: frames of a message
-                    self.fragments += 1
-                    if self.fragments > self.limit:
-                        return False
-                    if first & 0x80:  # the message's last frame
-                        self.fragments = 0
-                continue
             if self._skip:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
                 continue
-            had = len(head)
-            head += data[pos : pos + 14 - had]
-            if len(head) < 2:
-                return True  # all of data is in head
-            second = head[1]
-            size = second & 0x7F
-            width = 2 if size == 126 else 8 if size == 127 else 0
-            length = 2 + width + (4 if second & 0x80 else 0)
-            if len(head) < length:
-                return True
-            pos += length - had
-            if width:
-                size = int.from_bytes(head[2 : 2 + width], "big")
-            first = head[0]
-            head.clear()
-            self._skip = size
+            if not head and end - pos >= 14:
+                # The hot path: a whole head in data (14 bytes is the longest), read in place.
+                first, second = data[pos], data[pos + 1]
+                size = second & 0x7F
+                if size == 126:
+                    size = (data[pos + 2] << 8) | data[pos + 3]
+                    pos += 2
+                elif size == 127:
+                    size = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                    pos += 8
+                pos += 6 if second & 0x80 else 2  # the mask after the length
+            else:  # a head split across chunks: gathered in ``head`` first
+                had = len(head)
+                head += data[pos : pos + 14 - had]
+                if len(head) < 2:
+                    return True  # all of data is in head
+                first, second = head[0], head[1]
+                size = second & 0x7F
+                width = 2 if size == 126 else 8 if size == 127 else 0
+                length = 2 + width + (4 if second & 0x80 else 0)
+                if len(head) < length:
+                    return True
+                pos += length - had
+                if width:
+                    size = int.from_bytes(head[2 : 2 + width], "big")
+                head.clear()
+            self._skip = size  # the payload: skipped at the top of the loop
             if first & 0x08 == 0:  # text, binary, continuation: frames of a message
                 self.fragments += 1
                 if self.fragments > self.limit:
