@@ -207,10 +207,7 @@ class Connection:
                 self._room.wait(deadline - now)
             wake = self._enqueue(message, size)
         if wake:
-            if on_loop:
-                self._wake_writer.set()
-            else:
-                self._loop.call_soon_threadsafe(self._wake_writer.set)
+            self._wake_writer_from(on_loop)
 
     async def send_async(self, message: Any) -> None:
         """Queue ``message``, awaiting room up to ``send_timeout``; from any event loop."""
@@ -258,11 +255,14 @@ class Connection:
         if dropped:
             self._loop.call_soon_threadsafe(self._drop_queued)
         elif wake:
-            if threading.get_ident() == self._loop_thread:
-                self._wake_writer.set()
-            else:
-                self._loop.call_soon_threadsafe(self._wake_writer.set)
+            self._wake_writer_from(threading.get_ident() == self._loop_thread)
         return not dropped
+
+    def _wake_writer_from(self, on_loop: bool) -> None:
+        if on_loop:  # no self-pipe write when already on the loop
+            self._wake_writer.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake_writer.set)
 
     def _timed_out(self) -> SendTimeoutError:
         queued, limit = self._queued_bytes, self._write_limit
