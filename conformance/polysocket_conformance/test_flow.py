@@ -28,9 +28,10 @@ from .support import WAIT, Recorder, require_capability
 MIB = 1 << 20
 #: What a peer pushing 1 MiB messages gets onto the wire before the other side stops reading,
 #: with max_queue=1 MiB: that and the message over it, the engine's unread messages (one or
-#: two, or 512 KiB) and the kernel's buffers: 2-8 MiB measured on every engine. An engine
-#: keeping its library's 16 unread messages comes to 19-23 MiB.
-HELD_BACK = 14 * MIB
+#: two, or 512 KiB) and the kernel's buffers, which the receiver autotunes (up to 32 MiB
+#: here): 2-8 MiB measured on every engine, 15.4 MiB once in CI. An engine keeping its
+#: library's 16 unread messages comes to 19-23 MiB.
+HELD_BACK = 18 * MIB
 
 HANDLERS = {
     "slow": """
