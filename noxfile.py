@@ -117,9 +117,10 @@ def interop(session: nox.Session) -> None:
 #: (Autobahn 3.4) with 1000 instead of 1002 and 3.10 lacks ClientWSTimeout; websockets 14.0
 #: loses messages that arrive just before a close frame; tornado 6.3 passes everything.
 MINIMUMS = ["aiohttp==3.14.2", "websockets==14.1", "tornado==6.3"]
-#: The private attributes of these libraries that engines still use are listed in each
-#: engine package's PRIVATE_API; tests/test_private_api.py checks them on these versions
-#: (here) and on the newest (the tests session), so an upgrade that drops one fails loudly.
+#: The private attributes of these libraries that engines still use are listed in
+#: engines/polysocket_engines/private_api.py; tests/test_private_api.py checks them on these
+#: versions (here) and on the newest (the tests session), so an upgrade that drops one fails
+#: loudly.
 
 
 @nox.session

@@ -1,6 +1,7 @@
 """The private parts of libraries that engines still use exist in the installed versions.
 
-Each engine package lists them in ``PRIVATE_API`` (``"module.Class.attribute": why``). The
+Each engine package exports them as ``PRIVATE_API`` (``"module.Class.attribute": why``; the
+built-in engines' lists are in ``polysocket_engines/private_api.py``). The
 ``minimums`` nox session runs this on the oldest versions pyproject allows, the ``tests``
 session on the newest, so an upgrade that renames one fails here, loudly, instead of in a
 connection.

@@ -9,24 +9,9 @@ from __future__ import annotations
 
 from polysocket import hookimpl, transport
 
-_COUNTED = "the protocol's frame reader, wrapped to count a message's frames (MAX_FRAGMENTS)"
-_TAIL = "what came with the handshake, fed to the frame reader first: counted too"
-_QUEUE = "the frame reader's message queue: the 1009 for too many frames is put there"
-PRIVATE_API: dict[str, str] = {
-    "aiohttp.client_ws.ClientWebSocketResponse._response": "the client's connection: its TCP"
-    " transport (half-closed after a failure, aborted) and close(), releasing it",
-    "aiohttp.web_server.Server._loop": "Server.__call__ builds the connection protocol with it",
-    "aiohttp.web_server.Server._kwargs": "Server.__call__ builds the connection protocol with it",
-    "aiohttp.web_protocol.RequestHandler._manager": "its Server, which has open_timeout",
-    "aiohttp.client_ws.ClientWebSocketResponse._reader": _QUEUE,
-    "aiohttp.web_ws.WebSocketResponse._reader": _QUEUE,
-    "aiohttp.web_ws.WebSocketResponse._post_start": "where aiohttp hands the protocol its frame"
-    " reader: CountedReader goes in front of it there",
-    "aiohttp.client_proto.ResponseHandler._payload_parser": _COUNTED,
-    "aiohttp.client_proto.ResponseHandler._tail": _TAIL,
-    "aiohttp.web_protocol.RequestHandler._payload_parser": _COUNTED,
-    "aiohttp.web_protocol.RequestHandler._message_tail": _TAIL,
-}
+from .. import private_api
+
+PRIVATE_API = private_api.AIOHTTP
 
 
 class AiohttpEngine(transport.Engine):

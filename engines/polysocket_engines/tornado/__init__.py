@@ -4,21 +4,11 @@ ping, and both close a silent peer's connection as if normally."""
 
 from polysocket import hookimpl, transport
 
+from .. import private_api
+
 __all__ = ["PRIVATE_API", "TornadoEngine", "polysocket_register_engines"]
 
-#: tornado internals the engine relies on, checked on tornado 6.3 (the floor) and 6.6.1.
-PRIVATE_API: dict[str, str] = {
-    "tornado.websocket.WebSocketProtocol13._abort": "fail broken frames with a close frame",
-    "tornado.websocket.WebSocketProtocol13._handle_message": "check close frames, see text",
-    "tornado.websocket.WebSocketProtocol13._receive_frame": "count fragments; after failing,"
-    " await the EOF",
-    "tornado.websocket.WebSocketProtocol13._fragmented_message_buffer": "a message in progress",
-    "tornado.websocket.WebSocketProtocol13._waiting": "its 5 s close timer, cancelled once set",
-    "tornado.tcpserver.TCPServer._handle_connection": "what enginekit's accept loop hands"
-    " each socket to (tornado's own accept loop spins on EMFILE)",
-    "tornado.tcpserver.TCPServer._sockets": "the listening sockets stop() closes",
-    "tornado.tcpserver.TCPServer._handlers": "how stop() stops each accept loop",
-}
+PRIVATE_API = private_api.TORNADO
 
 
 class TornadoEngine(transport.Engine):

@@ -12,13 +12,9 @@ from typing import Any
 from polysocket import ConnectError, hookimpl
 from polysocket.transport import CAPABILITIES, ClientOptions, Engine, ServerApp, ServerOptions
 
-PRIVATE_API: dict[str, str] = {
-    "websockets.protocol.Protocol.recv_frame": "overridden: whole messages, close mid-message",
-    "websockets.asyncio.connection.Connection.close_timeout": "the deadline once closing",
-    "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
-    "websockets.http11.MAX_LINE_LENGTH": "header line limit (module constant): 8190 bytes",
-    "websockets.http11.MAX_NUM_HEADERS": "header count limit: above the core's 128",
-}
+from .. import private_api
+
+PRIVATE_API = private_api.WEBSOCKETS
 
 
 class WebsocketsEngine(Engine):
