@@ -302,9 +302,17 @@ def test_sigterm_exits_within_close_timeout_however_many_handlers_are_stuck(tmp_
 def test_serve_admission_flags_are_checked_by_the_parser(capsys):
     from polysocket.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--open-timeout", "2.5", "--max-connections", "7"])
-    assert (args.open_timeout, args.max_connections) == (2.5, 7)
-    for bad in (["--open-timeout", "0"], ["--max-connections", "-1"], ["--max-connections", "x"]):
+    args = build_parser().parse_args(
+        ["serve", "--open-timeout", "2.5", "--max-connections", "7", "--backlog", "4096"]
+    )
+    assert (args.open_timeout, args.max_connections, args.backlog) == (2.5, 7, 4096)
+    assert build_parser().parse_args(["serve"]).backlog is None  # ServerOptions' 2048
+    for bad in (
+        ["--open-timeout", "0"],
+        ["--max-connections", "-1"],
+        ["--max-connections", "x"],
+        ["--backlog", "0"],
+    ):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *bad])
         assert "is not a positive" in capsys.readouterr().err

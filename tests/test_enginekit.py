@@ -134,3 +134,28 @@ def test_request_path_is_one_rule(target, path, query, problem):
         assert (got_path, got_query, got_problem) == (path, query, None)
     else:
         assert got_problem is not None and problem in got_problem
+
+
+def test_listening_sockets_keep_their_backlog_when_listened_on_again() -> None:
+    from polysocket.enginekit import bind_sockets
+
+    sockets = bind_sockets("127.0.0.1", 0, 500)
+    try:
+        (sock,) = sockets
+        sock.listen(100)  # what asyncio's create_server(sock=...) does
+        assert getattr(sock, "backlog", None) == 500
+        sock.listen(3000)  # a larger one is taken
+        assert getattr(sock, "backlog", None) == 3000
+    finally:
+        for opened in sockets:
+            opened.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2048"])
+def test_backlog_option_must_be_a_positive_int(bad: object) -> None:
+    from polysocket.options import server_options
+    from polysocket.testing import MemoryEngine
+
+    with pytest.raises(TypeError, match="backlog must be a positive int"):
+        server_options(MemoryEngine(), {"backlog": bad})
+    assert server_options(MemoryEngine(), {"backlog": 4096})[0].backlog == 4096

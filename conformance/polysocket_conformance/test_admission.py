@@ -6,10 +6,14 @@ header lines, or more handshakes than ``max_connections`` allows.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
 from polysocket_conformance.server_support import ServerThread, events
@@ -158,3 +162,32 @@ def test_too_many_header_lines_get_431(serve_registry: Callable[..., ServerThrea
             assert client.status_line.startswith("HTTP/1.1 431"), (path, client.status_line)
     with RawClient(server.port, ECHO, headers=many[:100]) as client:  # within the limit
         assert client.status_line.startswith("HTTP/1.1 101"), client.status_line
+
+
+def listen_backlogs(port: int) -> set[int]:
+    """The listen queue sizes of the sockets listening on ``port`` (``ss``'s Send-Q column)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs iproute2's ss to read a listening socket's backlog")
+    lines = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return {int(line.split()[2]) for line in lines if line.strip()}
+
+
+def somaxconn() -> int:
+    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+def test_server_listens_with_a_backlog_of_2048_by_default(
+    serve_registry: Callable[..., ServerThread],
+) -> None:
+    server = serve_registry()
+    assert listen_backlogs(server.port) == {min(2048, somaxconn())}
+
+
+def test_backlog_option_sets_the_listen_queue(
+    serve_registry: Callable[..., ServerThread],
+) -> None:
+    server = serve_registry(backlog=300)  # not asyncio's 100 nor the default
+    assert listen_backlogs(server.port) == {300}

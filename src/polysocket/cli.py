@@ -59,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"open_timeout": args.open_timeout}
     if args.max_connections is not None:
         options["max_connections"] = args.max_connections
+    if args.backlog is not None:
+        options["backlog"] = args.backlog
     run_server(
         args.root,
         host=args.host,
@@ -203,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=_positive(int),
         help="WebSocket connections at once; more get 503 (default: no limit)",
+    )
+    serve.add_argument(
+        "--backlog",
+        type=_positive(int),
+        help="connections the kernel queues before they are accepted (default: 2048,"
+        " capped by net.core.somaxconn)",
     )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(

@@ -95,6 +95,9 @@ def _checked(
     limit = options.get("max_connections")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise TypeError(f"max_connections must be a positive int or None, not {limit!r}")
+    backlog = options.get("backlog", 1)
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog <= 0:
+        raise TypeError(f"backlog must be a positive int (queued connections), not {backlog!r}")
     for name in ("max_queue", "write_limit"):
         value = options.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = [
     "CAPABILITIES",
+    "DEFAULT_BACKLOG",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_WRITE_LIMIT",
@@ -65,6 +66,8 @@ DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: Defaults of ``max_queue`` and ``write_limit`` (bytes).
 DEFAULT_MAX_QUEUE = 1024 * 1024
 DEFAULT_WRITE_LIMIT = 1024 * 1024
+#: Default listen backlog of a server (``ServerOptions.backlog``).
+DEFAULT_BACKLOG = 2048
 
 #: Every capability an engine may declare. An option that needs one the engine lacks is
 #: refused (``UnsupportedOptionError``), and the conformance suite skips what needs it.
@@ -155,7 +158,8 @@ class ClientOptions(ConnectionOptions):
 class ServerOptions(ConnectionOptions):
     """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``; so is
     ``max_connections`` (WebSocket connections at once, handshakes in progress included;
-    ``None``: no limit), which engines never see enforced but by the core's 503.
+    ``None``: no limit), which engines never see enforced but by the core's 503. An engine
+    that binds its own sockets listens with ``backlog``.
 
     Keepalive is on by default (websockets' and uvicorn's 20 s / 20 s): a server drops a
     peer that stopped answering, even one that stopped reading what the server sends, within
@@ -163,6 +167,9 @@ class ServerOptions(ConnectionOptions):
     """
 
     max_connections: int | None = None
+    #: Connections the kernel queues before they are accepted (``listen()``; the kernel caps
+    #: it at ``net.core.somaxconn``). uvicorn's default: a burst of clients is not dropped.
+    backlog: int = DEFAULT_BACKLOG
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
 

@@ -75,7 +75,7 @@ class AiohttpServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> AiohttpServer:
-        sockets = bind_sockets(host, port)
+        sockets = bind_sockets(host, port, self._options.backlog)
         self.port = sockets[0].getsockname()[1]
         await self._runner.setup()
         for sock in sockets:

@@ -74,7 +74,7 @@ class WebsocketsServer:
 
     async def start(self, host: str, port: int) -> None:
         _header_limits()
-        sockets = kit.bind_sockets(host, port)
+        sockets = kit.bind_sockets(host, port, self.options.backlog)
         self.port = sockets[0].getsockname()[1]
         try:
             for sock in sockets:

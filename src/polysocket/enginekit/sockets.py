@@ -7,6 +7,8 @@ import os
 import socket
 import time
 
+from polysocket.transport import DEFAULT_BACKLOG
+
 __all__ = ["ListeningSocket", "bind_sockets"]
 
 #: Errors of accept() that mean "out of descriptors or memory" (a retry at once fails again).
@@ -28,6 +30,8 @@ class ListeningSocket(socket.socket):
     """
 
     _resting_until = 0.0
+    #: What ``bind_sockets`` listened with; see :meth:`listen`.
+    backlog = 0
 
     def accept(self) -> tuple[socket.socket, object]:
         if self._resting_until and time.monotonic() < self._resting_until:
@@ -39,9 +43,19 @@ class ListeningSocket(socket.socket):
                 self._resting_until = time.monotonic() + ACCEPT_PAUSE
             raise
 
+    def listen(self, backlog: int = DEFAULT_BACKLOG) -> None:
+        """Listen with at least the backlog ``bind_sockets`` was given: asyncio's
+        ``create_server(sock=...)`` calls ``listen(100)`` again on the socket it is handed,
+        which would undo the server's ``backlog`` option on every engine built on it."""
+        self.backlog = max(backlog, self.backlog)
+        super().listen(self.backlog)
 
-def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
-    """Listening sockets for every address of ``host``, all on the same port.
+
+def bind_sockets(
+    host: str | None, port: int, backlog: int = DEFAULT_BACKLOG
+) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, all on the same port, with a listen
+    queue of ``backlog`` connections (``ServerOptions.backlog``).
 
     ``loop.create_server(host, 0)`` would give each address (127.0.0.1 and ::1 for
     "localhost") its own ephemeral port; ``Server.port`` must be the one port of them all.
@@ -64,7 +78,7 @@ def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
                 if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
-                sock.listen(128)
+                sock.listen(backlog)
                 sock.setblocking(False)
             except OSError as exc:
                 sock.close()
