@@ -112,6 +112,15 @@ def onMessage(message):
     polysocket.broadcast(polysocket.getSession().endpoint, message)
 """
 
+#: Its own messages and broadcasts, interleaved: each must arrive in the order it was made.
+INTERLEAVING_HANDLER = """
+def onMessage(message):
+    session = polysocket.getSession()
+    for i in range(int(message)):
+        session.send(f"own {i}")
+        polysocket.broadcast(session.endpoint, f"all {i}")
+"""
+
 FAILING_HANDLER = """
 from polysocket_conformance.server_support import events
 
@@ -134,8 +143,14 @@ def onClose():
 
 
 def write_registry(root: Path) -> Path:
-    """The registry the server tests serve: an echo, a chat, and a handler that always fails."""
-    handlers = {"echo": RECORDING_HANDLER, "chat": CHAT_HANDLER, "failing": FAILING_HANDLER}
+    """The registry the server tests serve: an echo, a chat, one that interleaves sends and
+    broadcasts, and a handler that always fails."""
+    handlers = {
+        "echo": RECORDING_HANDLER,
+        "chat": CHAT_HANDLER,
+        "interleaving": INTERLEAVING_HANDLER,
+        "failing": FAILING_HANDLER,
+    }
     for name, source in handlers.items():
         path = root / "my-project" / f"{name}-handler.py"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,45 @@ def test_broadcast_reaches_every_session(server: ServerThread, engine: str) -> N
         client.close()
 
 
+BROADCAST_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_broadcast_frames_are_exact_at_every_length_boundary(
+    server: ServerThread, kind: str
+) -> None:
+    """broadcast encodes a message once for every session: each gets one final, unmasked
+    frame with no extension bits and the payload as sent, at each length encoding."""
+    path = "/websockets/v4/service/chat"
+    with RawClient(server.port, path) as first, RawClient(server.port, path) as second:
+        deadline = time.monotonic() + WAIT
+        while len(polysocket.getSessions("chat")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for size in BROADCAST_SIZES:
+            payload = "é" * (size // 2) + "x" * (size % 2) if kind == "text" else bytes(size)
+            assert polysocket.broadcast("chat", payload) == 2
+            wire = payload.encode() if isinstance(payload, str) else payload
+            for client in (first, second):
+                head = client.reader.exact(2)
+                assert head[0] == (0x81 if kind == "text" else 0x82), (size, head)
+                assert not head[1] & 0x80, "a server's frame must not be masked"
+                client.reader.buffer[:0] = head
+                assert client.recv_frame() == (head[0] & 0x0F, True, wire), size
+
+
+def test_broadcasts_and_own_messages_keep_the_order_they_were_made_in(
+    server: ServerThread, engine: str
+) -> None:
+    recorder = Recorder()
+    client = polysocket.createWebsocket(server.uri("interleaving"), recorder, engine)
+    try:
+        client.send("200")
+        expected = [f"{kind} {i}" for i in range(200) for kind in ("own", "all")]
+        assert recorder.wait_messages(len(expected)) == expected
+    finally:
+        client.close()
+
+
 def test_unknown_endpoint_is_refused_with_404(server: ServerThread, engine: str) -> None:
     with pytest.raises(polysocket.ConnectError) as info:
         polysocket.createWebsocket(server.uri("nope"), Recorder(), engine)
@@ -136,7 +175,8 @@ def test_http_answers(server: ServerThread) -> None:
     status, kind, body = http_get(server.url("/websockets/v4/endpoints"))
     listing = json.loads(body)
     assert status == 200 and kind.startswith("application/json")
-    assert sorted(e["endpoint"] for e in listing["endpoints"]) == ["chat", "echo", "failing"]
+    endpoints = sorted(e["endpoint"] for e in listing["endpoints"])
+    assert endpoints == ["chat", "echo", "failing", "interleaving"]
     status, _, body = http_get(server.url("/websockets/v4/service/echo"))
     assert status == 426 and "WebSocket" in body
     status, _, _ = http_get(server.url("/no/such/page"))

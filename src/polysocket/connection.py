@@ -244,19 +244,36 @@ class Connection:
         with self._lock:
             if self.state is not State.OPEN:
                 raise self._closed_error()
-            if self._fits(size):
-                wake = self._enqueue(message, size)
-                dropped = False
-            else:
-                self.state = State.CLOSING
-                self._close_requested = (int(CloseCode.POLICY_VIOLATION), TOO_SLOW)
-                self._room.notify_all()
-                wake = dropped = True
-        if dropped:
-            self._loop.call_soon_threadsafe(self._drop_queued)
-        elif wake:
+            if not self._fits(size):
+                self._too_slow()
+                return False
+            wake = self._enqueue(message, size)
+        if wake:
             self._wake_writer_from(threading.get_ident() == self._loop_thread)
-        return not dropped
+        return True
+
+    def offer_frame(self, message: str | bytes, frame: bytes) -> bool:
+        """:meth:`offer` on the loop thread, with ``message`` already encoded as ``frame``:
+        written straight to the engine's socket when nothing of ours waits before it (no
+        queue, no wake-up); a socket buffer that would go over ``write_limit`` with it closes
+        the connection with 1008 as a full queue does. Otherwise :meth:`offer`."""
+        if self.state is State.OPEN and not self._queued_bytes:
+            written = self._transport.write_frame(frame, self._write_limit)
+            if written:
+                return True
+            if written is False:
+                with self._lock:
+                    if self.state is State.OPEN:
+                        self._too_slow()
+                return False
+        return self.offer(message)
+
+    def _too_slow(self) -> None:
+        """Close with 1008, dropping what is queued (the lock held)."""
+        self.state = State.CLOSING
+        self._close_requested = (int(CloseCode.POLICY_VIOLATION), TOO_SLOW)
+        self._room.notify_all()
+        self._loop.call_soon_threadsafe(self._drop_queued)
 
     def _wake_writer_from(self, on_loop: bool) -> None:
         if on_loop:  # no self-pipe write when already on the loop

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .transport import Message, Transport, TransportClosed
+from .transport import FrameWriter, Message, Transport, TransportClosed
 
 log = logging.getLogger("polysocket.transport")
 
@@ -49,6 +49,7 @@ class ManagedTransport:
         "_reader",
         "_released",
         "_wake",
+        "_write_frame",
         "subprotocol",
     )
 
@@ -65,6 +66,7 @@ class ManagedTransport:
         self._drainer: asyncio.Future[None] | None = None
         # Set when the reader leaves receive() or the connection ends (only while closing).
         self._wake = asyncio.Event()
+        self._write_frame = raw.write_frame if isinstance(raw, FrameWriter) else None
 
     @property
     def raw(self) -> Transport:
@@ -80,6 +82,12 @@ class ManagedTransport:
         if self._closing or self._ended is not None:
             raise self._ended or TransportClosed(None)
         await self._raw.send(message)
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        """The engine's :meth:`FrameWriter.write_frame`, while open; None otherwise."""
+        if self._write_frame is None or self._closing or self._ended is not None:
+            return None
+        return self._write_frame(frame, limit)
 
     async def receive(self) -> Message:
         if self._ended is not None:

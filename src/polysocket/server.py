@@ -8,6 +8,7 @@ registry folder while the server runs.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -28,6 +29,7 @@ from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_
 from .connection import Connection, ConnectionHandle, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
+from .enginekit.frames import server_frame
 from .errors import ConnectionClosedError, EngineUnavailableError
 from .managed import ABORT_GRACE, ManagedTransport
 from .options import server_options
@@ -58,6 +60,8 @@ __all__ = [
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
 RELOAD_INTERVAL = 0.5
+#: Seconds ``broadcast()`` from outside the server's loop waits for the loop to take it.
+BROADCAST_WAIT = 10.0
 #: Seconds a client refused for ``max_connections`` is told to wait (``Retry-After``).
 RETRY_AFTER = 5
 
@@ -109,23 +113,31 @@ def get_sessions(endpoint: str) -> list[ServerSession]:
 
 
 def broadcast(endpoint: str, message: str | bytes) -> int:
-    """Queue ``message`` for every open session of ``endpoint``; return how many got it.
+    """Send ``message`` to every open session of ``endpoint``; return how many got it.
 
-    It never waits, from any thread or callback: a session whose send queue would go over
-    ``write_limit`` (its client reads too slowly) is closed with 1008 instead, its queued
-    messages dropped (see ``Connection.offer``); one log line per call counts them.
+    The message is encoded once and the same frame written to each session's socket, on the
+    server's event loop, in one pass (from another thread: one hand-over to the loop, which
+    this call waits for, :data:`BROADCAST_WAIT` at most). A session with messages of its own
+    still queued, or whose engine cannot take the frame, gets it queued behind them instead.
+    It never waits for a peer: a session that would go over ``write_limit`` (its client
+    reads too slowly) is closed with 1008 instead, its queued messages dropped (see
+    ``Connection.offer_frame``); one log line per call counts them.
     """
     checked = check_message(message)
     members = sessions.of(endpoint)
-    reached = too_slow = 0
+    if not members:
+        return 0
+    frame = server_frame(checked)
+    by_loop: dict[asyncio.AbstractEventLoop, list[ServerSession]] = {}
     for session in members:
-        try:
-            if session._connection.offer(checked):
-                reached += 1
-            else:
-                too_slow += 1
-        except ConnectionClosedError:
-            continue  # closing or closed already: the others still get it
+        by_loop.setdefault(session._connection._loop, []).append(session)
+    reached = too_slow = 0
+    for loop, group in by_loop.items():
+        if threading.get_ident() == group[0]._connection._loop_thread:
+            got, slow = _offer_all(group, checked, frame)
+        else:
+            got, slow = _offer_all_on(loop, group, checked, frame)
+        reached, too_slow = reached + got, too_slow + slow
     if too_slow:
         log.warning(
             "broadcast to %s: %d of %d sessions closed with 1008, reading too slowly"
@@ -135,6 +147,50 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
             len(members),
         )
     return reached
+
+
+def _offer_all(group: list[ServerSession], message: str | bytes, frame: bytes) -> tuple[int, int]:
+    """On the sessions' loop: (sessions that got the message, sessions closed as too slow)."""
+    reached = too_slow = 0
+    for session in group:
+        try:
+            if session._connection.offer_frame(message, frame):
+                reached += 1
+            else:
+                too_slow += 1
+        except ConnectionClosedError:
+            continue  # closing or closed already: the others still get it
+    return reached, too_slow
+
+
+def _offer_all_on(
+    loop: asyncio.AbstractEventLoop,
+    group: list[ServerSession],
+    message: str | bytes,
+    frame: bytes,
+) -> tuple[int, int]:
+    done: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+
+    def offer() -> None:
+        try:
+            done.set_result(_offer_all(group, message, frame))
+        except BaseException as exc:  # reaches the caller, not the loop
+            done.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(offer)
+    except RuntimeError:  # the loop is closed: its sessions are gone
+        return 0, 0
+    try:
+        return done.result(BROADCAST_WAIT)
+    except TimeoutError:
+        log.warning(
+            "broadcast: the server's event loop did not take the message within %s s (it is"
+            " blocked); %d session(s) get it when it does",
+            BROADCAST_WAIT,
+            len(group),
+        )
+        return 0, 0
 
 
 class EndpointServer:

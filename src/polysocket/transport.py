@@ -30,6 +30,9 @@ Rules every ``Transport`` follows (the conformance suite checks each):
 - ``abort()`` drops the connection at once, without a handshake; a pending ``receive()``
   then raises :class:`TransportClosed`. It may be called at any time, more than once.
 - ``max_size=None`` means no limit.
+
+A server's transport may also be a :class:`FrameWriter`: ``broadcast`` then encodes a message
+once and writes the same frame to every session, on the loop, with no per-session wake-up.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "ClientOptions",
     "ConnectionOptions",
     "Engine",
+    "FrameWriter",
     "HttpRequest",
     "HttpResponse",
     "Message",
@@ -226,6 +230,22 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
     def abort(self) -> None: ...
+
+
+@runtime_checkable
+class FrameWriter(Protocol):
+    """What a server-side :class:`Transport` may add for ``broadcast``'s fast path."""
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        """Write ``frame`` (a whole encoded data frame: FIN, unmasked, no extension bits) to
+        the socket now, without waiting; on the loop, only between the core's own sends.
+
+        False, writing nothing, when the connection's write buffer is not empty and would
+        hold more than ``limit`` bytes with it (the core closes the session as too slow);
+        None when this connection cannot take an encoded frame (an extension such as
+        permessage-deflate was negotiated, or it is closing): the core sends the message
+        the ordinary way. ``enginekit.write_frame`` does this for an asyncio transport."""
+        ...
 
 
 class ServerApp(Protocol):

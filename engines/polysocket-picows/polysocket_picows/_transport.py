@@ -44,6 +44,7 @@ from polysocket.enginekit import (
     Keepalive,
     too_many_fragments,
     valid_close_code,
+    write_frame,
 )
 from polysocket.transport import (
     ConnectionOptions,
@@ -192,6 +193,13 @@ class PicowsTransport:
         if not self._close_sent and not ws.is_close_frame_sent:
             self._closing()
             ws.send_close(WSCloseCode(code), reason.encode())
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        """``FrameWriter``: for broadcast, on the server side."""
+        ws = self._ws
+        if self._client or ws is None or self._close_sent or ws.is_close_frame_sent:
+            return None
+        return write_frame(ws.underlying_transport, frame, limit)
 
     def abort(self) -> None:
         if self._ws is not None:

@@ -15,6 +15,15 @@ from polysocket.transport import HttpResponse, ServerApp, ServerOptions
 from ._transport import AiohttpTransport, CloseFrameOnly, CountedReader, msg_limit
 
 
+class ServerTransport(AiohttpTransport):
+    """A server session: also a ``FrameWriter``, for broadcast."""
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        if self._ws.compress or self._ws.close_sent:
+            return None
+        return enginekit.write_frame(self._tcp, frame, limit)
+
+
 class ServerWebSocket(CloseFrameOnly, web.WebSocketResponse):
     """aiohttp's server WebSocket whose ``close()`` only sends the close frame."""
 
@@ -116,5 +125,5 @@ class AiohttpServer:
         if deadline is not None:
             deadline.done()  # the 101 is written: the session is the core's now
         if tcp is not None:
-            await self._app.session(http, AiohttpTransport(ws, tcp, ws.ws_protocol, options))
+            await self._app.session(http, ServerTransport(ws, tcp, ws.ws_protocol, options))
         return ws

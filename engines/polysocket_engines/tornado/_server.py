@@ -61,6 +61,19 @@ class TornadoServer:
             await asyncio.wait_for(self._http.close_all_connections(), self.options.close_timeout)
 
 
+class ServerTransport(TornadoTransport):
+    """A server session: also a ``FrameWriter``, for broadcast."""
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        proto, stream = self.proto, self.proto.stream
+        if self.options.compression or proto.server_terminated or stream.closed():
+            return None
+        if stream.writing():  # tornado says whether anything is buffered, not how much
+            return None  # so the core queues it, and its write_limit rule applies
+        stream.write(frame).add_done_callback(lambda done: done.exception())  # a lost peer
+        return True
+
+
 class _AnyMethod(tuple[str, ...]):
     def __contains__(self, item: object) -> bool:
         return True  # every method reaches prepare(), and so the core
@@ -73,7 +86,7 @@ class Handler(Delegate, WebSocketHandler):
 
     def initialize(self, server: TornadoServer) -> None:
         self.server = server
-        self.transport = TornadoTransport(server.options)
+        self.transport = ServerTransport(server.options)
 
     def prepare(self) -> None:
         request = self.request

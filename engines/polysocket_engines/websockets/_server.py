@@ -11,6 +11,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -49,6 +50,16 @@ class PolysocketServerConnection(PolysocketConnection, ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         super().connection_lost(exc)
+
+
+class ServerTransport(WebsocketsTransport):
+    """A server session: also a ``FrameWriter``, for broadcast."""
+
+    def write_frame(self, frame: bytes, limit: int) -> bool | None:
+        ws = self._ws
+        if ws.protocol.extensions or ws.protocol.state is not State.OPEN:
+            return None
+        return kit.write_frame(ws.transport, frame, limit)
 
 
 def _header_limits() -> None:
@@ -121,7 +132,7 @@ class WebsocketsServer:
 
     async def _handler(self, connection: ServerConnection) -> None:
         assert isinstance(connection, PolysocketServerConnection) and connection.incoming
-        self.sessions.start(connection.incoming, WebsocketsTransport(connection, self.options))
+        self.sessions.start(connection.incoming, ServerTransport(connection, self.options))
         await connection.wait_closed()  # websockets closes the connection when this returns
 
     async def close(self) -> None:

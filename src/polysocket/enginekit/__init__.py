@@ -1,5 +1,6 @@
 """What engines share, so that no engine writes it again: HTTP requests and answers,
-close codes, listening sockets, session tracking, keepalive pings, the fragment limit, and
+close codes, listening sockets, session tracking, keepalive pings, the fragment limit,
+encoded frames for broadcast, and
 admission (handshake deadlines, header limits, an accept loop that backs off when descriptors
 run out).
 
@@ -21,6 +22,7 @@ from .admission import (
 )
 from .closecodes import CloseCode, valid_close_code
 from .fragments import FRAGMENTS_REASON, MAX_FRAGMENTS, FrameCounter, too_many_fragments
+from .frames import server_frame, write_frame
 from .http import (
     FRAMING_HEADERS,
     TOKEN_CHARS,
@@ -61,6 +63,8 @@ __all__ = [
     "http_request",
     "install_accept_error_filter",
     "request_path",
+    "server_frame",
     "too_many_fragments",
     "valid_close_code",
+    "write_frame",
 ]
