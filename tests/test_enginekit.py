@@ -159,3 +159,54 @@ def test_backlog_option_must_be_a_positive_int(bad: object) -> None:
     with pytest.raises(TypeError, match="backlog must be a positive int"):
         server_options(MemoryEngine(), {"backlog": bad})
     assert server_options(MemoryEngine(), {"backlog": 4096})[0].backlog == 4096
+
+
+def _keepalive_run(
+    answer: bool, paused: bool = False, seconds: float = 0.5
+) -> tuple[int, list[TimeoutError], float | None]:
+    """A Keepalive of 50 ms / 50 ms for ``seconds``: (pings, losses, when the loss came)."""
+    import asyncio
+
+    from polysocket.enginekit import Keepalive
+
+    async def run() -> tuple[int, list[TimeoutError], float | None]:
+        loop = asyncio.get_running_loop()
+        pings, lost, start = [0], [], loop.time()
+        when: list[float] = []
+        keepalive: Keepalive | None = None
+
+        def ping() -> None:
+            pings[0] += 1
+            if answer:
+                loop.call_later(0.005, lambda: keepalive and keepalive.pong())
+
+        def on_lost(error: TimeoutError) -> None:
+            lost.append(error)
+            when.append(loop.time() - start)
+
+        keepalive = Keepalive(ping, 0.05, 0.05, on_lost, lambda: paused)
+        await asyncio.sleep(seconds)
+        keepalive.stop()
+        stopped_at = pings[0]
+        await asyncio.sleep(0.15)
+        assert pings[0] == stopped_at, "stop() must end the pings"
+        return pings[0], lost, when[0] if when else None
+
+    return asyncio.run(run())
+
+
+def test_keepalive_pings_every_interval_while_pongs_come() -> None:
+    pings, lost, _ = _keepalive_run(answer=True)
+    assert not lost
+    assert 6 <= pings <= 10, pings  # one every 50 ms over 0.5 s
+
+
+def test_keepalive_reports_a_missing_pong_after_interval_plus_timeout() -> None:
+    pings, lost, when = _keepalive_run(answer=False)
+    assert pings == 1 and len(lost) == 1 and "no pong within 0.05 s" in str(lost[0])
+    assert when is not None and 0.09 <= when < 0.3, when
+
+
+def test_keepalive_does_not_count_a_pong_unread_while_paused() -> None:
+    pings, lost, _ = _keepalive_run(answer=False, paused=True)
+    assert not lost and pings >= 4, pings

@@ -38,6 +38,18 @@ class Keepalive:
             return None
         return cls(ping, interval, timeout, on_lost, paused)
 
+    __slots__ = (
+        "_awaiting",
+        "_interval",
+        "_loop",
+        "_next_ping",
+        "_on_lost",
+        "_paused",
+        "_ping",
+        "_timeout",
+        "_timer",
+    )
+
     def __init__(
         self,
         ping: Callable[[], None],
@@ -51,33 +63,46 @@ class Keepalive:
         self._timeout = timeout
         self._on_lost = on_lost
         self._paused = paused
-        self._pong = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._awaiting = False  # a ping is out, no pong yet
+        # One timer at a time, no task: an idle connection costs a TimerHandle, not a task,
+        # its coroutine and an Event.
+        self._loop = asyncio.get_running_loop()
+        self._next_ping = self._loop.time() + interval
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            self._next_ping, self._ping_due
+        )
 
     def pong(self) -> None:
-        self._pong.set()
+        if self._awaiting:
+            self._awaiting = False
+            self._wait_for_next_ping()
 
     def stop(self) -> None:
-        self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + self._interval
-        while True:
-            await asyncio.sleep(max(0.0, next_ping - loop.time()))
-            next_ping = loop.time() + self._interval
-            self._pong.clear()
-            try:
-                self._ping()
-            except Exception:  # the connection is going away: nothing left to keep alive
-                return
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self._pong.wait()
-            except TimeoutError:
-                if self._paused():
-                    continue
-                self._on_lost(
-                    TimeoutError(f"keepalive ping timeout: no pong within {self._timeout} s")
-                )
-                return
+    def _ping_due(self) -> None:
+        self._next_ping = self._loop.time() + self._interval
+        try:
+            self._ping()
+        except Exception:  # the connection is going away: nothing left to keep alive
+            self._timer = None
+            return
+        self._awaiting = True
+        self._timer = self._loop.call_later(self._timeout, self._pong_due)
+
+    def _pong_due(self) -> None:
+        if self._awaiting and not self._paused():
+            self._timer = None
+            self._on_lost(TimeoutError(f"keepalive ping timeout: no pong within {self._timeout} s"))
+            return
+        self._awaiting = False  # paused: an unread pong is not held against the peer
+        self._wait_for_next_ping()
+
+    def _wait_for_next_ping(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(
+                max(self._next_ping, self._loop.time()), self._ping_due
+            )
