@@ -27,6 +27,8 @@ class ClientWebSocket(CloseFrameOnly, aiohttp.ClientWebSocketResponse):
 class ClientTransport(AiohttpTransport):
     """A client connection: its ``ClientSession`` ends with it."""
 
+    __slots__ = ("_response", "_session")
+
     def __init__(
         self, ws: ClientWebSocket, session: aiohttp.ClientSession, options: ClientOptions
     ) -> None:

@@ -18,6 +18,8 @@ from ._transport import AiohttpTransport, CloseFrameOnly, CountedReader, msg_lim
 class ServerTransport(AiohttpTransport):
     """A server session: also a ``FrameWriter``, for broadcast."""
 
+    __slots__ = ()
+
     def write_frame(self, frame: bytes, limit: int) -> bool | None:
         if self._ws.compress or self._ws.close_sent:
             return None

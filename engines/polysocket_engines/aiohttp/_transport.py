@@ -110,6 +110,19 @@ class CountedReader:
 class AiohttpTransport:
     """A connection of either side; ``receive()`` ends it, and closes TCP when it does."""
 
+    __slots__ = (
+        "_keepalive",
+        "_lost_pong",
+        "_options",
+        "_pinging",
+        "_pings",
+        "_ponging",
+        "_receiving",
+        "_tcp",
+        "_ws",
+        "subprotocol",
+    )
+
     def __init__(
         self,
         ws: ClientWebSocket | ServerWebSocket,
@@ -125,11 +138,11 @@ class AiohttpTransport:
         self._lost_pong: TimeoutError | None = None
         self._pinging: asyncio.Task[None] | None = None
         self._ponging: asyncio.Task[None] | None = None
-        #: Pings not answered yet, in order; past PINGS_KEPT only the latest are (RFC 6455
-        #: 5.5.3 lets a pong answer the latest ping alone), so a ping flood costs no memory.
-        self._pings: deque[bytes] = deque(maxlen=PINGS_KEPT)
-        paused = lambda: not self._receiving  # noqa: E731  # a backlog: pongs sit unread
-        self._keepalive = Keepalive.start(options, self._ping, self._lost, paused)
+        #: Pings not answered yet, in order (from the first ping on); past PINGS_KEPT only the
+        #: latest are (RFC 6455 5.5.3 lets a pong answer the latest ping alone), so a ping
+        #: flood costs no memory.
+        self._pings: deque[bytes] | None = None
+        self._keepalive = Keepalive.start(options, self._ping, self._lost, self._paused)
 
     async def send(self, message: Message) -> None:
         if self._ws.close_sent:  # by aiohttp, failing the connection: receive() is ending it
@@ -141,6 +154,9 @@ class AiohttpTransport:
                 await self._ws.send_bytes(message)
         except ConnectionError as exc:  # aiohttp's ClientConnectionResetError: TCP is closing
             raise TransportClosed(None) from exc
+
+    def _paused(self) -> bool:
+        return not self._receiving  # a backlog: pongs sit unread
 
     async def _answer_pings(self) -> None:
         while self._pings:
@@ -155,6 +171,8 @@ class AiohttpTransport:
                 self._receiving = False
             kind = msg.type
             if kind is aiohttp.WSMsgType.PING:  # answered by a task: the reader never waits
+                if self._pings is None:
+                    self._pings = deque(maxlen=PINGS_KEPT)
                 self._pings.append(msg.data)
                 if self._ponging is None or self._ponging.done():
                     self._ponging = _written(self._answer_pings())
