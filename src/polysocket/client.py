@@ -43,7 +43,10 @@ def check_uri(uri: str, engine: Engine) -> None:
 async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
     """Connect through ``engine``, turning every failure into :class:`ConnectError`."""
     try:
-        raw = await asyncio.wait_for(engine.connect(uri, options), options.open_timeout)
+        # asyncio.timeout, not wait_for: the connect runs in this task, where wait_for (on
+        # 3.11) wraps it in a task of its own, one more loop pass per connection.
+        async with asyncio.timeout(options.open_timeout):
+            raw = await engine.connect(uri, options)
         return ManagedTransport(raw, options.close_timeout)
     except ConnectError:
         raise

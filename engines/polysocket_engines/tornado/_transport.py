@@ -8,13 +8,16 @@ close_timeout at most: a reset while the peer still sends can destroy our close 
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.queues import Queue
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketProtocol13
 
@@ -180,6 +183,41 @@ class Delegate:
             self.transport.proto.keepalive.pong()
 
 
+class LiteralResolver(Resolver):
+    """tornado's resolver, but an IP address is its own answer.
+
+    tornado resolves every host with ``loop.getaddrinfo``, which asyncio runs on its thread
+    pool even for ``127.0.0.1``: a hand-off to a pool thread and back on every connect, which
+    aiohttp, websockets and picows skip for a literal address. Names still go to it.
+    """
+
+    _names: Resolver
+
+    def initialize(self) -> None:
+        self._names = DefaultLoopResolver()
+
+    async def _by_name(
+        self, host: str, port: int, family: socket.AddressFamily
+    ) -> list[tuple[int, Any]]:
+        found: list[tuple[int, Any]] = await self._names.resolve(host, port, family)
+        return found
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a name (or something getaddrinfo is to judge)
+            return await self._by_name(host, port, family)
+        if "%" in host:  # a scoped IPv6 address: getaddrinfo knows the interface's number
+            return await self._by_name(host, port, family)
+        if address.version == 4 and family in (socket.AF_UNSPEC, socket.AF_INET):
+            return [(socket.AF_INET, (host, port))]
+        if address.version == 6 and family in (socket.AF_UNSPEC, socket.AF_INET6):
+            return [(socket.AF_INET6, (host, port, 0, 0))]
+        return await self._by_name(host, port, family)  # its error for the mismatch
+
+
 class ClientConnection(Delegate, WebSocketClientConnection):
     """What ``websocket_connect()`` builds, with our protocol object: it takes no class."""
 
@@ -190,6 +228,7 @@ class ClientConnection(Delegate, WebSocketClientConnection):
             compression_options={} if options.compression == "deflate" else None,  # {}: offer
             max_message_size=options.max_size or sys.maxsize,
             subprotocols=list(options.subprotocols) or None,
+            resolver=LiteralResolver(),
         )
 
     def get_websocket_protocol(self) -> StrictProtocol:
