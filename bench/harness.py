@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import select
@@ -137,7 +138,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         raise ValueError("no values")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -353,6 +354,14 @@ class Target:
         good = measured >= self.value if self.op == ">=" else measured <= self.value
         return "PASS" if good else "MISS"
 
+    def as_json(self, measured: float) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "op": self.op,
+            "value": self.value,
+            "verdict": self.verdict(measured),
+        }
+
 
 @dataclass
 class Comparison:
@@ -412,20 +421,14 @@ def summarize(comparison: Comparison, samples: dict[str, list[Sample]]) -> dict[
         "ratio" if comparison.kind != "memory" else "difference": spread.as_json(),
     }
     if comparison.target:
-        result["target"] = {
-            "text": comparison.target.text,
-            "verdict": comparison.target.verdict(spread.median),
-        }
+        result["target"] = comparison.target.as_json(spread.median)
     cpu_ours = [s.cpu_us_per_msg for s in ours if s.cpu_us_per_msg]
     cpu_theirs = [s.cpu_us_per_msg for s in theirs if s.cpu_us_per_msg]
     if len(cpu_ours) == len(ours) and len(cpu_theirs) == len(theirs):
         cpu = Spread.of([a / b for a, b in zip(cpu_ours, cpu_theirs, strict=True)])
         result["cpu_ratio"] = cpu.as_json()  # polysocket / raw: lower is better
         if comparison.cpu_target:
-            result["cpu_target"] = {
-                "text": comparison.cpu_target.text,
-                "verdict": comparison.cpu_target.verdict(cpu.median),
-            }
+            result["cpu_target"] = comparison.cpu_target.as_json(cpu.median)
     return result
 
 
