@@ -122,7 +122,8 @@ def throughput_wsapp(args: argparse.Namespace, payloads: list[str]) -> tuple[Sec
             app.send(message)
         checker.done.wait(args.timeout)
     app.close()
-    thread.join(10)
+    # run_forever sometimes takes seconds to notice the close; the thread is a daemon.
+    thread.join(1)
     return section, checker
 
 
@@ -168,14 +169,14 @@ async def throughput_raw(args: argparse.Namespace, payloads: list[str]) -> tuple
     elif args.engine == "websockets":
         from websockets.asyncio.client import connect
 
-        async with connect(args.uri, compression=None, max_size=None) as ws:
-            section = await _pump(ws.send, ws.recv, payloads, checker)
+        async with connect(args.uri, compression=None, max_size=None) as connection:
+            section = await _pump(connection.send, connection.recv, payloads, checker)
     elif args.engine == "tornado":
         from tornado.websocket import websocket_connect
 
-        ws = await websocket_connect(args.uri, max_message_size=64 * 1024 * 1024)
-        section = await _pump(ws.write_message, ws.read_message, payloads, checker)
-        ws.close()
+        client = await websocket_connect(args.uri, max_message_size=64 * 1024 * 1024)
+        section = await _pump(client.write_message, client.read_message, payloads, checker)
+        client.close()
     elif args.engine == "picows":
         section = await _picows_pump(args.uri, payloads, checker)
     else:
@@ -190,7 +191,7 @@ async def _picows_pump(uri: str, payloads: list[str], checker: Checker) -> Secti
 
     done = asyncio.get_running_loop().create_future()
 
-    class Listener(WSListener):  # type: ignore[misc]
+    class Listener(WSListener):
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             if frame.msg_type == WSMsgType.TEXT:
                 checker(frame.get_payload_as_utf8_text())
@@ -235,6 +236,9 @@ def rtt(args: argparse.Namespace) -> None:
     payloads = messages(args.messages + args.warmup, args.size)
     latencies: list[float] = []
     checker = Checker(len(payloads), args.size, args.sample)
+    send: Callable[[str], object]
+    receive: Callable[[], str | bytes]
+    close: Callable[[], object]
     if args.api == "sync":
         import polysocket
 
@@ -340,7 +344,7 @@ async def _picows_one(uri: str, message: str) -> tuple[str, Any]:
 
     reply = asyncio.get_running_loop().create_future()
 
-    class Listener(WSListener):  # type: ignore[misc]
+    class Listener(WSListener):
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
             if frame.msg_type == WSMsgType.TEXT and not reply.done():
                 reply.set_result(frame.get_payload_as_utf8_text())

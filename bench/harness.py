@@ -33,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,7 +195,9 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} before listening")
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode} before listening"
+            )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -223,28 +226,27 @@ def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
 
 @contextlib.contextmanager
 def server(command: Sequence[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process (its output discarded) that accepts connections on ``port``."""
-    process = subprocess.Popen(
-        list(command),
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    """A server process that accepts connections on ``port``; its output goes to a temporary
+    file (read only if it fails to start), so that it never blocks on a full pipe."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            list(command),
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=errors,
+            stderr=errors,
+        )
         try:
-            wait_port(port, process)
-        except RuntimeError:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}") from None
-        # stderr is not read while it runs: a chatty server must not block on a full pipe.
-        if process.stderr:
-            process.stderr.close()
-            process.stderr = None
-        yield process
-    finally:
-        stop(process)
+            try:
+                wait_port(port, process)
+            except RuntimeError:
+                errors.seek(0)
+                output = errors.read().decode(errors="replace")
+                raise RuntimeError(f"{' '.join(command)} failed:\n{output[-2000:]}") from None
+            yield process
+        finally:
+            stop(process)
 
 
 class Child:
@@ -252,13 +254,15 @@ class Child:
 
     def __init__(self, command: Sequence[str]):
         self.command = list(command)
+        # stderr to a file: a chatty child must not block on a full pipe nobody reads.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.process = subprocess.Popen(
             self.command,
             cwd=ROOT,
             env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._errors,
         )
         self._buffer = b""
 
@@ -289,7 +293,8 @@ class Child:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self.process.wait(5)
-                    stderr = self.process.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+                    self._errors.seek(0)
+                    stderr = self._errors.read().decode(errors="replace")
                     raise RuntimeError(
                         f"{' '.join(self.command)} exited ({self.process.returncode}):\n"
                         f"{stderr[-3000:]}"
@@ -311,9 +316,9 @@ class Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe:
-                pipe.close()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self._errors.close()
 
 
 def emit(event: str, **data: Any) -> None:

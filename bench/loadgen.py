@@ -48,7 +48,7 @@ from bench.harness import (
 OPENING = 64
 
 
-class EchoConnection(WSListener):  # type: ignore[misc]
+class EchoConnection(WSListener):
     """One connection of the echo load: a window of messages in flight, echoes verified."""
 
     def __init__(self, load: EchoLoad, number: int):
@@ -134,10 +134,16 @@ class EchoLoad:
 
 
 async def open_all(
-    uri: str, count: int, factory: Callable[[int], WSListener], first: int = 0
+    uri: str,
+    count: int,
+    factory: Callable[[int], WSListener],
+    first: int = 0,
+    source: str | None = None,
 ) -> list[tuple[WSTransport, Any]]:
-    """``count`` connections, at most :data:`OPENING` handshakes at a time."""
+    """``count`` connections, at most :data:`OPENING` handshakes at a time, from the local
+    address ``source`` if given (each 127.0.0.x has its own ephemeral port range)."""
     gate = asyncio.Semaphore(OPENING)
+    extra: dict[str, Any] = {"local_addr": (source, 0)} if source else {}
 
     async def one(number: int) -> tuple[WSTransport, Any]:
         async with gate:
@@ -146,6 +152,7 @@ async def open_all(
                 uri,
                 websocket_handshake_timeout=60,
                 max_frame_size=64 * 1024 * 1024,
+                **extra,  # picows hands these to loop.create_connection
             )
             return result
 
@@ -199,7 +206,7 @@ async def echo(args: argparse.Namespace) -> None:
     await close_all(connections)
 
 
-class OneEcho(WSListener):  # type: ignore[misc]
+class OneEcho(WSListener):
     """A connection that checks one echo and then stays open, idle."""
 
     def __init__(self, number: int, size: int):
@@ -237,7 +244,7 @@ async def idle(args: argparse.Namespace) -> None:
     await close_all(warm + more)
 
 
-class Receiver(WSListener):  # type: ignore[misc]
+class Receiver(WSListener):
     """A broadcast receiver: records when the expected message came, and rejects others."""
 
     def __init__(self, group: Receivers):
@@ -291,7 +298,9 @@ class Receivers:
 
 async def broadcast(args: argparse.Namespace) -> None:
     group = Receivers()
-    connections = await open_all(args.uri, args.conns, lambda n: Receiver(group))
+    connections = await open_all(
+        args.uri, args.conns, lambda n: Receiver(group), source=args.source
+    )
     emit("ready", conns=len(connections))
     while True:
         words = await command()
@@ -336,6 +345,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=8)
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--leader", action="store_true")
+    parser.add_argument("--source", help="local address to connect from (broadcast)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     raise_fd_limit()

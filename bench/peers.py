@@ -106,7 +106,7 @@ async def picows_server(port: int, stop: asyncio.Event) -> None:
 
     sockets: set[WSTransport] = set()
 
-    class Echo(WSListener):  # type: ignore[misc]
+    class Echo(WSListener):
         def on_ws_connected(self, transport: WSTransport) -> None:
             sockets.add(transport)
 

@@ -155,9 +155,16 @@ def _chart(documents: list[dict[str, Any]]) -> None:
         axis.invert_yaxis()
         targets = {(r["target"]["text"], r["target"]["value"]) for r in results if "target" in r}
         for text, value in sorted(targets):
-            axis.axvline(value, color="tab:red", linestyle="--", linewidth=1)
-            axis.text(value, -0.9, f" target {text}", color="tab:red", fontsize=6, va="bottom")
-        axis.axvline(0 if memory else 1.0, color="grey", linewidth=0.8)
+            axis.axvline(
+                value, color="tab:red", linestyle="--", linewidth=1, label=f"target {text}"
+            )
+        baseline = 0.0 if memory else 1.0
+        axis.axvline(baseline, color="grey", linewidth=0.8)
+        # Every target line and the baseline in view, whatever the figures.
+        edges = [r[key]["max"] for r in results] + [value for _, value in targets] + [baseline]
+        axis.set_xlim(min(0.0, *(r[key]["min"] for r in results)) * 1.05, max(edges) * 1.08)
+        if targets:
+            axis.legend(loc="lower right", fontsize=6)
         axis.set_title(
             f"{document['scenario']}: "
             + ("polysocket - raw, KiB per connection (lower is better)" if memory

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from bench.harness import (
@@ -134,7 +135,8 @@ def server_echo(settings: Settings) -> list[dict[str, Any]]:
                     sides.append(
                         Side(
                             name,
-                            _echo_side(
+                            partial(
+                                echo_run,
                                 polysocket_command(engine),
                                 SERVICE + f"echo-{kind}",
                                 conns,
@@ -160,8 +162,14 @@ def server_echo(settings: Settings) -> list[dict[str, Any]]:
                         sides.append(
                             Side(
                                 raw,
-                                _echo_side(
-                                    raw_command(engine), "/echo", conns, per_conn, window, size
+                                partial(
+                                    echo_run,
+                                    raw_command(engine),
+                                    "/echo",
+                                    conns,
+                                    per_conn,
+                                    window,
+                                    size,
                                 ),
                             )
                         )
@@ -181,10 +189,6 @@ def server_echo(settings: Settings) -> list[dict[str, Any]]:
             settings.log(f"server-echo: {conns} connection(s), {_size(size)} messages")
             results += _compare(settings, sides, comparisons)
     return results
-
-
-def _echo_side(*args: Any) -> Callable[[], Sample]:
-    return lambda: echo_run(*args)
 
 
 def _size(size: int) -> str:
@@ -353,6 +357,14 @@ def sync_throughput(settings: Settings) -> list[dict[str, Any]]:
 RECEIVER_PROCESSES = 4
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral port range (every client connection takes one per source
+    address, and 10,000 sessions come close to the default 28,232)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        low, high = (int(word) for word in ports.read().split())
+    return low, high
+
+
 def broadcast_run(
     command: Callable[[int], list[str]], path: str, sessions: int, repeats: int
 ) -> Sample:
@@ -366,6 +378,11 @@ def broadcast_run(
         for n in range(RECEIVER_PROCESSES)
     ]
     times: list[float] = []
+    low, high = ephemeral_ports()
+    if max(share) > high - low:
+        raise RuntimeError(
+            f"{max(share)} connections per process, {high - low + 1} ephemeral ports"
+        )
     with server(command(port), port):
         children = [
             Child(
@@ -377,6 +394,9 @@ def broadcast_run(
                     uri,
                     "--conns",
                     str(count),
+                    # Each process connects from an address of its own: its own port range.
+                    "--source",
+                    f"127.0.0.{n + 2}",
                     *(["--leader"] if n == 0 else []),
                 ]
             )
@@ -417,10 +437,15 @@ def broadcast(settings: Settings) -> list[dict[str, Any]]:
     repeats = settings.scale(3, 2)
     results: list[dict[str, Any]] = []
     engines = settings.broadcast_engines
+    low, high = ephemeral_ports()
+    settings.log(
+        f"broadcast: ephemeral ports {low}-{high}; receivers in {RECEIVER_PROCESSES} processes,"
+        f" from 127.0.0.2-{RECEIVER_PROCESSES + 1}"
+    )
     for sessions in (1_000, 10_000):
         raw = Side(
             "raw websockets broadcast()",
-            lambda s=sessions: broadcast_run(raw_command("websockets"), "/", s, repeats),
+            partial(broadcast_run, raw_command("websockets"), "/", sessions, repeats),
         )
         sides: list[Side] = []
         comparisons = []
@@ -429,8 +454,12 @@ def broadcast(settings: Settings) -> list[dict[str, Any]]:
             sides.append(
                 Side(
                     name,
-                    lambda s=sessions, e=engine: broadcast_run(
-                        polysocket_command(e), SERVICE + "broadcast", s, repeats
+                    partial(
+                        broadcast_run,
+                        polysocket_command(engine),
+                        SERVICE + "broadcast",
+                        sessions,
+                        repeats,
                     ),
                 )
             )
@@ -489,13 +518,11 @@ def memory_server(settings: Settings) -> list[dict[str, Any]]:
         sides = [
             Side(
                 f"polysocket {engine}",
-                lambda e=engine: server_memory_run(
-                    polysocket_command(e), SERVICE + "echo-sync", conns
+                partial(
+                    server_memory_run, polysocket_command(engine), SERVICE + "echo-sync", conns
                 ),
             ),
-            Side(
-                f"raw {engine}", lambda e=engine: server_memory_run(raw_command(e), "/echo", conns)
-            ),
+            Side(f"raw {engine}", partial(server_memory_run, raw_command(engine), "/echo", conns)),
         ]
         comparison = Comparison(
             f"{engine} server memory", sides[0].name, sides[1].name, "memory", "KiB/conn",

@@ -6,6 +6,6 @@ broadcast itself never waits, whatever the handler kind)."""
 import polysocket
 
 
-async def onMessage(message):
+async def onMessage(message: object) -> None:
     if isinstance(message, str) and message.startswith("go:"):
         polysocket.broadcast("broadcast", "B:" + message[3:])
