@@ -37,7 +37,9 @@ METHOD = """\
 - **One load generator for both sides.** Servers are driven by `bench/loadgen.py`: picows'
   client, many connections in one process, each keeping a window of messages in flight.
   Clients under test talk to one plain echo server, raw picows (`bench/peers.py`), which
-  stays up for the whole scenario.
+  stays up for the whole scenario. The generator is not the bottleneck as long as the
+  fastest raw server's rate stays well above polysocket's: the highest rate in a table is a
+  lower bound on what the generator drives on this machine.
 - **Ratios per round, oriented so that more than 1 means polysocket did better**: of rates
   (msg/s, connections/s) polysocket / raw, of times (round-trip latency, broadcast time)
   raw / polysocket. Tables give the median of the per-round ratios and [min-max]. Memory is
@@ -45,7 +47,9 @@ METHOD = """\
 - **CPU per message** (user + system, all threads) of the process under test over the
   measured section: for servers read from `/proc/PID/stat` (utime + stime, 10 ms ticks) by
   the harness when the load starts and ends; for clients `resource.getrusage(RUSAGE_SELF)`
-  inside the client process. CPU ratios are polysocket / raw (lower is better).
+  inside the client process. CPU ratios are polysocket / raw (lower is better), the median
+  of the per-round ratios. With 10 ms ticks a run needs some hundreds of milliseconds of
+  CPU for a figure to mean much: quick runs are too short for it.
 - **Every run verifies what it measures**: echo counts are exact per connection; every
   echo's length and header (connection and sequence number) are checked, and every 101st
   (and the last) is compared byte for byte; each broadcast receiver must get exactly the

@@ -114,8 +114,11 @@ def echo_run(
 
 def server_echo(settings: Settings) -> list[dict[str, Any]]:
     """Echo msg/s of ``polysocket serve`` (plain and ``async def`` onMessage) against the raw
-    server of the same library, at each connection count and message size; plus
-    polysocket-on-picows against the raw aiohttp server."""
+    server of the same library, at 1, 64 and 512 connections and 32 B and 64 KiB text
+    messages; plus polysocket-on-picows against the raw aiohttp server. Each connection
+    keeps a window of messages in flight (128 in all for 32 B, 8 for 64 KiB, at least 1 per
+    connection); full runs echo 30,000 messages of 32 B or 3,000 of 64 KiB (at least 4 per
+    connection), quick runs 6,000 or 800. CPU per message is the server's."""
     engines = settings.engines
     conn_counts = [1, 64, 512]
     sizes = [32, 65536]
@@ -233,7 +236,9 @@ def client_run(test: str, uri: str, *options: str) -> Callable[[], Sample]:
 
 def client_throughput(settings: Settings) -> list[dict[str, Any]]:
     """One connection, N pipelined messages echoed by the plain peer: polysocket's sync and
-    asyncio clients against the raw library's client, per engine."""
+    asyncio clients against the raw library's client, per engine (picows' raw client sends
+    without waiting, as its examples do). 50,000 messages of 64 B (quick: 10,000); CPU per
+    message is the client process's."""
     count, size = settings.scale(50_000, 10_000), 64
     opts = ["--messages", str(count), "--size", str(size)]
     results: list[dict[str, Any]] = []
@@ -300,7 +305,9 @@ def _against_wsclient(
 
 def rtt(settings: Settings) -> list[dict[str, Any]]:
     """Sequential round trips (send, wait for the echo): p50 and p99 of the polysocket sync
-    client against websocket-client's ``create_connection``."""
+    client (an ``onMessage`` that puts the echo in a queue the sender waits on) against
+    websocket-client's ``create_connection`` send/recv. 5,000 round trips of 32 B after 100
+    unmeasured (quick: 1,000). The ratio is websocket-client's time / polysocket's."""
     count = settings.scale(5_000, 1_000)
 
     def make(engine: str, ours: str, theirs: str) -> list[Comparison]:
@@ -318,7 +325,8 @@ def rtt(settings: Settings) -> list[dict[str, Any]]:
 
 def open_close(settings: Settings) -> list[dict[str, Any]]:
     """Connections opened and closed one after another, per second: polysocket sync client
-    against websocket-client."""
+    (``createWebsocket`` then ``close()``, which waits for the closing handshake) against
+    websocket-client (``create_connection`` then ``close()``). 500 (quick: 100)."""
     count = settings.scale(500, 100)
 
     def make(engine: str, ours: str, theirs: str) -> list[Comparison]:
@@ -335,7 +343,8 @@ def open_close(settings: Settings) -> list[dict[str, Any]]:
 
 def sync_throughput(settings: Settings) -> list[dict[str, Any]]:
     """Pipelined echo throughput of the polysocket sync client against websocket-client's
-    ``WebSocketApp`` (its callback API)."""
+    ``WebSocketApp`` (its callback API: ``run_forever`` on a thread, ``send`` from the main
+    one). 50,000 messages of 64 B (quick: 10,000)."""
     count, size = settings.scale(50_000, 10_000), 64
 
     def make(engine: str, ours: str, theirs: str) -> list[Comparison]:
@@ -433,7 +442,12 @@ def broadcast_run(
 
 def broadcast(settings: Settings) -> list[dict[str, Any]]:
     """Time until every session got one broadcast message: polysocket's ``broadcast()``
-    (served by each engine given, websockets by default) against raw websockets'."""
+    (served by each engine given, websockets by default) against raw websockets'
+    ``broadcast()``, to 1,000 and 10,000 sessions. The receivers are 4 picows processes; one
+    connection sends "go:TOKEN", the server's handler (``async def`` in polysocket, the
+    connection handler in websockets) broadcasts "B:TOKEN" to every session, sender
+    included; timed from "go" sent to the last receipt (CLOCK_MONOTONIC, shared by the
+    processes), median of 3 broadcasts per server (quick: 2) after one unmeasured."""
     repeats = settings.scale(3, 2)
     results: list[dict[str, Any]] = []
     engines = settings.broadcast_engines
@@ -511,7 +525,8 @@ def server_memory_run(command: Callable[[int], list[str]], path: str, conns: int
 
 def memory_server(settings: Settings) -> list[dict[str, Any]]:
     """Server memory per idle connection: ``polysocket serve`` (plain echo handler) against
-    the raw server of the same library."""
+    the raw server of the same library: the server's VmRSS growth from 8 open connections
+    to 8 + 1,000 (quick: 200), each with one verified echo and then idle for a second."""
     conns = settings.scale(1_000, 200)
     results: list[dict[str, Any]] = []
     for engine in settings.engines:
@@ -534,8 +549,9 @@ def memory_server(settings: Settings) -> list[dict[str, Any]]:
 
 
 def memory_client(settings: Settings) -> list[dict[str, Any]]:
-    """Client memory per idle connection (the process's RSS growth): polysocket's sync and
-    asyncio clients against the raw library's client."""
+    """Client memory per idle connection: polysocket's sync and asyncio clients against the
+    raw library's client, the client process's VmRSS growth from 4 connections to 4 + 500
+    (quick: 100), each with one verified echo."""
     conns = settings.scale(500, 100)
     results: list[dict[str, Any]] = []
     with echo_peer() as uri:
