@@ -472,6 +472,10 @@ def format_result(result: dict[str, Any]) -> str:
     return text
 
 
+#: Paths the suite writes, as git pathspecs that exclude them.
+GENERATED = [":!bench/results", ":!docs/performance.md", ":!docs/performance.png"]
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -482,7 +486,8 @@ def git_commit() -> str:
             check=True,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The suite's own output (results, the doc) does not make the code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *GENERATED],
             cwd=ROOT,
             capture_output=True,
             text=True,
