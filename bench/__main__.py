@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="the scenarios, one a line")
     runner = commands.add_parser("run", help="run scenarios (all when none is named)")
     runner.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
-    runner.add_argument("--quick", action="store_true", help="smaller runs, 2 rounds: a smoke run")
-    runner.add_argument("--rounds", type=int, help="rounds per scenario (5; 2 with --quick)")
+    runner.add_argument(
+        "--quick", action="store_true", help="smaller runs, 1 round: a smoke run of 2-3 minutes"
+    )
+    runner.add_argument("--rounds", type=int, help="rounds per scenario (5; 1 with --quick)")
     runner.add_argument("--engines", default=",".join(ENGINES), help="polysocket engines to run")
     runner.add_argument(
         "--broadcast-engines",
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     engines = [engine for engine in args.engines.split(",") if engine]
     settings = Settings(
-        rounds=args.rounds or (2 if args.quick else 5),
+        rounds=args.rounds or (1 if args.quick else 5),
         quick=args.quick,
         engines=engines,
         broadcast_engines=[engine for engine in args.broadcast_engines.split(",") if engine],
