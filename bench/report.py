@@ -36,6 +36,8 @@ METHOD = """\
   round, so that what the machine does meanwhile weighs on both.
 - **One load generator for both sides.** Servers are driven by `bench/loadgen.py`: picows'
   client, many connections in one process, each keeping a window of messages in flight.
+  picows is the fastest client measured here: in the client-throughput table, raw picows'
+  client against the same peer is the fastest raw row by far (aiohttp's is next).
   Clients under test talk to one plain echo server, raw picows (`bench/peers.py`), which
   stays up for the whole scenario. The generator is not the bottleneck as long as the
   fastest raw server's rate stays well above polysocket's: the highest rate in a table is a
