@@ -136,9 +136,14 @@ def minimums(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput of polysocket against the raw library it wraps (not run by CI)."""
-    session.install("-e", ".[all]")
-    session.run("python", "bench/throughput.py", *session.posargs)
+    """The benchmark suite (bench/; not run by CI): every scenario, polysocket against the
+    raw library in alternating fresh processes, then docs/performance.md and its chart.
+
+    Arguments go to `python -m bench run`: `nox -s bench -- --quick` is a smoke run of 2-3
+    minutes, `nox -s bench -- server-echo --engines picows` one scenario and engine."""
+    session.install("-e", ".[bench]", "-e", PICOWS)
+    session.run("python", "-m", "bench", "run", *session.posargs)
+    session.run("python", "-m", "bench", "report")
 
 
 @nox.session

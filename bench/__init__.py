@@ -1,0 +1,1 @@
+"""polysocket's benchmark suite: ``python -m bench --help`` (see docs/performance.md)."""
