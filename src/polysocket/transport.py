@@ -289,7 +289,11 @@ class Engine:
 
     def is_available(self) -> bool:
         import importlib.util
+        import sys
 
+        # Imported already: no finder search (createWebsocket asks on every connection).
+        if sys.modules.get(self.library) is not None:
+            return True
         return importlib.util.find_spec(self.library) is not None
 
     def library_version(self) -> str | None:
