@@ -591,6 +591,64 @@ def memory_client(settings: Settings) -> list[dict[str, Any]]:
     return results
 
 
+# --- connect burst ----------------------------------------------------------------------------
+
+
+def listen_drops() -> int:
+    """The kernel's count of connections dropped from full listen queues (all sockets)."""
+    with open("/proc/net/netstat") as netstat:
+        lines = netstat.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))[
+                "ListenDrops"
+            ]
+    return 0
+
+
+def burst_run(command: Callable[[int], list[str]], path: str, conns: int, step: int) -> Sample:
+    """One server, one burst (bench/burst.py): seconds until every handshake got its 101,
+    and the SYNs the kernel dropped meanwhile (a listen queue too short for the burst)."""
+    port = free_port()
+    with server(command(port), port):
+        drops = listen_drops()
+        child = Child(
+            [PY, "-m", "bench.burst", f"ws://127.0.0.1:{port}{path}",
+             "--conns", str(conns), "--step", str(step)]
+        )  # fmt: skip
+        try:
+            done = child.expect("done", timeout=300)
+        finally:
+            child.close()
+        if done["opened"] != conns:
+            raise VerificationError(f"{done['opened']} of {conns} handshakes completed")
+    return Sample(done["elapsed"], None, {"listen_drops": listen_drops() - drops})
+
+
+def connect_burst(settings: Settings) -> list[dict[str, Any]]:
+    """Connections arriving in bursts: 2,000 handshakes (quick: 1,000), 200 at a time,
+    against ``polysocket serve`` (listen backlog 2048) and the raw server of the same library
+    (bench/peers.py, backlog 1024); time until all got their 101 ("listen_drops" in the
+    results: SYNs the kernel dropped meanwhile, each costing its client a second or more)."""
+    conns = settings.scale(2_000, 1_000)
+    results: list[dict[str, Any]] = []
+    for engine in settings.engines:
+        sides = [
+            Side(
+                f"polysocket {engine}",
+                partial(burst_run, polysocket_command(engine), SERVICE + "echo-sync", conns, 200),
+            ),
+            Side(f"raw {engine}", partial(burst_run, raw_command(engine), "/echo", conns, 200)),
+        ]
+        comparison = Comparison(
+            f"{engine} connect burst", sides[0].name, sides[1].name, "time", "s",
+            {"engine": engine, "connections": conns, "at once": 200},
+        )  # fmt: skip
+        settings.log(f"connect-burst: {engine}")
+        results += _compare(settings, sides, [comparison])
+    return results
+
+
 SCENARIOS: dict[str, Callable[[Settings], list[dict[str, Any]]]] = {
     "client-throughput": client_throughput,
     "server-echo": server_echo,
@@ -600,6 +658,7 @@ SCENARIOS: dict[str, Callable[[Settings], list[dict[str, Any]]]] = {
     "sync-throughput": sync_throughput,
     "memory-server": memory_server,
     "memory-client": memory_client,
+    "connect-burst": connect_burst,
 }
 
 
