@@ -44,9 +44,14 @@ class ServerEvents:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.items: list[ServerEvent] = []
+        #: Sessions seen before the last clear(): a callback of theirs that runs late (an
+        #: onClose after the previous test's server stopped) is not this test's event.
+        self._stale: set[str] = set()
 
     def record(self, name: str, payload: Any = None) -> None:
         session = polysocket.getSession()
+        if session.id in self._stale:
+            return
         event = ServerEvent(
             name,
             session.endpoint,
@@ -64,6 +69,7 @@ class ServerEvents:
 
     def clear(self) -> None:
         with self._cond:
+            self._stale.update(event.session_id for event in self.items)
             self.items.clear()
 
     def wait(self, name: str, endpoint: str | None = None, timeout: float = WAIT) -> ServerEvent:
