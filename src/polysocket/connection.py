@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .context import current_call
@@ -30,6 +30,7 @@ from .dispatch import MESSAGE_OVERHEAD, Dispatcher, ErrorText, Event
 from .enginekit.closecodes import CloseCode, valid_close_code
 from .errors import ConnectionClosedError, SendTimeoutError
 from .handlers import Handler
+from .hotpath import Flag, finish, step, wakeups_for
 from .managed import ManagedTransport, close_bound
 from .transport import ConnectionOptions, TransportClosed
 
@@ -103,7 +104,49 @@ class State(enum.Enum):
 
 
 class Connection:
-    """The core's side of one connection. Create it on the loop, then call ``start()``."""
+    """The core's side of one connection. Create it on the loop, then call ``start()``.
+
+    Sending: whoever queues into an empty, idle queue owns the sending (``_writing``) until
+    the queue is empty again. On the loop, inside a task, the owner sends right away
+    (:meth:`_flush`): each engine ``send()`` runs until it first waits, which it usually does
+    not; at the first that waits (flow control) or at the close marker, a writer task takes
+    over. From another thread (a handler thread), the owner hands the flush to the loop
+    through :class:`~polysocket.hotpath.LoopWakeups` (one self-pipe write per batch of
+    connections). Nothing of this exists while the connection is idle: no writer task, and the
+    queues, Conditions and Events are made when first needed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_batch",
+        "_close_deadline",
+        "_close_requested",
+        "_close_timeout",
+        "_dropped_while_closing",
+        "_ended",
+        "_handshaking",
+        "_lock",
+        "_loop",
+        "_loop_thread",
+        "_on_ended",
+        "_outbox",
+        "_queued_bytes",
+        "_reader",
+        "_room",
+        "_room_on_loop",
+        "_send_error",
+        "_send_timeout",
+        "_transport",
+        "_wakeups",
+        "_write_limit",
+        "_writer",
+        "_writing",
+        "close_code",
+        "close_reason",
+        "dispatcher",
+        "ended_on_loop",
+        "state",
+    )
 
     def __init__(
         self,
@@ -128,26 +171,30 @@ class Connection:
             self._reply if replies else None,
             self._reply_async if replies else None,
             options.max_queue,
+            self.reply_now if replies else None,
         )
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._outbox: deque[Any] = deque()
-        #: The burst the writer is sending (what a drop for slowness discards, on the loop).
-        self._batch: deque[Any] = deque()
-        #: Bytes in the outbox and in the writer's burst, the one being sent included.
+        #: Senders blocked for room wait on it (made when the first one must).
+        self._room: threading.Condition | None = None
+        #: Messages queued for sending, and the burst being sent (what a drop for slowness
+        #: discards, on the loop); two deques that swap, made on the first send.
+        self._outbox: deque[Any] | None = None
+        self._batch: deque[Any] | None = None
+        #: Bytes in the outbox and in the burst, the one being sent included.
         self._queued_bytes = 0
-        self._writer_awake = False
-        self._wake_writer = asyncio.Event()
+        #: Someone owns the sending: a flush on the loop, a wake-up on its way, a writer task.
+        self._writing = False
+        self._wakeups = wakeups_for(loop)
         #: Set on the loop when room is made or sending ends (``send_async`` waits on it).
-        self._room_on_loop = asyncio.Event()
+        self._room_on_loop: asyncio.Event | None = None
         self.state = State.CONNECTING
         self._close_requested: tuple[int, str] | None = None
         #: The writer has reached the close frame: the closing handshake has begun.
         self._handshaking = False
         self._close_deadline: asyncio.TimerHandle | None = None
-        self.ended = threading.Event()
+        self._ended = Flag()
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
@@ -161,7 +208,11 @@ class Connection:
         self.state = State.OPEN
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
-        self._writer = self._loop.create_task(self._write_loop())
+
+    @property
+    def ended(self) -> Flag:
+        """Set once the connection has ended (``wait(timeout)`` from any thread)."""
+        return self._ended
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -176,13 +227,22 @@ class Connection:
         return queued == 0 or queued + size <= self._write_limit
 
     def _enqueue(self, message: object, size: int) -> bool:
-        """Queue (the lock held); True if the writer needs waking."""
-        self._outbox.append(message)
+        """Queue (the lock held); True if the caller now owns the sending."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+            self._batch = deque()
+        outbox.append(message)
         self._queued_bytes += size
-        if self._writer_awake:
+        if self._writing:
             return False
-        self._writer_awake = True
+        self._writing = True
         return True
+
+    def _notify_room(self) -> None:
+        """Wake blocked senders (the lock held)."""
+        if self._room is not None:
+            self._room.notify_all()
 
     def send(self, message: Any) -> None:
         """Queue ``message``. Off the loop, wait up to ``send_timeout`` for room; on the loop
@@ -204,10 +264,12 @@ class Connection:
                     deadline = now + self._send_timeout
                 elif now >= deadline:
                     raise self._timed_out()
+                if self._room is None:
+                    self._room = threading.Condition(self._lock)
                 self._room.wait(deadline - now)
-            wake = self._enqueue(message, size)
-        if wake:
-            self._wake_writer_from(on_loop)
+            owner = self._enqueue(message, size)
+        if owner:
+            self._start_sending(on_loop)
 
     async def send_async(self, message: Any) -> None:
         """Queue ``message``, awaiting room up to ``send_timeout``; from any event loop."""
@@ -215,25 +277,33 @@ class Connection:
         if asyncio.get_running_loop() is not self._loop:  # another loop (the asyncio API user)
             future = asyncio.run_coroutine_threadsafe(self.send_async(message), self._loop)
             return await asyncio.wrap_future(future)
+        await self._send_on_loop(message)
+
+    async def _send_on_loop(self, message: str | bytes) -> None:
         size = len(message)
-        deadline = self._loop.time() + self._send_timeout
+        deadline: float | None = None
         while True:
             with self._lock:
                 if self.state is not State.OPEN:
                     raise self._closed_error()
                 if self._fits(size):
-                    wake = self._enqueue(message, size)
+                    owner = self._enqueue(message, size)
                     break
+            if deadline is None:
+                deadline = self._loop.time() + self._send_timeout
             left = deadline - self._loop.time()
             if left <= 0:
                 raise self._timed_out()
             # No await since the check: room made meanwhile (on this loop) is not missed.
-            self._room_on_loop.clear()
+            room = self._room_on_loop
+            if room is None:
+                room = self._room_on_loop = asyncio.Event()
+            room.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
-                    await self._room_on_loop.wait()
-        if wake:
-            self._wake_writer.set()
+                    await room.wait()
+        if owner:
+            self._flush()
 
     def offer(self, message: str | bytes) -> bool:
         """Queue a checked message without ever waiting (``broadcast``). With no room, the
@@ -245,24 +315,29 @@ class Connection:
             if self.state is not State.OPEN:
                 raise self._closed_error()
             if self._fits(size):
-                wake = self._enqueue(message, size)
+                owner = self._enqueue(message, size)
                 dropped = False
             else:
                 self.state = State.CLOSING
                 self._close_requested = (int(CloseCode.POLICY_VIOLATION), TOO_SLOW)
-                self._room.notify_all()
-                wake = dropped = True
+                self._notify_room()
+                owner = False
+                dropped = True
         if dropped:
             self._loop.call_soon_threadsafe(self._drop_queued)
-        elif wake:
-            self._wake_writer_from(threading.get_ident() == self._loop_thread)
+        elif owner:
+            self._start_sending(threading.get_ident() == self._loop_thread)
         return not dropped
 
-    def _wake_writer_from(self, on_loop: bool) -> None:
-        if on_loop:  # no self-pipe write when already on the loop
-            self._wake_writer.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake_writer.set)
+    def _start_sending(self, on_loop: bool) -> None:
+        """Send what the caller, now owning the sending, queued: at once on the loop inside
+        a task; else through the loop's coalesced wake-ups (one self-pipe write per batch)."""
+        if not on_loop:
+            self._wakeups.add(self._flush)
+        elif asyncio.current_task(self._loop) is not None:
+            self._flush()
+        else:  # a plain loop callback: an engine's send() may need a task
+            self._writer = self._loop.create_task(self._write_loop(None, None))
 
     def _timed_out(self) -> SendTimeoutError:
         queued, limit = self._queued_bytes, self._write_limit
@@ -298,6 +373,28 @@ class Connection:
         except ConnectionClosedError:  # the peer left first: nobody to reply to, no fault
             log.info("dropped onMessage's reply: the connection is already closed")
 
+    def reply_now(self, result: Any) -> bool:
+        """What an ``async def`` onMessage returned, on the loop: queue and send it if
+        there is room (True, also when the connection is closed already: dropped); False:
+        no room, await :meth:`_reply_async`. Costs no coroutine in the usual case."""
+        kind = result.__class__
+        if kind is not str and kind is not bytes:
+            return False  # checked (or refused) by _reply_async
+        message = check_message(result) if kind is str else result
+        with self._lock:
+            if self.state is not State.OPEN:
+                closed = True
+            elif self._fits(len(message)):
+                closed = False
+                owner = self._enqueue(message, len(message))
+            else:
+                return False
+        if closed:
+            log.info("dropped onMessage's reply: the connection is already closed")
+        elif owner:
+            self._flush()
+        return True
+
     async def _reply_async(self, result: Any) -> None:
         """What an ``async def`` onMessage returned: awaits room like ``send_async``."""
         if not isinstance(result, str | bytes | bytearray | memoryview):
@@ -306,7 +403,7 @@ class Connection:
                 " or None to send nothing"
             )
         try:
-            await self.send_async(result)
+            await self._send_on_loop(check_message(result))
         except ConnectionClosedError:
             log.info("dropped onMessage's reply: the connection is already closed")
 
@@ -318,11 +415,9 @@ class Connection:
                 return False
             self.state = State.CLOSING
             self._close_requested = (int(code), reason)
-            self._outbox.append(_CLOSE)
-            self._room.notify_all()
-            wake = not self._writer_awake
-            self._writer_awake = True
-        self._loop.call_soon_threadsafe(self._closing_started, wake)
+            owner = self._enqueue(_CLOSE, 0)
+            self._notify_room()
+        self._loop.call_soon_threadsafe(self._closing_started, owner)
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -336,7 +431,7 @@ class Connection:
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
             return
-        self.ended.wait(close_bound(self._close_timeout))
+        self._ended.wait(close_bound(self._close_timeout))
         if current_call.get() is None:
             self.dispatcher.finished.wait(self._close_timeout)
 
@@ -364,11 +459,12 @@ class Connection:
 
     # -- loop thread -----------------------------------------------------------------------
 
-    def _closing_started(self, wake: bool) -> None:
+    def _closing_started(self, owner: bool) -> None:
         self.dispatcher.release()
-        self._room_on_loop.set()  # send_async() waiters: closing now
-        if wake:
-            self._wake_writer.set()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()  # send_async() waiters: closing now
+        if owner:
+            self._writer = self._loop.create_task(self._write_loop(None, None))
         # What is queued goes first, but a peer that reads nothing keeps the writer inside the
         # engine's send() forever, before the close frame: close_timeout bounds that too.
         if self._close_deadline is None:
@@ -379,24 +475,24 @@ class Connection:
     def _drop_queued(self) -> None:
         """Closed for slowness (``offer``): drop what is queued, then send the close frame.
 
-        On the loop, so the writer is not between taking a message and counting it: it is
-        waiting for a wake-up or inside the engine's send() of one message, which finishes.
+        On the loop, so no flush is running: the writer task, if any, is waiting inside the
+        engine's send() of one message (which finishes) or for its turn.
         """
         with self._lock:
-            dropped = [m for m in (*self._batch, *self._outbox) if m is not _CLOSE]
-            self._batch.clear()
-            self._outbox.clear()
+            dropped = [m for m in (*(self._batch or ()), *(self._outbox or ())) if m is not _CLOSE]
+            if self._batch is not None:
+                self._batch.clear()
+            if self._outbox is not None:
+                self._outbox.clear()
             self._queued_bytes -= sum(len(m) for m in dropped)
-            self._outbox.append(_CLOSE)
-            wake = not self._writer_awake
-            self._writer_awake = True
+            owner = self._enqueue(_CLOSE, 0)
         log.info(
             "closing a connection with 1008: its send queue is over write_limit=%d bytes"
             " (the peer reads too slowly); dropped %d queued message(s)",
             self._write_limit,
             len(dropped),
         )
-        self._closing_started(wake)
+        self._closing_started(owner)
 
     def _abort_unless_closing(self) -> None:
         """close_timeout after close(): abort if the close frame is still stuck behind what
@@ -434,20 +530,71 @@ class Connection:
         except TransportClosed as closed:  # an engine's bug included (see ManagedTransport)
             self._end(closed)
 
-    async def _write_loop(self) -> None:
+    def _take_burst(self, sent: int = 0) -> deque[Any] | None:
+        """Count ``sent`` bytes as sent, then take the queued messages, to send now; None
+        (and the sending given up) when there are none. The two deques swap, so a burst
+        allocates nothing."""
+        with self._lock:
+            if sent:
+                self._queued_bytes -= sent
+                self._notify_room()
+            outbox = self._outbox
+            if not outbox:
+                self._writing = False
+                return None
+            self._outbox, self._batch = self._batch, outbox
+            return outbox
+
+    def _flush(self) -> None:
+        """Send what is queued, on the loop (the caller owns the sending, in a task): each
+        engine send() runs until it first waits; a writer task takes over at the first that
+        does, and at the close marker."""
+        send = self._transport.raw.send
+        sent = 0
+        try:
+            while (batch := self._take_burst(sent)) is not None:
+                sent = 0
+                while batch:
+                    message = batch[0]
+                    if message is _CLOSE:  # the closing handshake is awaited: by a task
+                        self._writer = self._loop.create_task(self._write_loop(None, None))
+                        return
+                    batch.popleft()
+                    coro = send(message)
+                    suspended = step(coro)
+                    if suspended is not None:  # flow control: a writer task waits for it
+                        self._writer = self._loop.create_task(
+                            self._write_loop(coro, suspended, len(message))
+                        )
+                        return
+                    sent += len(message)
+            sent = 0  # counted by the last _take_burst
+        except TransportClosed:  # the writer stops; the reader gets the end
+            return
+        except Exception as exc:
+            self._send_failed(exc)
+            return
+        finally:
+            self._made_room(sent)
+
+    async def _write_loop(
+        self, coro: Coroutine[Any, Any, None] | None, suspended: Any, size: int = 0
+    ) -> None:
+        """The writer task: finish the send a flush started (``coro``), if any, then send
+        the rest of the burst and what else is queued, awaiting the engine's flow control."""
         # The engine's own send: this connection's state already refuses sends after
         # close() or the end, and the writer stops at the first TransportClosed.
         send = self._transport.raw.send
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            while True:
-                with self._lock:
-                    if not self._outbox:
-                        self._writer_awake = False
-                        break
-                    batch = self._batch = self._outbox
-                    self._outbox = deque()
+        try:
+            if coro is not None:
+                sent = 0
+                try:
+                    await finish(coro, suspended)
+                    sent = size
+                finally:
+                    self._made_room(sent)
+            batch = self._batch
+            while batch or (batch := self._take_burst()) is not None:
                 sent = 0
                 try:
                     # popleft: _drop_queued may empty the burst while a message is in send()
@@ -460,40 +607,50 @@ class Connection:
                             return
                         await send(message)
                         sent += len(message)
-                except TransportClosed:
-                    return
-                except Exception as exc:
-                    log.exception("engine send() failed; aborting the connection")
-                    self._transport.abort()
-                    self._send_error = exc
-                    return
                 finally:
                     self._made_room(sent)
+        except TransportClosed:
+            return
+        except Exception as exc:
+            self._send_failed(exc)
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
+
+    def _send_failed(self, exc: Exception) -> None:
+        log.error("engine send() failed; aborting the connection", exc_info=exc)
+        self._transport.abort()
+        self._send_error = exc
 
     def _made_room(self, sent: int) -> None:
-        with self._lock:
-            self._queued_bytes -= sent
-            self._room.notify_all()
-        self._room_on_loop.set()
+        if sent:
+            with self._lock:
+                self._queued_bytes -= sent
+                self._notify_room()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()
 
     def _end(self, closed: TransportClosed) -> None:
         code, reason = close_outcome(closed, self._close_requested)
         with self._lock:
             # The writer took the close marker: it is in the closing handshake.
-            handshaking = self.state is State.CLOSING and _CLOSE not in self._outbox
+            handshaking = self.state is State.CLOSING and self._handshaking
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
-            self._outbox.clear()
-            self._room.notify_all()
-        self._room_on_loop.set()
+            if self._outbox is not None:
+                self._outbox.clear()
+            self._notify_room()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()
         if self._close_deadline is not None:
             self._close_deadline.cancel()
         # A writer in the middle of the closing handshake finishes on its own; any other
-        # would wait forever for a wake-up (the close marker it was to send is gone).
+        # would wait forever for its send (the connection is gone) or the close it will
+        # never reach.
         if self._writer is not None and not handshaking:
             self._writer.cancel()
         self._on_ended()
-        self.ended.set()
+        self._ended.set()
         self.ended_on_loop.set_result(None)
         error = closed.error or self._send_error
         if error is not None:

@@ -29,6 +29,7 @@ from .connection import Connection, ConnectionHandle, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .errors import ConnectionClosedError, EngineUnavailableError
+from .hotpath import Flag
 from .managed import ABORT_GRACE, ManagedTransport
 from .options import server_options
 from .plugins import registry as engines
@@ -509,7 +510,7 @@ async def _in_daemon_thread(function: Callable[[], T]) -> T:
     return await future
 
 
-def _wait_all(events: list[threading.Event], timeout: float) -> None:
+def _wait_all(events: list[Flag], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for event in events:
         event.wait(max(0.0, deadline - time.monotonic()))
