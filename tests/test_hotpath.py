@@ -1,0 +1,135 @@
+"""The per-message helpers: eager steps of a coroutine, coalesced wake-ups, lazy flags."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from polysocket.hotpath import Flag, LoopWakeups, finish, step
+
+
+def test_step_runs_a_coroutine_that_never_waits_to_its_end():
+    done = []
+
+    async def quick() -> None:
+        done.append(1)
+
+    assert step(quick()) is None
+    assert done == [1]
+
+
+def test_step_raises_what_the_coroutine_raises():
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        step(fails())
+
+
+def test_finish_resumes_a_coroutine_where_it_waited_with_the_futures_outcome():
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        seen: list[object] = []
+
+        async def waits() -> None:
+            seen.append("before")
+            seen.append(await future)
+            await asyncio.sleep(0)  # a bare yield too
+            try:
+                await failing
+            except KeyError as exc:
+                seen.append(repr(exc))
+
+        failing: asyncio.Future[None] = loop.create_future()
+        coro = waits()
+        suspended = step(coro)
+        assert suspended is not None and seen == ["before"]
+        task = loop.create_task(finish(coro, suspended))
+        await asyncio.sleep(0)
+        assert not task.done()
+        future.set_result("value")
+        failing.set_exception(KeyError("k"))
+        await asyncio.wait_for(task, 5)
+        return seen
+
+    assert asyncio.run(scenario()) == ["before", "value", "KeyError('k')"]
+
+
+def test_cancelling_the_finishing_task_cancels_the_coroutine_where_it_waits():
+    async def scenario() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        cancelled = []
+
+        async def waits() -> None:
+            try:
+                await future
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        coro = waits()
+        task = loop.create_task(finish(coro, step(coro)))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return bool(cancelled), future.cancelled()
+
+    assert asyncio.run(scenario()) == (True, True)
+
+
+def test_wake_ups_from_threads_coalesce_and_run_in_a_task():
+    async def scenario() -> tuple[int, int, bool]:
+        loop = asyncio.get_running_loop()
+        wakeups = LoopWakeups(loop)
+        calls = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: object) -> object:
+            nonlocal calls
+            calls += 1
+            return real(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        ran: list[bool] = []
+        all_ran = asyncio.Event()
+
+        def callback() -> None:
+            ran.append(asyncio.current_task() is not None)
+            if len(ran) == 400:
+                all_ran.set()
+
+        def many() -> None:
+            for _ in range(100):
+                wakeups.add(callback)
+
+        threads = [threading.Thread(target=many) for _ in range(4)]
+        # the loop is held while the threads add: they share the wake-ups already scheduled
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        await asyncio.wait_for(all_ran.wait(), 5)
+        return len(ran), calls, all(ran)
+
+    ran, calls, in_tasks = asyncio.run(scenario())
+    assert ran == 400
+    assert calls == 1, f"{calls} self-pipe wake-ups for 400 callbacks added while the loop was busy"
+    assert in_tasks
+
+
+def test_flag_wakes_a_waiting_thread_and_stays_set():
+    flag = Flag()
+    assert not flag.is_set()
+    assert not flag.wait(0.01)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(flag.wait(5)))
+    waiter.start()
+    flag.set()
+    waiter.join(5)
+    assert woke == [True]
+    assert flag.is_set() and flag.wait(0)
