@@ -21,7 +21,6 @@ import enum
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -130,6 +129,7 @@ class Connection:
         "_loop_thread",
         "_on_ended",
         "_outbox",
+        "_pos",
         "_queued_bytes",
         "_reader",
         "_room",
@@ -178,10 +178,12 @@ class Connection:
         self._lock = threading.Lock()
         #: Senders blocked for room wait on it (made when the first one must).
         self._room: threading.Condition | None = None
-        #: Messages queued for sending, and the burst being sent (what a drop for slowness
-        #: discards, on the loop); two deques that swap, made on the first send.
-        self._outbox: deque[Any] | None = None
-        self._batch: deque[Any] | None = None
+        #: Messages queued for sending (a list, made on the first send, taken whole by the
+        #: sender), and the burst being sent with the position of the next message in it
+        #: (what a drop for slowness discards, on the loop).
+        self._outbox: list[Any] | None = None
+        self._batch: list[Any] | None = None
+        self._pos = 0
         #: Bytes in the outbox and in the burst, the one being sent included.
         self._queued_bytes = 0
         #: Someone owns the sending: a flush on the loop, a wake-up on its way, a writer task.
@@ -209,6 +211,23 @@ class Connection:
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
 
+    async def run(self) -> None:
+        """Start, and read in the calling task until the connection has ended: what the
+        server's session task does, so that a session holds no reader task of its own.
+
+        Cancelled, it drops the connection (which ends as lost, 1006: ``onClose`` runs) and
+        raises the cancellation.
+        """
+        self.state = State.OPEN
+        self.dispatcher.push(Event("onopen"))
+        try:
+            await self._read_loop()
+        except asyncio.CancelledError:
+            self._transport.abort()
+            if not self._ended.is_set():
+                self._end(self._transport.ended or TransportClosed(None))
+            raise
+
     @property
     def ended(self) -> Flag:
         """Set once the connection has ended (``wait(timeout)`` from any thread)."""
@@ -230,8 +249,7 @@ class Connection:
         """Queue (the lock held); True if the caller now owns the sending."""
         outbox = self._outbox
         if outbox is None:
-            outbox = self._outbox = deque()
-            self._batch = deque()
+            outbox = self._outbox = []
         outbox.append(message)
         self._queued_bytes += size
         if self._writing:
@@ -479,9 +497,9 @@ class Connection:
         engine's send() of one message (which finishes) or for its turn.
         """
         with self._lock:
-            dropped = [m for m in (*(self._batch or ()), *(self._outbox or ())) if m is not _CLOSE]
-            if self._batch is not None:
-                self._batch.clear()
+            batch, pos = self._batch or [], self._pos
+            dropped = [m for m in (*batch[pos:], *(self._outbox or ())) if m is not _CLOSE]
+            del batch[pos:]  # the writer, if inside a send(), finds its burst done
             if self._outbox is not None:
                 self._outbox.clear()
             self._queued_bytes -= sum(len(m) for m in dropped)
@@ -530,10 +548,9 @@ class Connection:
         except TransportClosed as closed:  # an engine's bug included (see ManagedTransport)
             self._end(closed)
 
-    def _take_burst(self, sent: int = 0) -> deque[Any] | None:
+    def _take_burst(self, sent: int = 0) -> list[Any] | None:
         """Count ``sent`` bytes as sent, then take the queued messages, to send now; None
-        (and the sending given up) when there are none. The two deques swap, so a burst
-        allocates nothing."""
+        (and the sending given up) when there are none."""
         with self._lock:
             if sent:
                 self._queued_bytes -= sent
@@ -541,8 +558,10 @@ class Connection:
             outbox = self._outbox
             if not outbox:
                 self._writing = False
+                self._batch = None
                 return None
-            self._outbox, self._batch = self._batch, outbox
+            self._outbox = []
+            self._batch, self._pos = outbox, 0
             return outbox
 
     def _flush(self) -> None:
@@ -554,12 +573,12 @@ class Connection:
         try:
             while (batch := self._take_burst(sent)) is not None:
                 sent = 0
-                while batch:
-                    message = batch[0]
+                while (pos := self._pos) < len(batch):
+                    message = batch[pos]
                     if message is _CLOSE:  # the closing handshake is awaited: by a task
                         self._writer = self._loop.create_task(self._write_loop(None, None))
                         return
-                    batch.popleft()
+                    self._pos = pos + 1
                     coro = send(message)
                     suspended = step(coro)
                     if suspended is not None:  # flow control: a writer task waits for it
@@ -585,35 +604,34 @@ class Connection:
         # The engine's own send: this connection's state already refuses sends after
         # close() or the end, and the writer stops at the first TransportClosed.
         send = self._transport.raw.send
+        sent = 0
         try:
             if coro is not None:
-                sent = 0
-                try:
-                    await finish(coro, suspended)
-                    sent = size
-                finally:
-                    self._made_room(sent)
+                await finish(coro, suspended)
+                sent = size
             batch = self._batch
-            while batch or (batch := self._take_burst()) is not None:
-                sent = 0
-                try:
-                    # popleft: _drop_queued may empty the burst while a message is in send()
-                    while batch:
-                        message = batch.popleft()
-                        if message is _CLOSE:
-                            self._handshaking = True
-                            # ManagedTransport bounds it by close_timeout; never raises.
-                            await self._transport.close(*(self._close_requested or (1000, "")))
-                            return
-                        await send(message)
-                        sent += len(message)
-                finally:
-                    self._made_room(sent)
+            while True:
+                # by position: _drop_queued may cut the burst while a message is in send()
+                if batch is None or self._pos >= len(batch):
+                    batch = self._take_burst(sent)
+                    sent = 0
+                    if batch is None:
+                        return
+                message = batch[self._pos]
+                self._pos += 1
+                if message is _CLOSE:
+                    self._handshaking = True
+                    # ManagedTransport bounds it by close_timeout; never raises.
+                    await self._transport.close(*(self._close_requested or (1000, "")))
+                    return
+                await send(message)
+                sent += len(message)
         except TransportClosed:
             return
         except Exception as exc:
             self._send_failed(exc)
         finally:
+            self._made_room(sent)
             if self._writer is asyncio.current_task():
                 self._writer = None
 

@@ -354,10 +354,8 @@ class EndpointServer:
         session._connection = connection
         sessions.add(session)
         self._connections[connection] = f"{endpoint.handler.source} (endpoint {name!r})"
-        connection.start()
-        # shielded: cancelling the session must not cancel the future Connection resolves
-        # when it ends (it would fail there, before onClose)
-        await asyncio.shield(connection.ended_on_loop)
+        # this task reads the connection until it ends (no reader task per session)
+        await connection.run()
 
     def listing(self) -> bytes:
         """The JSON list: each endpoint's name, description and path, and how many
