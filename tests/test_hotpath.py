@@ -133,3 +133,39 @@ def test_flag_wakes_a_waiting_thread_and_stays_set():
     waiter.join(5)
     assert woke == [True]
     assert flag.is_set() and flag.wait(0)
+
+
+def test_a_task_started_by_an_async_callback_keeps_its_own_message():
+    """Async callbacks get a context per message: a task one starts reads its message even
+    after later messages of the same burst were handled."""
+    import polysocket
+    from polysocket.testing import MemoryEngine, install
+
+    async def burst(end):  # type: ignore[no-untyped-def]
+        await end.receive()
+        for text in ("a", "b", "c"):
+            end._out.queue.put_nowait(text)  # one burst, no yield between messages
+        async for _ in end:
+            pass
+
+    seen: list[object] = []
+    done = threading.Event()
+
+    class Handler:
+        async def onMessage(self, message: str) -> None:
+            async def later() -> None:
+                await asyncio.sleep(0.05)  # the next messages are handled meanwhile
+                seen.append((message, polysocket.getMessage()))
+                if len(seen) == 3:
+                    done.set()
+
+            asyncio.get_running_loop().create_task(later())
+
+    with install(MemoryEngine(burst)):
+        client = polysocket.createWebsocket("ws://memory.test/", Handler(), engine="memory")
+        try:
+            client.send("go")
+            assert done.wait(5)
+        finally:
+            client.close()
+    assert sorted(seen) == [("a", "a"), ("b", "b"), ("c", "c")]

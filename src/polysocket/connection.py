@@ -4,9 +4,12 @@ The same machinery serves client connections and (later) server sessions. It run
 event loop; ``send`` and ``close`` may be called from any thread.
 
 Outgoing messages go into one queue under a lock (so one thread's messages leave in call
-order); the first message of a burst wakes the writer task once, and the writer sends the
-whole burst. The writer waits on the engine's flow control, so a slow peer fills the queue;
-the queue holds at most ``write_limit`` bytes (one message always fits in an empty queue).
+order). The sender that finds the queue idle sends: on the loop at once (the engine's
+``send()`` runs until it first waits, usually not at all: no task, no wake-up), from another
+thread through the loop's coalesced wake-ups (one self-pipe write for a batch of
+connections). A writer task exists only while the engine's flow control holds a send (and
+for the close frame), so a slow peer fills the queue; the queue holds at most
+``write_limit`` bytes (one message always fits in an empty queue).
 Over it, ``send()`` off the loop blocks its own thread up to ``send_timeout`` and then raises
 :class:`SendTimeoutError`; on the loop it cannot wait and raises at once, and ``send_async()``
 awaits room instead. ``offer()`` (what ``broadcast`` uses) never waits: a connection with no

@@ -204,12 +204,13 @@ class Dispatcher:
             self._caught_up(size)
 
     async def _drain_on_loop(self) -> None:
-        # The hot path, as on a thread: one context per drain, a message is one call.
+        # The hot path: a message is one call. A context per message, unlike on a thread:
+        # a task the callback starts copies it, and may read getMessage() later.
         on_message = self._on_message
         takes_arg = self._message_takes_arg
         reply = self._reply_async
         reply_now = self._reply_now
-        context = CallbackContext("onmessage", self._session)
+        session = self._session
         while (taken := self._take_batch()) is not None:
             batch, size = taken
             for item in batch:
@@ -218,7 +219,7 @@ class Dispatcher:
                     continue
                 if on_message is None:
                     continue
-                context.message = item
+                context = CallbackContext("onmessage", session, item)
                 token = current_call.set(context)
                 try:
                     result = await (on_message(item) if takes_arg else on_message())
