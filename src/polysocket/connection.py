@@ -132,6 +132,7 @@ class Connection:
         "_loop_thread",
         "_on_ended",
         "_outbox",
+        "_owed",
         "_pos",
         "_queued_bytes",
         "_reader",
@@ -175,6 +176,7 @@ class Connection:
             self._reply_async if replies else None,
             options.max_queue,
             self.reply_now if replies else None,
+            self.flush_owed,
         )
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
@@ -191,6 +193,8 @@ class Connection:
         self._queued_bytes = 0
         #: Someone owns the sending: a flush on the loop, a wake-up on its way, a writer task.
         self._writing = False
+        #: reply_now() queued into an idle queue: the dispatcher flushes (flush_owed).
+        self._owed = False
         self._wakeups = wakeups_for(loop)
         #: Set on the loop when room is made or sending ends (``send_async`` waits on it).
         self._room_on_loop: asyncio.Event | None = None
@@ -213,23 +217,6 @@ class Connection:
         self.state = State.OPEN
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
-
-    async def run(self) -> None:
-        """Start, and read in the calling task until the connection has ended: what the
-        server's session task does, so that a session holds no reader task of its own.
-
-        Cancelled, it drops the connection (which ends as lost, 1006: ``onClose`` runs) and
-        raises the cancellation.
-        """
-        self.state = State.OPEN
-        self.dispatcher.push(Event("onopen"))
-        try:
-            await self._read_loop()
-        except asyncio.CancelledError:
-            self._transport.abort()
-            if not self._ended.is_set():
-                self._end(self._transport.ended or TransportClosed(None))
-            raise
 
     @property
     def ended(self) -> Flag:
@@ -395,9 +382,11 @@ class Connection:
             log.info("dropped onMessage's reply: the connection is already closed")
 
     def reply_now(self, result: Any) -> bool:
-        """What an ``async def`` onMessage returned, on the loop: queue and send it if
-        there is room (True, also when the connection is closed already: dropped); False:
-        no room, await :meth:`_reply_async`. Costs no coroutine in the usual case."""
+        """What an ``async def`` onMessage returned, on the loop: queue it if there is room
+        (True, also when the connection is closed already: dropped); False: no room, await
+        :meth:`_reply_async`. Costs no coroutine in the usual case. The dispatcher sends
+        it (:meth:`flush_owed`) before its next wait, or once its batch is done: the
+        replies to a burst of messages go out together."""
         kind = result.__class__
         if kind is not str and kind is not bytes:
             return False  # checked (or refused) by _reply_async
@@ -413,8 +402,14 @@ class Connection:
         if closed:
             log.info("dropped onMessage's reply: the connection is already closed")
         elif owner:
-            self._flush()
+            self._owed = True
         return True
+
+    def flush_owed(self) -> None:
+        """Send the replies :meth:`reply_now` queued (on the loop, in the dispatcher's task)."""
+        if self._owed:
+            self._owed = False
+            self._flush()
 
     async def _reply_async(self, result: Any) -> None:
         """What an ``async def`` onMessage returned: awaits room like ``send_async``."""

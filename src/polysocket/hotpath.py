@@ -17,9 +17,11 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Flag", "LoopWakeups", "finish", "step", "wakeups_for"]
+T = TypeVar("T")
+
+__all__ = ["Flag", "LoopWakeups", "Suspended", "finish", "step", "wakeups_for"]
 
 _flag_lock = threading.Lock()
 
@@ -109,17 +111,17 @@ def wakeups_for(loop: asyncio.AbstractEventLoop) -> LoopWakeups:
         return found
 
 
-def step(coro: Coroutine[Any, Any, None]) -> Any:
+def step(coro: Coroutine[Any, Any, None]) -> Suspended | None:
     """Run ``coro`` until it first waits. Returns ``None`` if it finished (its exception, if
     any, propagates); else what it waits on, to pass to :func:`finish` with ``coro``."""
     try:
         yielded = coro.send(None)
     except StopIteration:
         return None
-    return _Suspended(yielded)
+    return Suspended(yielded)
 
 
-class _Suspended:
+class Suspended:
     """What a coroutine stopped at (a future, or ``None`` for a bare yield)."""
 
     __slots__ = ("value",)
@@ -128,10 +130,10 @@ class _Suspended:
         self.value = value
 
 
-async def finish(coro: Coroutine[Any, Any, None], suspended: Any) -> None:
+async def finish(coro: Coroutine[Any, Any, T], suspended: Suspended) -> T:
     """Drive ``coro`` (stopped by :func:`step` at ``suspended``) to its end in this task,
-    as a task would have: it resumes when what it waits on is done, and a cancellation of
-    this task reaches it where it waits."""
+    as a task would have, and return what it returns: it resumes when what it waits on is
+    done, and a cancellation of this task reaches it where it waits."""
     yielded = suspended.value
     while True:
         try:
@@ -144,13 +146,13 @@ async def finish(coro: Coroutine[Any, Any, None], suspended: Any) -> None:
                 yielded.cancel()
             try:
                 yielded = coro.throw(exc)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
             continue
         try:
             yielded = coro.send(None)
-        except StopIteration:
-            return
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 class _done:  # awaitable like a function call
