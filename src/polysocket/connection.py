@@ -132,7 +132,6 @@ class Connection:
         "_loop_thread",
         "_on_ended",
         "_outbox",
-        "_owed",
         "_pos",
         "_queued_bytes",
         "_reader",
@@ -176,7 +175,6 @@ class Connection:
             self._reply_async if replies else None,
             options.max_queue,
             self.reply_now if replies else None,
-            self.flush_owed,
         )
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
@@ -193,8 +191,6 @@ class Connection:
         self._queued_bytes = 0
         #: Someone owns the sending: a flush on the loop, a wake-up on its way, a writer task.
         self._writing = False
-        #: reply_now() queued into an idle queue: the dispatcher flushes (flush_owed).
-        self._owed = False
         self._wakeups = wakeups_for(loop)
         #: Set on the loop when room is made or sending ends (``send_async`` waits on it).
         self._room_on_loop: asyncio.Event | None = None
@@ -383,10 +379,9 @@ class Connection:
 
     def reply_now(self, result: Any) -> bool:
         """What an ``async def`` onMessage returned, on the loop: queue it if there is room
-        (True, also when the connection is closed already: dropped); False: no room, await
-        :meth:`_reply_async`. Costs no coroutine in the usual case. The dispatcher sends
-        it (:meth:`flush_owed`) before its next wait, or once its batch is done: the
-        replies to a burst of messages go out together."""
+        (True, also when the connection is closed already: dropped) and send it at once if
+        the queue was idle; False: no room, await :meth:`_reply_async`. Costs no coroutine
+        in the usual case."""
         kind = result.__class__
         if kind is not str and kind is not bytes:
             return False  # checked (or refused) by _reply_async
@@ -402,14 +397,8 @@ class Connection:
         if closed:
             log.info("dropped onMessage's reply: the connection is already closed")
         elif owner:
-            self._owed = True
-        return True
-
-    def flush_owed(self) -> None:
-        """Send the replies :meth:`reply_now` queued (on the loop, in the dispatcher's task)."""
-        if self._owed:
-            self._owed = False
             self._flush()
+        return True
 
     async def _reply_async(self, result: Any) -> None:
         """What an ``async def`` onMessage returned: awaits room like ``send_async``."""

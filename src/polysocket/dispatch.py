@@ -22,7 +22,7 @@ from typing import Any
 
 from .context import CallbackContext, current_call
 from .handlers import Handler
-from .hotpath import Flag, Suspended, finish
+from .hotpath import Flag
 from .threads import handler_threads
 from .transport import DEFAULT_MAX_QUEUE
 
@@ -98,15 +98,12 @@ class Dispatcher:
         reply_async: Callable[[Any], Awaitable[None]] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         reply_now: Callable[[Any], bool] | None = None,
-        flush: Callable[[], None] | None = None,
     ) -> None:
         self._handler = handler
         self._reply = reply
         self._reply_async = reply_async
         #: Tried before ``reply_async``: sends at once when there is room (True).
         self._reply_now = reply_now or _never
-        #: Sends what ``reply_now`` queued: before the drain waits, and after each batch.
-        self._flush = flush or _nothing
         self._session = session
         self._loop = loop
         self._on_loop = handler.is_async
@@ -208,51 +205,34 @@ class Dispatcher:
 
     async def _drain_on_loop(self) -> None:
         # The hot path: a message is one call. A context per message, unlike on a thread:
-        # a task the callback starts copies it, and may read getMessage() later. Replies
-        # are queued, and sent together once the batch is done, or before the drain first
-        # waits (a callback that waits is stepped by hand until then, in this same task).
+        # a task the callback starts copies it, and may read getMessage() later.
         on_message = self._on_message
         takes_arg = self._message_takes_arg
         reply = self._reply_async
         reply_now = self._reply_now
-        flush = self._flush
         session = self._session
-        try:
-            while (taken := self._take_batch()) is not None:
-                batch, size = taken
-                for item in batch:
-                    if item.__class__ is Event:
-                        flush()
-                        await self._run_on_loop(item)
-                        continue
-                    if on_message is None:
-                        continue
-                    context = CallbackContext("onmessage", session, item)
-                    token = current_call.set(context)
-                    try:
-                        coro = on_message(item) if takes_arg else on_message()
-                        try:
-                            yielded = coro.send(None)
-                        except StopIteration as stop:
-                            result = stop.value
-                        else:
-                            flush()
-                            result = await finish(coro, Suspended(yielded))
-                        if result is not None and reply is not None and not reply_now(result):
-                            flush()
-                            await reply(result)
-                    except Exception as exc:
-                        report = self._callback_failed(context, exc)
-                        if report is not None:
-                            flush()
-                            await self._run_on_loop(report)
-                    finally:
-                        current_call.reset(token)
-                flush()
-                if self._batch_done(size) and self._resume is not None:
-                    self._resume.set()
-        finally:
-            flush()
+        while (taken := self._take_batch()) is not None:
+            batch, size = taken
+            for item in batch:
+                if item.__class__ is Event:
+                    await self._run_on_loop(item)
+                    continue
+                if on_message is None:
+                    continue
+                context = CallbackContext("onmessage", session, item)
+                token = current_call.set(context)
+                try:
+                    result = await (on_message(item) if takes_arg else on_message())
+                    if result is not None and reply is not None and not reply_now(result):
+                        await reply(result)
+                except Exception as exc:
+                    report = self._callback_failed(context, exc)
+                    if report is not None:
+                        await self._run_on_loop(report)
+                finally:
+                    current_call.reset(token)
+            if self._batch_done(size) and self._resume is not None:
+                self._resume.set()
 
     def _call_for(
         self, item: Any
@@ -348,10 +328,6 @@ class Dispatcher:
 
 def _never(result: Any) -> bool:
     return False
-
-
-def _nothing() -> None:
-    pass
 
 
 async def _awaited_in(context: CallbackContext, awaitable: Any) -> Any:
