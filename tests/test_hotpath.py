@@ -1,88 +1,14 @@
-"""The per-message helpers: eager steps of a coroutine, coalesced wake-ups, lazy flags."""
+"""The per-message helpers: coalesced wake-ups, lazy flags, a context per async message."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-import pytest
-
-from polysocket.hotpath import Flag, LoopWakeups, finish, step
+from polysocket.hotpath import Flag, LoopWakeups
 
 
-def test_step_runs_a_coroutine_that_never_waits_to_its_end():
-    done = []
-
-    async def quick() -> None:
-        done.append(1)
-
-    assert step(quick()) is None
-    assert done == [1]
-
-
-def test_step_raises_what_the_coroutine_raises():
-    async def fails() -> None:
-        raise ValueError("boom")
-
-    with pytest.raises(ValueError, match="boom"):
-        step(fails())
-
-
-def test_finish_resumes_a_coroutine_where_it_waited_with_the_futures_outcome():
-    async def scenario() -> list[object]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        seen: list[object] = []
-
-        async def waits() -> None:
-            seen.append("before")
-            seen.append(await future)
-            await asyncio.sleep(0)  # a bare yield too
-            try:
-                await failing
-            except KeyError as exc:
-                seen.append(repr(exc))
-
-        failing: asyncio.Future[None] = loop.create_future()
-        coro = waits()
-        suspended = step(coro)
-        assert suspended is not None and seen == ["before"]
-        task = loop.create_task(finish(coro, suspended))
-        await asyncio.sleep(0)
-        assert not task.done()
-        future.set_result("value")
-        failing.set_exception(KeyError("k"))
-        await asyncio.wait_for(task, 5)
-        return seen
-
-    assert asyncio.run(scenario()) == ["before", "value", "KeyError('k')"]
-
-
-def test_cancelling_the_finishing_task_cancels_the_coroutine_where_it_waits():
-    async def scenario() -> tuple[bool, bool]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        cancelled = []
-
-        async def waits() -> None:
-            try:
-                await future
-            except asyncio.CancelledError:
-                cancelled.append(True)
-                raise
-
-        coro = waits()
-        task = loop.create_task(finish(coro, step(coro)))
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return bool(cancelled), future.cancelled()
-
-    assert asyncio.run(scenario()) == (True, True)
-
-
-def test_wake_ups_from_threads_coalesce_and_run_in_a_task():
+def test_wake_ups_from_threads_coalesce_into_one_self_pipe_write():
     async def scenario() -> tuple[int, int, bool]:
         loop = asyncio.get_running_loop()
         wakeups = LoopWakeups(loop)
@@ -96,10 +22,11 @@ def test_wake_ups_from_threads_coalesce_and_run_in_a_task():
 
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
         ran: list[bool] = []
+        loop_thread = threading.get_ident()
         all_ran = asyncio.Event()
 
         def callback() -> None:
-            ran.append(asyncio.current_task() is not None)
+            ran.append(threading.get_ident() == loop_thread)
             if len(ran) == 400:
                 all_ran.set()
 
@@ -116,10 +43,10 @@ def test_wake_ups_from_threads_coalesce_and_run_in_a_task():
         await asyncio.wait_for(all_ran.wait(), 5)
         return len(ran), calls, all(ran)
 
-    ran, calls, in_tasks = asyncio.run(scenario())
+    ran, calls, on_loop = asyncio.run(scenario())
     assert ran == 400
     assert calls == 1, f"{calls} self-pipe wake-ups for 400 callbacks added while the loop was busy"
-    assert in_tasks
+    assert on_loop
 
 
 def test_flag_wakes_a_waiting_thread_and_stays_set():
