@@ -214,6 +214,23 @@ class Connection:
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
 
+    async def run(self) -> None:
+        """Start, and read in the calling task until the connection has ended: what the
+        server's session task does, so that a session holds no reader task of its own.
+
+        Cancelled, it drops the connection (which ends as lost, 1006: ``onClose`` runs) and
+        raises the cancellation.
+        """
+        self.state = State.OPEN
+        self.dispatcher.push(Event("onopen"))
+        try:
+            await self._read_loop()
+        except asyncio.CancelledError:
+            self._transport.abort()
+            if not self._ended.is_set():
+                self._end(self._transport.ended or TransportClosed(None))
+            raise
+
     @property
     def ended(self) -> Flag:
         """Set once the connection has ended (``wait(timeout)`` from any thread)."""
