@@ -4,8 +4,10 @@ The same machinery serves client connections and (later) server sessions. It run
 event loop; ``send`` and ``close`` may be called from any thread.
 
 Outgoing messages go into one queue under a lock (so one thread's messages leave in call
-order); the first message of a burst wakes the writer task once, and the writer sends the
-whole burst. The writer waits on the engine's flow control, so a slow peer fills the queue;
+order). The sender that finds the queue idle starts a writer task for the burst: on the loop
+at once, from another thread through the loop's coalesced wake-ups (one self-pipe write for a
+batch of connections). The writer sends until the queue is empty, then ends, so an idle
+connection has none. It waits on the engine's flow control, so a slow peer fills the queue;
 the queue holds at most ``write_limit`` bytes (one message always fits in an empty queue).
 Over it, ``send()`` off the loop blocks its own thread up to ``send_timeout`` and then raises
 :class:`SendTimeoutError`; on the loop it cannot wait and raises at once, and ``send_async()``
@@ -21,7 +23,6 @@ import enum
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from .dispatch import MESSAGE_OVERHEAD, Dispatcher, ErrorText, Event
 from .enginekit.closecodes import CloseCode, valid_close_code
 from .errors import ConnectionClosedError, SendTimeoutError
 from .handlers import Handler
+from .hotpath import Flag, wakeups_for
 from .managed import ManagedTransport, close_bound
 from .transport import ConnectionOptions, TransportClosed
 
@@ -103,7 +105,51 @@ class State(enum.Enum):
 
 
 class Connection:
-    """The core's side of one connection. Create it on the loop, then call ``start()``."""
+    """The core's side of one connection. Create it on the loop, then call ``start()``.
+
+    Sending: whoever queues into an empty, idle queue owns the sending (``_writing``) and
+    starts a writer task, which sends the burst (and what is queued meanwhile) and ends with
+    the queue empty. From another thread (a handler thread) the start goes through
+    :class:`~polysocket.hotpath.LoopWakeups` (one self-pipe write per batch of connections).
+    A task per burst measured cheaper than sending each message at once on the loop (the
+    replies to a burst go out together) and than a writer task per connection woken by an
+    Event (aiohttp, 64 connections: 8.5 against 9.4 us per message with async handlers, 9.0
+    against 11.1 with plain ones). Nothing of this exists while the connection is idle: no
+    writer task, and the queues, Conditions and Events are made when first needed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_batch",
+        "_close_deadline",
+        "_close_requested",
+        "_close_timeout",
+        "_dropped_while_closing",
+        "_ended",
+        "_handshaking",
+        "_lock",
+        "_loop",
+        "_loop_thread",
+        "_on_ended",
+        "_outbox",
+        "_pos",
+        "_queued_bytes",
+        "_reader",
+        "_room",
+        "_room_on_loop",
+        "_send_error",
+        "_send_timeout",
+        "_transport",
+        "_wakeups",
+        "_write_limit",
+        "_writer",
+        "_writing",
+        "close_code",
+        "close_reason",
+        "dispatcher",
+        "ended_on_loop",
+        "state",
+    )
 
     def __init__(
         self,
@@ -128,26 +174,32 @@ class Connection:
             self._reply if replies else None,
             self._reply_async if replies else None,
             options.max_queue,
+            self.reply_now if replies else None,
         )
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._outbox: deque[Any] = deque()
-        #: The burst the writer is sending (what a drop for slowness discards, on the loop).
-        self._batch: deque[Any] = deque()
-        #: Bytes in the outbox and in the writer's burst, the one being sent included.
+        #: Senders blocked for room wait on it (made when the first one must).
+        self._room: threading.Condition | None = None
+        #: Messages queued for sending (a list, made on the first send, taken whole by the
+        #: sender), and the burst being sent with the position of the next message in it
+        #: (what a drop for slowness discards, on the loop).
+        self._outbox: list[Any] | None = None
+        self._batch: list[Any] | None = None
+        self._pos = 0
+        #: Bytes in the outbox and in the burst, the one being sent included.
         self._queued_bytes = 0
-        self._writer_awake = False
-        self._wake_writer = asyncio.Event()
+        #: Someone owns the sending: a wake-up on its way, or a writer task.
+        self._writing = False
+        self._wakeups = wakeups_for(loop)
         #: Set on the loop when room is made or sending ends (``send_async`` waits on it).
-        self._room_on_loop = asyncio.Event()
+        self._room_on_loop: asyncio.Event | None = None
         self.state = State.CONNECTING
         self._close_requested: tuple[int, str] | None = None
         #: The writer has reached the close frame: the closing handshake has begun.
         self._handshaking = False
         self._close_deadline: asyncio.TimerHandle | None = None
-        self.ended = threading.Event()
+        self._ended = Flag()
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
@@ -161,7 +213,28 @@ class Connection:
         self.state = State.OPEN
         self.dispatcher.push(Event("onopen"))
         self._reader = self._loop.create_task(self._read_loop())
-        self._writer = self._loop.create_task(self._write_loop())
+
+    async def run(self) -> None:
+        """Start, and read in the calling task until the connection has ended: what the
+        server's session task does, so that a session holds no reader task of its own.
+
+        Cancelled, it drops the connection (which ends as lost, 1006: ``onClose`` runs) and
+        raises the cancellation.
+        """
+        self.state = State.OPEN
+        self.dispatcher.push(Event("onopen"))
+        try:
+            await self._read_loop()
+        except asyncio.CancelledError:
+            self._transport.abort()
+            if not self._ended.is_set():
+                self._end(self._transport.ended or TransportClosed(None))
+            raise
+
+    @property
+    def ended(self) -> Flag:
+        """Set once the connection has ended (``wait(timeout)`` from any thread)."""
+        return self._ended
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -176,13 +249,21 @@ class Connection:
         return queued == 0 or queued + size <= self._write_limit
 
     def _enqueue(self, message: object, size: int) -> bool:
-        """Queue (the lock held); True if the writer needs waking."""
-        self._outbox.append(message)
+        """Queue (the lock held); True if the caller now owns the sending."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = []
+        outbox.append(message)
         self._queued_bytes += size
-        if self._writer_awake:
+        if self._writing:
             return False
-        self._writer_awake = True
+        self._writing = True
         return True
+
+    def _notify_room(self) -> None:
+        """Wake blocked senders (the lock held)."""
+        if self._room is not None:
+            self._room.notify_all()
 
     def send(self, message: Any) -> None:
         """Queue ``message``. Off the loop, wait up to ``send_timeout`` for room; on the loop
@@ -204,10 +285,12 @@ class Connection:
                     deadline = now + self._send_timeout
                 elif now >= deadline:
                     raise self._timed_out()
+                if self._room is None:
+                    self._room = threading.Condition(self._lock)
                 self._room.wait(deadline - now)
-            wake = self._enqueue(message, size)
-        if wake:
-            self._wake_writer_from(on_loop)
+            owner = self._enqueue(message, size)
+        if owner:
+            self._start_sending(on_loop)
 
     async def send_async(self, message: Any) -> None:
         """Queue ``message``, awaiting room up to ``send_timeout``; from any event loop."""
@@ -215,25 +298,33 @@ class Connection:
         if asyncio.get_running_loop() is not self._loop:  # another loop (the asyncio API user)
             future = asyncio.run_coroutine_threadsafe(self.send_async(message), self._loop)
             return await asyncio.wrap_future(future)
+        await self._send_on_loop(message)
+
+    async def _send_on_loop(self, message: str | bytes) -> None:
         size = len(message)
-        deadline = self._loop.time() + self._send_timeout
+        deadline: float | None = None
         while True:
             with self._lock:
                 if self.state is not State.OPEN:
                     raise self._closed_error()
                 if self._fits(size):
-                    wake = self._enqueue(message, size)
+                    owner = self._enqueue(message, size)
                     break
+            if deadline is None:
+                deadline = self._loop.time() + self._send_timeout
             left = deadline - self._loop.time()
             if left <= 0:
                 raise self._timed_out()
             # No await since the check: room made meanwhile (on this loop) is not missed.
-            self._room_on_loop.clear()
+            room = self._room_on_loop
+            if room is None:
+                room = self._room_on_loop = asyncio.Event()
+            room.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
-                    await self._room_on_loop.wait()
-        if wake:
-            self._wake_writer.set()
+                    await room.wait()
+        if owner:
+            self._start_writer()
 
     def offer(self, message: str | bytes) -> bool:
         """Queue a checked message without ever waiting (``broadcast``). With no room, the
@@ -247,17 +338,17 @@ class Connection:
             if not self._fits(size):
                 self._too_slow()
                 return False
-            wake = self._enqueue(message, size)
-        if wake:
-            self._wake_writer_from(threading.get_ident() == self._loop_thread)
+            owner = self._enqueue(message, size)
+        if owner:
+            self._start_sending(threading.get_ident() == self._loop_thread)
         return True
 
     def offer_frame(self, message: str | bytes, frame: bytes) -> bool:
         """:meth:`offer` on the loop thread, with ``message`` already encoded as ``frame``:
         written straight to the engine's socket when nothing of ours waits before it (no
-        queue, no wake-up); a socket buffer that would go over ``write_limit`` with it closes
-        the connection with 1008 as a full queue does. Otherwise :meth:`offer`."""
-        if self.state is State.OPEN and not self._queued_bytes:
+        queue, no writer), and a socket buffer that would go over ``write_limit`` with it
+        closes the connection with 1008 as a full queue does. Otherwise :meth:`offer`."""
+        if self.state is State.OPEN and not self._writing and not self._queued_bytes:
             written = self._transport.write_frame(frame, self._write_limit)
             if written:
                 return True
@@ -272,14 +363,22 @@ class Connection:
         """Close with 1008, dropping what is queued (the lock held)."""
         self.state = State.CLOSING
         self._close_requested = (int(CloseCode.POLICY_VIOLATION), TOO_SLOW)
-        self._room.notify_all()
+        self._notify_room()
         self._loop.call_soon_threadsafe(self._drop_queued)
 
-    def _wake_writer_from(self, on_loop: bool) -> None:
-        if on_loop:  # no self-pipe write when already on the loop
-            self._wake_writer.set()
+    def _start_sending(self, on_loop: bool) -> None:
+        """Send what the caller, now owning the sending, queued: a writer task for the
+        burst, started at once on the loop, else through the loop's coalesced wake-ups
+        (one self-pipe write for a batch of connections)."""
+        if on_loop:
+            self._start_writer()
         else:
-            self._loop.call_soon_threadsafe(self._wake_writer.set)
+            self._wakeups.add(self._start_writer)
+
+    def _start_writer(self) -> None:
+        """On the loop: a writer task sends the burst (it runs once the caller yields to
+        the loop, so what the caller queues meanwhile goes in the same burst)."""
+        self._writer = self._loop.create_task(self._write_loop())
 
     def _timed_out(self) -> SendTimeoutError:
         queued, limit = self._queued_bytes, self._write_limit
@@ -315,6 +414,29 @@ class Connection:
         except ConnectionClosedError:  # the peer left first: nobody to reply to, no fault
             log.info("dropped onMessage's reply: the connection is already closed")
 
+    def reply_now(self, result: Any) -> bool:
+        """What an ``async def`` onMessage returned, on the loop: queue it if there is room
+        (True, also when the connection is closed already: dropped) and send it at once if
+        the queue was idle; False: no room, await :meth:`_reply_async`. Costs no coroutine
+        in the usual case."""
+        kind = result.__class__
+        if kind is not str and kind is not bytes:
+            return False  # checked (or refused) by _reply_async
+        message = check_message(result) if kind is str else result
+        with self._lock:
+            if self.state is not State.OPEN:
+                closed = True
+            elif self._fits(len(message)):
+                closed = False
+                owner = self._enqueue(message, len(message))
+            else:
+                return False
+        if closed:
+            log.info("dropped onMessage's reply: the connection is already closed")
+        elif owner:
+            self._start_writer()
+        return True
+
     async def _reply_async(self, result: Any) -> None:
         """What an ``async def`` onMessage returned: awaits room like ``send_async``."""
         if not isinstance(result, str | bytes | bytearray | memoryview):
@@ -323,7 +445,7 @@ class Connection:
                 " or None to send nothing"
             )
         try:
-            await self.send_async(result)
+            await self._send_on_loop(check_message(result))
         except ConnectionClosedError:
             log.info("dropped onMessage's reply: the connection is already closed")
 
@@ -335,11 +457,9 @@ class Connection:
                 return False
             self.state = State.CLOSING
             self._close_requested = (int(code), reason)
-            self._outbox.append(_CLOSE)
-            self._room.notify_all()
-            wake = not self._writer_awake
-            self._writer_awake = True
-        self._loop.call_soon_threadsafe(self._closing_started, wake)
+            owner = self._enqueue(_CLOSE, 0)
+            self._notify_room()
+        self._loop.call_soon_threadsafe(self._closing_started, owner)
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -353,7 +473,7 @@ class Connection:
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
             return
-        self.ended.wait(close_bound(self._close_timeout))
+        self._ended.wait(close_bound(self._close_timeout))
         if current_call.get() is None:
             self.dispatcher.finished.wait(self._close_timeout)
 
@@ -381,11 +501,12 @@ class Connection:
 
     # -- loop thread -----------------------------------------------------------------------
 
-    def _closing_started(self, wake: bool) -> None:
+    def _closing_started(self, owner: bool) -> None:
         self.dispatcher.release()
-        self._room_on_loop.set()  # send_async() waiters: closing now
-        if wake:
-            self._wake_writer.set()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()  # send_async() waiters: closing now
+        if owner:
+            self._start_writer()
         # What is queued goes first, but a peer that reads nothing keeps the writer inside the
         # engine's send() forever, before the close frame: close_timeout bounds that too.
         if self._close_deadline is None:
@@ -396,24 +517,24 @@ class Connection:
     def _drop_queued(self) -> None:
         """Closed for slowness (``offer``): drop what is queued, then send the close frame.
 
-        On the loop, so the writer is not between taking a message and counting it: it is
-        waiting for a wake-up or inside the engine's send() of one message, which finishes.
+        On the loop, so the writer task, if any, is waiting inside the engine's send() of one
+        message (which finishes) or for its turn.
         """
         with self._lock:
-            dropped = [m for m in (*self._batch, *self._outbox) if m is not _CLOSE]
-            self._batch.clear()
-            self._outbox.clear()
+            batch, pos = self._batch or [], self._pos
+            dropped = [m for m in (*batch[pos:], *(self._outbox or ())) if m is not _CLOSE]
+            del batch[pos:]  # the writer, if inside a send(), finds its burst done
+            if self._outbox is not None:
+                self._outbox.clear()
             self._queued_bytes -= sum(len(m) for m in dropped)
-            self._outbox.append(_CLOSE)
-            wake = not self._writer_awake
-            self._writer_awake = True
+            owner = self._enqueue(_CLOSE, 0)
         log.info(
             "closing a connection with 1008: its send queue is over write_limit=%d bytes"
             " (the peer reads too slowly); dropped %d queued message(s)",
             self._write_limit,
             len(dropped),
         )
-        self._closing_started(wake)
+        self._closing_started(owner)
 
     def _abort_unless_closing(self) -> None:
         """close_timeout after close(): abort if the close frame is still stuck behind what
@@ -451,66 +572,90 @@ class Connection:
         except TransportClosed as closed:  # an engine's bug included (see ManagedTransport)
             self._end(closed)
 
+    def _take_burst(self, sent: int = 0) -> list[Any] | None:
+        """Count ``sent`` bytes as sent, then take the queued messages, to send now; None
+        (and the sending given up) when there are none."""
+        with self._lock:
+            if sent:
+                self._queued_bytes -= sent
+                self._notify_room()
+            outbox = self._outbox
+            if not outbox:
+                self._writing = False
+                self._batch = None
+                return None
+            self._outbox = []
+            self._batch, self._pos = outbox, 0
+            return outbox
+
     async def _write_loop(self) -> None:
+        """The writer task: send what is queued, awaiting the engine's flow control, until
+        the queue is empty (then it ends: an idle connection has no writer task)."""
         # The engine's own send: this connection's state already refuses sends after
         # close() or the end, and the writer stops at the first TransportClosed.
         send = self._transport.raw.send
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
+        sent = 0
+        try:
+            batch = self._batch
             while True:
-                with self._lock:
-                    if not self._outbox:
-                        self._writer_awake = False
-                        break
-                    batch = self._batch = self._outbox
-                    self._outbox = deque()
-                sent = 0
-                try:
-                    # popleft: _drop_queued may empty the burst while a message is in send()
-                    while batch:
-                        message = batch.popleft()
-                        if message is _CLOSE:
-                            self._handshaking = True
-                            # ManagedTransport bounds it by close_timeout; never raises.
-                            await self._transport.close(*(self._close_requested or (1000, "")))
-                            return
-                        await send(message)
-                        sent += len(message)
-                except TransportClosed:
+                # by position: _drop_queued may cut the burst while a message is in send()
+                if batch is None or self._pos >= len(batch):
+                    batch = self._take_burst(sent)
+                    sent = 0
+                    if batch is None:
+                        return
+                message = batch[self._pos]
+                self._pos += 1
+                if message is _CLOSE:
+                    self._handshaking = True
+                    # ManagedTransport bounds it by close_timeout; never raises.
+                    await self._transport.close(*(self._close_requested or (1000, "")))
                     return
-                except Exception as exc:
-                    log.exception("engine send() failed; aborting the connection")
-                    self._transport.abort()
-                    self._send_error = exc
-                    return
-                finally:
-                    self._made_room(sent)
+                await send(message)
+                sent += len(message)
+        except TransportClosed:
+            return
+        except Exception as exc:
+            self._send_failed(exc)
+        finally:
+            self._made_room(sent)
+            if self._writer is asyncio.current_task():
+                self._writer = None
+
+    def _send_failed(self, exc: Exception) -> None:
+        log.error("engine send() failed; aborting the connection", exc_info=exc)
+        self._transport.abort()
+        self._send_error = exc
 
     def _made_room(self, sent: int) -> None:
-        with self._lock:
-            self._queued_bytes -= sent
-            self._room.notify_all()
-        self._room_on_loop.set()
+        if sent:
+            with self._lock:
+                self._queued_bytes -= sent
+                self._notify_room()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()
 
     def _end(self, closed: TransportClosed) -> None:
         code, reason = close_outcome(closed, self._close_requested)
         with self._lock:
             # The writer took the close marker: it is in the closing handshake.
-            handshaking = self.state is State.CLOSING and _CLOSE not in self._outbox
+            handshaking = self.state is State.CLOSING and self._handshaking
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
-            self._outbox.clear()
-            self._room.notify_all()
-        self._room_on_loop.set()
+            if self._outbox is not None:
+                self._outbox.clear()
+            self._notify_room()
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()
         if self._close_deadline is not None:
             self._close_deadline.cancel()
         # A writer in the middle of the closing handshake finishes on its own; any other
-        # would wait forever for a wake-up (the close marker it was to send is gone).
+        # would wait forever for its send (the connection is gone) or the close it will
+        # never reach.
         if self._writer is not None and not handshaking:
             self._writer.cancel()
         self._on_ended()
-        self.ended.set()
+        self._ended.set()
         self.ended_on_loop.set_result(None)
         error = closed.error or self._send_error
         if error is not None:

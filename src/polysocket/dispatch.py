@@ -17,12 +17,12 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .context import CallbackContext, current_call
 from .handlers import Handler
+from .hotpath import Flag
 from .threads import handler_threads
 from .transport import DEFAULT_MAX_QUEUE
 
@@ -97,15 +97,19 @@ class Dispatcher:
         reply: Callable[[Any], None] | None = None,
         reply_async: Callable[[Any], Awaitable[None]] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        reply_now: Callable[[Any], bool] | None = None,
     ) -> None:
         self._handler = handler
         self._reply = reply
         self._reply_async = reply_async
+        #: Tried before ``reply_async``: sends at once when there is room (True).
+        self._reply_now = reply_now or _never
         self._session = session
         self._loop = loop
         self._on_loop = handler.is_async
         self._lock = threading.Lock()
-        self._items: deque[Any] = deque()
+        # A list, swapped for a new one per batch: cheaper than a deque, and small when idle.
+        self._items: list[Any] = []
         #: Bytes of the messages in ``_items``, and of those plus the batch being handled.
         self._items_bytes = 0
         self._bytes = 0
@@ -113,7 +117,7 @@ class Dispatcher:
         self._low = max_queue // 4
         self._scheduled = False
         self._resume: asyncio.Event | None = None
-        self.finished = threading.Event()
+        self.finished = Flag()
         callbacks = handler.callbacks
         self._on_message = callbacks.get("onmessage")
         self._message_takes_arg = self._on_message is not None and _accepts_argument(
@@ -161,13 +165,13 @@ class Dispatcher:
 
     # -- consumer side ---------------------------------------------------------------------
 
-    def _take_batch(self) -> tuple[deque[Any], int] | None:
+    def _take_batch(self) -> tuple[list[Any], int] | None:
         with self._lock:
             if not self._items:
                 self._scheduled = False
                 return None
             batch, size = self._items, self._items_bytes
-            self._items, self._items_bytes = deque(), 0
+            self._items, self._items_bytes = [], 0
             return batch, size
 
     def _batch_done(self, size: int) -> bool:
@@ -200,10 +204,33 @@ class Dispatcher:
             self._caught_up(size)
 
     async def _drain_on_loop(self) -> None:
+        # The hot path: a message is one call. A context per message, unlike on a thread:
+        # a task the callback starts copies it, and may read getMessage() later.
+        on_message = self._on_message
+        takes_arg = self._message_takes_arg
+        reply = self._reply_async
+        reply_now = self._reply_now
+        session = self._session
         while (taken := self._take_batch()) is not None:
             batch, size = taken
             for item in batch:
-                await self._run_on_loop(item)
+                if item.__class__ is Event:
+                    await self._run_on_loop(item)
+                    continue
+                if on_message is None:
+                    continue
+                context = CallbackContext("onmessage", session, item)
+                token = current_call.set(context)
+                try:
+                    result = await (on_message(item) if takes_arg else on_message())
+                    if result is not None and reply is not None and not reply_now(result):
+                        await reply(result)
+                except Exception as exc:
+                    report = self._callback_failed(context, exc)
+                    if report is not None:
+                        await self._run_on_loop(report)
+                finally:
+                    current_call.reset(token)
             if self._batch_done(size) and self._resume is not None:
                 self._resume.set()
 
@@ -242,7 +269,12 @@ class Dispatcher:
         try:
             result = callback(*args)
             if result is not None:
-                self._returned(context, result)
+                kind = result.__class__
+                if (kind is str or kind is bytes) and self._reply is not None:
+                    if context.method == "onmessage":  # a reply: no awaitable to look for
+                        self._reply(result)
+                else:
+                    self._returned(context, result)
         except Exception as exc:
             report = self._callback_failed(context, exc)
             if report is not None:
@@ -292,6 +324,10 @@ class Dispatcher:
         if context.method in ("onerror", "onclose") or "onerror" not in self._handler.callbacks:
             return None
         return Event("onerror", error=ErrorText.of(exc))
+
+
+def _never(result: Any) -> bool:
+    return False
 
 
 async def _awaited_in(context: CallbackContext, awaitable: Any) -> Any:

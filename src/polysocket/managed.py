@@ -64,8 +64,9 @@ class ManagedTransport:
         self._released = False
         self._close_task: asyncio.Future[None] | None = None
         self._drainer: asyncio.Future[None] | None = None
-        # Set when the reader leaves receive() or the connection ends (only while closing).
-        self._wake = asyncio.Event()
+        # Set when the reader leaves receive() or the connection ends; made by the first
+        # close() that waits for the reader (an open connection needs none).
+        self._wake: asyncio.Event | None = None
         self._write_frame = raw.write_frame if isinstance(raw, FrameWriter) else None
 
     @property
@@ -104,7 +105,7 @@ class ManagedTransport:
             raise self._reader_ends(exc, reader) from None
         finally:
             self._reader = None
-            if self._closing:
+            if self._closing and self._wake is not None:
                 self._wake.set()
 
     async def read_forever(self, deliver: Callable[[Message], Awaitable[None] | None]) -> None:
@@ -128,7 +129,8 @@ class ManagedTransport:
             raise self._reader_ends(exc, reader) from None
         finally:
             self._reader = None
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
 
     def _reader_ends(self, exc: BaseException, reader: asyncio.Task[Any] | None) -> BaseException:
         """What a reader raises when the engine's ``receive()`` raised ``exc``: the sticky end
@@ -160,7 +162,8 @@ class ManagedTransport:
     def _end(self, closed: TransportClosed) -> TransportClosed:
         if self._ended is None:
             self._ended = closed
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
         return self._ended
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -204,6 +207,8 @@ class ManagedTransport:
     async def _until_ended(self) -> None:
         while self._ended is None:
             if self._reader is not None:  # the core's reader gets the end (and the messages before)
+                if self._wake is None:
+                    self._wake = asyncio.Event()
                 self._wake.clear()
                 await self._wake.wait()
                 # A reader that takes the next message at once is back in receive() by now.

@@ -31,6 +31,7 @@ from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
 from .enginekit.frames import server_frame
 from .errors import ConnectionClosedError, EngineUnavailableError
+from .hotpath import Flag
 from .managed import ABORT_GRACE, ManagedTransport
 from .options import server_options
 from .plugins import registry as engines
@@ -409,10 +410,8 @@ class EndpointServer:
         session._connection = connection
         sessions.add(session)
         self._connections[connection] = f"{endpoint.handler.source} (endpoint {name!r})"
-        connection.start()
-        # shielded: cancelling the session must not cancel the future Connection resolves
-        # when it ends (it would fail there, before onClose)
-        await asyncio.shield(connection.ended_on_loop)
+        # this task reads the connection until it ends (no reader task per session)
+        await connection.run()
 
     def listing(self) -> bytes:
         """The JSON list: each endpoint's name, description and path, and how many
@@ -565,7 +564,7 @@ async def _in_daemon_thread(function: Callable[[], T]) -> T:
     return await future
 
 
-def _wait_all(events: list[threading.Event], timeout: float) -> None:
+def _wait_all(events: list[Flag], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for event in events:
         event.wait(max(0.0, deadline - time.monotonic()))
