@@ -209,9 +209,13 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._loop_thread = threading.get_ident()
 
+    def _opened(self) -> None:
+        if self.dispatcher.has_callback("onopen"):  # else a handler thread woken for nothing
+            self.dispatcher.push(Event("onopen"))
+
     def start(self) -> None:
         self.state = State.OPEN
-        self.dispatcher.push(Event("onopen"))
+        self._opened()
         self._reader = self._loop.create_task(self._read_loop())
 
     async def run(self) -> None:
@@ -222,7 +226,7 @@ class Connection:
         raises the cancellation.
         """
         self.state = State.OPEN
-        self.dispatcher.push(Event("onopen"))
+        self._opened()
         try:
             await self._read_loop()
         except asyncio.CancelledError:
@@ -473,9 +477,10 @@ class Connection:
         self.request_close(code, reason)
         if threading.get_ident() == self._loop_thread:
             return
-        self._ended.wait(close_bound(self._close_timeout))
-        if current_call.get() is None:
-            self.dispatcher.finished.wait(self._close_timeout)
+        if current_call.get() is None:  # onClose runs after the end: one wait, one wake-up
+            self.dispatcher.finished.wait(close_bound(self._close_timeout) + self._close_timeout)
+        else:
+            self._ended.wait(close_bound(self._close_timeout))
 
     @property
     def closed(self) -> bool:

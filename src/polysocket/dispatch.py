@@ -14,6 +14,7 @@ a message bigger than ``max_queue`` still gets through.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -67,6 +68,7 @@ class Event:
         self.close_reason = close_reason
 
 
+@functools.lru_cache(maxsize=256)  # inspect.signature costs 15-40 us; handlers are few
 def _accepts_argument(callback: Callable[..., Any]) -> bool:
     try:
         signature = inspect.signature(callback)
@@ -123,6 +125,10 @@ class Dispatcher:
         self._message_takes_arg = self._on_message is not None and _accepts_argument(
             self._on_message
         )
+
+    def has_callback(self, method: str) -> bool:
+        """Whether the handler has ``method`` (lower-case, e.g. ``"onopen"``)."""
+        return method in self._handler.callbacks
 
     # -- loop side -------------------------------------------------------------------------
 
