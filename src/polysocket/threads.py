@@ -14,7 +14,9 @@ wait in the queue, in the order they became ready, until a worker is free; their
 meanwhile count against their ``max_queue`` (so those connections stop reading, not the
 process growing). The bound keeps a flood of slow callbacks from creating a thread per
 connection (hundreds of stacks and GIL contenders). Raise it for handlers that block on
-I/O a lot; ``async def`` callbacks run on the event loop and never need a worker.
+I/O a lot; ``async def`` callbacks run on the event loop and never need a worker. A callback
+that blocks until another connection's callback has run deadlocks once every worker blocks
+that way (the awaited callback waits in the queue): such waits need a timeout.
 
 Workers are daemons, so a stuck handler never blocks interpreter exit; one idle for
 :data:`IDLE_SECONDS` ends.
