@@ -86,7 +86,7 @@ def _machine() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{library} (not installed)")
     return [
-        f"- CPU: {model}, {os.cpu_count()} cores (a shared machine: ranges are wide where other work ran meanwhile)",
+        f"- CPU: {model}, {os.cpu_count()} cores (a shared machine: other work widens the ranges)",
         f"- Kernel: {platform.system()} {platform.release()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()}",
         f"- Libraries: {', '.join(versions)}",
