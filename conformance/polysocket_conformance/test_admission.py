@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from polysocket_conformance.peer_processes import require_peers
 from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
 from polysocket_conformance.server_support import ServerThread, events
 from polysocket_conformance.support import WAIT
@@ -168,7 +169,10 @@ def listen_backlogs(port: int) -> set[int]:
     """The listen queue sizes of the sockets listening on ``port`` (``ss``'s Send-Q column)."""
     ss = shutil.which("ss")
     if ss is None:
-        pytest.skip("needs iproute2's ss to read a listening socket's backlog")
+        missing = "needs iproute2's ss to read a listening socket's backlog"
+        if require_peers():  # CI: a missing tool is a failure, not a skip
+            pytest.fail(missing)
+        pytest.skip(missing)
     lines = subprocess.run(
         [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
