@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
+
+import pytest
 
 import polysocket
 
@@ -383,3 +387,35 @@ OUTSIDE = {
     "isOnError": False,
     "isOnClose": False,
 }
+
+
+def ss_command() -> str:
+    """iproute2's ``ss`` (socket queues as the kernel sees them): skipped without it, or a
+    failure under ``POLYSOCKET_REQUIRE_PEERS`` (CI installs it)."""
+    from .peer_processes import require_peers
+
+    ss = shutil.which("ss")
+    if ss is None:
+        missing = "needs iproute2's ss to read socket queues"
+        if require_peers():
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return ss
+
+
+def unread_in_kernel(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` (TCP, IPv4) that the other end has not read yet: our send queue
+    and its receive queue, which the kernel may have autotuned to tens of MiB."""
+    ss = ss_command()
+    here, there = sock.getsockname(), sock.getpeername()
+
+    def queues(src: tuple[str, int], dst: tuple[str, int]) -> tuple[int, int]:
+        out = subprocess.run(
+            [ss, "-tnH", "src", f"{src[0]}:{src[1]}", "dst", f"{dst[0]}:{dst[1]}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return (int(out[1]), int(out[2])) if out else (0, 0)
+
+    return queues(here, there)[1] + queues(there, here)[0]
