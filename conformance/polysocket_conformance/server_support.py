@@ -85,6 +85,17 @@ class ServerEvents:
         assert event is not None, f"no server {name} on {endpoint or 'any endpoint'}: {self.items}"
         return event
 
+    def payloads(self, name: str, count: int, timeout: float = WAIT) -> list[Any]:
+        """The payloads of the first `count` events called `name`, waiting for them: a callback
+        records its event after its side effects, which a peer may see first."""
+
+        def named() -> list[Any]:
+            return [e.payload for e in self.items if e.name == name]
+
+        with self._cond:
+            self._cond.wait_for(lambda: len(named()) >= count, timeout)
+            return named()
+
     def of(self, session_id: str) -> list[str]:
         with self._cond:
             return [e.name for e in self.items if e.session_id == session_id]
