@@ -126,6 +126,7 @@ class Connection:
         "_close_timeout",
         "_dropped_while_closing",
         "_ended",
+        "_ended_on_loop",
         "_handshaking",
         "_lock",
         "_loop",
@@ -147,7 +148,6 @@ class Connection:
         "close_code",
         "close_reason",
         "dispatcher",
-        "ended_on_loop",
         "state",
     )
 
@@ -176,8 +176,7 @@ class Connection:
             options.max_queue,
             self.reply_now if replies else None,
         )
-        #: Resolved on the loop when the connection has ended (for the server's session task).
-        self.ended_on_loop: asyncio.Future[None] = loop.create_future()
+        self._ended_on_loop: asyncio.Future[None] | None = None  # made when awaited
         self._lock = threading.Lock()
         #: Senders blocked for room wait on it (made when the first one must).
         self._room: threading.Condition | None = None
@@ -227,8 +226,10 @@ class Connection:
         """
         self.state = State.OPEN
         self._opened()
-        try:
-            await self._read_loop()
+        try:  # the read loop inlined: an idle session holds one coroutine frame less
+            await self._transport.read_forever(self._deliver)
+        except TransportClosed as closed:
+            self._end(closed)
         except asyncio.CancelledError:
             self._transport.abort()
             if not self._ended.is_set():
@@ -239,6 +240,16 @@ class Connection:
     def ended(self) -> Flag:
         """Set once the connection has ended (``wait(timeout)`` from any thread)."""
         return self._ended
+
+    @property
+    def ended_on_loop(self) -> asyncio.Future[None]:
+        """Resolved on the loop when the connection has ended (the server's shutdown awaits
+        it). Made on first use: an idle connection holds no future."""
+        if self._ended_on_loop is None:
+            self._ended_on_loop = self._loop.create_future()
+            if self._ended.is_set():
+                self._ended_on_loop.set_result(None)
+        return self._ended_on_loop
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -661,7 +672,8 @@ class Connection:
             self._writer.cancel()
         self._on_ended()
         self._ended.set()
-        self.ended_on_loop.set_result(None)
+        if self._ended_on_loop is not None:
+            self._ended_on_loop.set_result(None)
         error = closed.error or self._send_error
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))
@@ -672,6 +684,7 @@ class ConnectionHandle:
     """What users hold of one connection, client or server session: sending, closing and
     its state, each delegated to the core's :class:`Connection`."""
 
+    __slots__ = ()  # a server session is slotted: idle connections are the memory that counts
     _connection: Connection
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:

@@ -91,6 +91,28 @@ class Dispatcher:
     through ``reply_async`` on the loop.
     """
 
+    __slots__ = (
+        "_bytes",
+        "_handler",
+        "_high",
+        "_items",
+        "_items_bytes",
+        "_lock",
+        "_loop",
+        "_low",
+        "_message_takes_arg",
+        "_on_loop",
+        "_on_message",
+        "_reply",
+        "_reply_async",
+        "_reply_now",
+        "_resume",
+        "_scheduled",
+        "_session",
+        "finished",
+        "max_queue",
+    )
+
     def __init__(
         self,
         handler: Handler,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,8 @@ RETRY_AFTER = 5
 class ServerSession(ConnectionHandle):
     """One client connected to an endpoint; ``getSession()`` in a server callback.
     ``principal`` is who the authenticator said opened it (``None`` without one)."""
+
+    __slots__ = ("_connection", "endpoint", "id", "principal", "remote_address", "request_headers")
 
     def __init__(
         self, endpoint: str, request: HttpRequest, principal: Principal | None = None
@@ -224,7 +227,7 @@ class EndpointServer:
         self._server: Server | None = None
         self._watcher: asyncio.Task[None] | None = None
         #: Open sessions' connections, each with the handler it runs (for the shutdown log).
-        self._connections: dict[Connection, str] = {}
+        self._connections: dict[Connection, registry_folder.Endpoint] = {}
         # Admission (max_connections): sessions running, by endpoint, and handshakes accepted
         # by route() whose session has not started, by id(request) in the order accepted. A
         # pending handshake ends when its session starts, when the engine drops the request,
@@ -372,7 +375,11 @@ class EndpointServer:
         self._pending.pop(id(request), None)
         self._running[name] += 1
         try:
-            await self._run_session(request, managed)
+            connection = self._connection(name, request, managed)
+            if connection is None:  # the endpoint was removed between the handshake and now
+                await managed.close(CloseCode.GOING_AWAY, "endpoint removed")
+            else:  # this task reads the connection until it ends (no reader task per session)
+                await connection.run()
         except asyncio.CancelledError:
             managed.abort()
             raise
@@ -386,32 +393,32 @@ class EndpointServer:
             if not self._running[name]:
                 del self._running[name]
 
-    async def _run_session(self, request: HttpRequest, transport: ManagedTransport) -> None:
-        name = request.path[len(page.SERVICE_PATH) :]
+    def _connection(
+        self, name: str, request: HttpRequest, transport: ManagedTransport
+    ) -> Connection | None:
+        """The session's connection, registered; not a coroutine, so that an idle session
+        holds one coroutine frame less (each is some 200 bytes)."""
         endpoint = self.scan.endpoints.get(name)
-        if endpoint is None:  # removed between the handshake and now
-            await transport.close(CloseCode.GOING_AWAY, "endpoint removed")
-            return
+        if endpoint is None:
+            return None
         session = ServerSession(name, request, self._principals.pop(id(request), None))
-
-        def forget() -> None:
-            sessions.remove(session)
-            self._connections.pop(connection, None)
-
         connection = Connection(
             transport,
             endpoint.handler,
             session,
             asyncio.get_running_loop(),
             self._options,
-            on_ended=forget,
+            on_ended=functools.partial(self._forget, session),
             replies=True,
         )
         session._connection = connection
         sessions.add(session)
-        self._connections[connection] = f"{endpoint.handler.source} (endpoint {name!r})"
-        # this task reads the connection until it ends (no reader task per session)
-        await connection.run()
+        self._connections[connection] = endpoint
+        return connection
+
+    def _forget(self, session: ServerSession) -> None:
+        sessions.remove(session)
+        self._connections.pop(session._connection, None)
 
     def listing(self) -> bytes:
         """The JSON list: each endpoint's name, description and path, and how many
@@ -522,7 +529,11 @@ class EndpointServer:
                 [c.dispatcher.finished for c in open_connections],
                 deadline - loop.time(),
             )
-            stuck = [h for c, h in open_connections.items() if not c.dispatcher.finished.is_set()]
+            stuck = [
+                f"{e.handler.source} (endpoint {e.name!r})"
+                for c, e in open_connections.items()
+                if not c.dispatcher.finished.is_set()
+            ]
             if stuck:
                 counts = ", ".join(f"{n} x {h}" for h, n in sorted(Counter(stuck).items()))
                 log.warning(

@@ -178,7 +178,7 @@ class ServerOptions(ConnectionOptions):
     ping_timeout: float | None = 20.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # one per session: no __dict__
 class HttpRequest:
     """An incoming request, before any handshake (``enginekit.http_request`` builds it)."""
 

@@ -42,7 +42,8 @@ class TimedRequestHandler(RequestHandler):
     """aiohttp's connection protocol, with the core's handshake deadline from accept on
     (aiohttp's own keep-alive timer does not drop a connection in the middle of a request)."""
 
-    deadline: enginekit.HandshakeDeadline | None = None
+    __slots__ = ("deadline",)  # as aiohttp's: no __dict__ per connection
+    deadline: enginekit.HandshakeDeadline | None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager
@@ -51,8 +52,9 @@ class TimedRequestHandler(RequestHandler):
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self.deadline is not None:
-            self.deadline.done()
+        deadline = getattr(self, "deadline", None)  # unset if connection_made never ran
+        if deadline is not None:
+            deadline.done()
         super().connection_lost(exc)
 
 
