@@ -18,7 +18,6 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.netutil import DefaultLoopResolver, Resolver
-from tornado.queues import Queue
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketProtocol13
 
 from polysocket import ConnectError
@@ -116,6 +115,49 @@ class StrictProtocol(WebSocketProtocol13):
             await stream.read_bytes(65536, partial=True)
 
 
+class Mailbox:
+    """The hand-off from tornado's frame loop to ``receive()``: one unread message, and one
+    more whose ``put()`` future the frame loop awaits before it reads the next frame (what
+    ``tornado.queues.Queue(1)`` did with three deques and an Event: 2.5 KiB per connection).
+    """
+
+    __slots__ = ("_getter", "_items", "_room")
+
+    def __init__(self) -> None:
+        self._items: list[str | bytes | None] = []
+        self._getter: asyncio.Future[None] | None = None  # receive() waiting for a message
+        self._room: asyncio.Future[None] | None = None  # put() waiting for the first to go
+
+    def full(self) -> bool:
+        """A message is unread (the core has stopped receiving: a backlog)."""
+        return bool(self._items)
+
+    def put(self, item: str | bytes | None) -> asyncio.Future[None] | None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():  # else receive() was cancelled
+                getter.set_result(None)
+        if len(self._items) == 1:
+            return None
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+        return self._room
+
+    async def get(self) -> str | bytes | None:
+        while not self._items:
+            self._getter = asyncio.get_running_loop().create_future()
+            await self._getter
+        item = self._items.pop(0)
+        room = self._room
+        if room is not None and len(self._items) <= 1:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        return item
+
+
 class TornadoTransport:
     """The engine contract on one connection (see :mod:`polysocket.transport`)."""
 
@@ -126,7 +168,7 @@ class TornadoTransport:
         # Unread messages: one, and one more waiting in put(), whose pending future tornado's
         # frame loop awaits before it reads the next frame. The core bounds its own queue in
         # bytes (max_queue); more here would be up to max_size each, on top of it.
-        self.queue: Queue[str | bytes | None] = Queue(1)
+        self.queue = Mailbox()
         self.options = options
 
     def attach(self, proto: StrictProtocol) -> StrictProtocol:
@@ -175,7 +217,7 @@ class Delegate:
 
     transport: TornadoTransport
 
-    def on_message(self, message: str | bytes) -> asyncio.Future[None]:
+    def on_message(self, message: str | bytes) -> asyncio.Future[None] | None:
         return self.transport.queue.put(message)
 
     def on_pong(self, data: bytes) -> None:
