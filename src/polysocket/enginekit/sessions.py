@@ -10,11 +10,12 @@ __all__ = ["SessionTracker"]
 
 
 class SessionTracker:
-    """Runs ``app.session()`` for each accepted connection, as a task of its own.
-
-    For engines whose library does not run a task per connection itself (tornado's handler
-    returns from ``open()``, picows calls back from its protocol). ``close()`` drops every
-    connection still open, waits for the sessions to return and cancels the stragglers.
+    """Runs ``app.session()`` for each accepted connection: :meth:`start` as a task of its
+    own, for engines whose library runs no task per connection (tornado's handler returns
+    from ``open()``, picows calls back from its protocol); :meth:`run` in the library's own
+    task per connection (websockets' handler), which saves an idle session a task. ``close()``
+    drops every connection still open, waits for the sessions to return and cancels the
+    stragglers.
     """
 
     def __init__(self, app: ServerApp) -> None:
@@ -25,6 +26,16 @@ class SessionTracker:
         task = asyncio.ensure_future(self._app.session(request, transport))
         self._sessions[task] = transport
         task.add_done_callback(self._sessions.pop)
+
+    async def run(self, request: HttpRequest, transport: Transport) -> None:
+        """Run the session in the calling task, until it returns (the connection closed)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[task] = transport
+        try:
+            await self._app.session(request, transport)
+        finally:
+            del self._sessions[task]
 
     def __len__(self) -> int:
         return len(self._sessions)
