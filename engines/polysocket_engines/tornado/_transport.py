@@ -251,6 +251,7 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
         ssl_options=options.ssl if urlsplit(uri).scheme == "wss" else None,
         validate_cert=True,  # these two: websocket_connect()'s (HTTPRequest's own are None)
         decompress_response=True,
+        follow_redirects=False,  # the core follows redirects (tornado forces it off too)
     )
     connection = ClientConnection(request, options)
     try:
@@ -258,6 +259,10 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
     except HTTPClientError as exc:
         if exc.code == 599:  # tornado's code for "no HTTP response" (timeouts, EOF)
             raise
-        raise ConnectError.rejected(uri, exc.code, exc.message) from exc
+        # tornado's WebSocket client never follows a redirect (it sets follow_redirects=False
+        # itself): the core does, with the Location of the answer.
+        answer = exc.response
+        location = answer.headers.get("Location") if answer is not None else None
+        raise ConnectError.rejected(uri, exc.code, exc.message, location=location) from exc
     connection.transport.open()
     return connection.transport
