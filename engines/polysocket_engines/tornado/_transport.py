@@ -259,9 +259,7 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
     except HTTPClientError as exc:
         if exc.code == 599:  # tornado's code for "no HTTP response" (timeouts, EOF)
             raise
-        # tornado's WebSocket client never follows a redirect (it sets follow_redirects=False
-        # itself): the core does, with the Location of the answer.
-        answer = exc.response
+        answer = exc.response  # with the headers: the core follows a redirect to its Location
         location = answer.headers.get("Location") if answer is not None else None
         raise ConnectError.rejected(uri, exc.code, exc.message, location=location) from exc
     connection.transport.open()
