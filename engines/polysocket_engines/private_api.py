@@ -33,6 +33,8 @@ WEBSOCKETS: dict[str, str] = {
     "websockets.asyncio.connection.Connection.send_data": "close() without waiting for the peer",
     "websockets.http11.MAX_LINE_LENGTH": "header line limit (module constant): 8190 bytes",
     "websockets.http11.MAX_NUM_HEADERS": "header count limit: above the core's 128",
+    "websockets.asyncio.client.connect.process_redirect": "overridden to follow no redirect:"
+    " the core follows them (polysocket.redirects)",
 }
 
 #: tornado internals the engine relies on, checked on tornado 6.3 (the floor) and 6.6.1.

@@ -24,6 +24,8 @@ class AsyncConnection:
         self._options = options
         self._close_requested: tuple[int, str] | None = None
         self.uri = uri
+        #: Where the handshake completed: ``uri``, or another after redirects.
+        self.connected_uri = transport.connected_uri or uri
         self.engine = engine
         self.subprotocol = transport.subprotocol
         self.close_code: int | None = None

@@ -15,6 +15,7 @@ from .handlers import Handler, resolve_handler
 from .managed import ManagedTransport
 from .options import client_options
 from .plugins import registry as engines
+from .redirects import Redirects
 from .runtime import background
 from .transport import ClientOptions, Engine
 
@@ -41,12 +42,35 @@ def check_uri(uri: str, engine: Engine) -> None:
 
 
 async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
-    """Connect through ``engine``, turning every failure into :class:`ConnectError`."""
+    """Connect through ``engine``, following redirects (:mod:`polysocket.redirects`) and
+    turning every failure into :class:`ConnectError`. ``open_timeout`` bounds the whole
+    connect, every hop included. The transport's ``connected_uri`` is where it ended up."""
+    hops = Redirects(uri, engine, options)
     try:
         # asyncio.timeout, not wait_for: the connect runs in this task, where wait_for (on
         # 3.11) wraps it in a task of its own, one more loop pass per connection.
         async with asyncio.timeout(options.open_timeout):
-            raw = await engine.connect(uri, options)
+            while True:
+                try:
+                    transport = await _open_once(engine, hops.current, hops.options)
+                except ConnectError as refused:
+                    if hops.follow(refused):
+                        continue
+                    raise
+                transport.connected_uri = hops.current
+                return transport
+    except TimeoutError:
+        way = f" (redirected: {' -> '.join(hops.chain)})" if len(hops.chain) > 1 else ""
+        raise ConnectError(
+            f"connecting to {uri}{way} timed out after {options.open_timeout} s"
+            " (open_timeout); check that the server is up, or raise open_timeout="
+        ) from None
+
+
+async def _open_once(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
+    """One handshake with ``uri``, unbounded (``open_transport`` bounds them all)."""
+    try:
+        raw = await engine.connect(uri, options)
         return ManagedTransport(raw, options.close_timeout)
     except ConnectError:
         raise
@@ -65,11 +89,15 @@ async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Ma
 
 
 class WebsocketClient(ConnectionHandle):
-    """An open client connection, as ``createWebsocket`` returns it."""
+    """An open client connection, as ``createWebsocket`` returns it.
+
+    ``uri`` is the URI it was created with; ``connected_uri`` the one its handshake completed
+    at, another after redirects."""
 
     def __init__(self, id: str, uri: str, handler: Handler, engine: str) -> None:
         self.id = id
         self.uri = uri
+        self.connected_uri = uri
         self.handler = handler.spec
         self.engine = engine
         self._connection: Connection
@@ -147,6 +175,7 @@ async def _open_client(
 ) -> WebsocketClient:
     transport = await open_transport(engine, uri, options)
     client = WebsocketClient(clients.next_id(), uri, handler, engine.name)
+    client.connected_uri = transport.connected_uri or uri
     client._connection = Connection(
         transport,
         handler,
@@ -157,7 +186,7 @@ async def _open_client(
     )
     clients.add(client)
     client._connection.start()
-    log.debug("client %s connected to %s with %s", client.id, uri, engine.name)
+    log.debug("client %s connected to %s with %s", client.id, client.connected_uri, engine.name)
     return client
 
 

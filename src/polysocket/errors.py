@@ -24,21 +24,30 @@ class WebsocketError(Exception):
 class ConnectError(WebsocketError):
     """The opening handshake did not complete: refused, DNS failure, rejected, or timed out.
 
-    ``status`` is the HTTP status of a rejected handshake, else ``None``.
+    ``status`` is the HTTP status of a rejected handshake, else ``None``; ``location`` the
+    ``Location`` header of that answer (a redirect the client did not follow), else ``None``.
     """
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, location: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.location = location
 
     @classmethod
-    def rejected(cls, uri: str, status: int, detail: str = "") -> ConnectError:
-        """The server answered the handshake with HTTP ``status`` instead of 101."""
+    def rejected(
+        cls, uri: str, status: int, detail: str = "", *, location: str | None = None
+    ) -> ConnectError:
+        """The server answered the handshake with HTTP ``status`` instead of 101 (engines
+        raise it for every such answer, redirects included, with their ``Location``)."""
         said = f" ({detail})" if detail else ""
+        where = f", Location: {location}" if location is not None else ""
         return cls(
-            f"{uri} rejected the WebSocket handshake with HTTP {status}{said}; check the URI"
-            " path and the server's logs.",
+            f"{uri} rejected the WebSocket handshake with HTTP {status}{said}{where}; check the"
+            " URI path and the server's logs.",
             status=status,
+            location=location,
         )
 
 

@@ -50,6 +50,7 @@ class ManagedTransport:
         "_released",
         "_wake",
         "_write_frame",
+        "connected_uri",
         "subprotocol",
     )
 
@@ -57,6 +58,8 @@ class ManagedTransport:
         self._raw = raw
         self._close_timeout = close_timeout
         self.subprotocol = raw.subprotocol
+        #: A client's URI after redirects (set by ``client.open_transport``).
+        self.connected_uri: str | None = None
         self._ended: TransportClosed | None = None
         self._closing = False
         # The task inside the engine's receive(), if any; released after ABORT_GRACE.

@@ -318,7 +318,10 @@ class MemoryServer:
         pipes (in, out) and the subprotocol selected."""
         answer = self._route(request)
         if isinstance(answer, HttpResponse):
-            raise ConnectError.rejected(self._uri(request), answer.status, answer_reason(answer))
+            location = next((v for k, v in answer.headers.items() if k.lower() == "location"), None)
+            raise ConnectError.rejected(
+                self._uri(request), answer.status, answer_reason(answer), location=location
+            )
         to_server, to_client = _Pipe(), _Pipe()
         transport = MemoryTransport(to_server, to_client, self.options.max_size, answer.subprotocol)
         self._sessions.start(request, transport)

@@ -306,7 +306,9 @@ class Engine:
 
     async def connect(self, uri: str, options: ClientOptions) -> Transport:
         """Open a client connection; return once the handshake is complete (the core bounds
-        this by ``open_timeout``). Raise ``ConnectError.rejected(...)`` for a refusal."""
+        this by ``open_timeout``). Raise ``ConnectError.rejected(uri, status, detail,
+        location=...)`` for every answer other than 101, with its ``Location`` header (or
+        ``None``): never follow a redirect, the core does (``polysocket.redirects``)."""
         raise NotImplementedError
 
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:

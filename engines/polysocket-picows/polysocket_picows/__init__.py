@@ -95,16 +95,15 @@ class PicowsEngine(Engine):
                 enable_auto_pong=True,
                 max_frame_size=frame_limit(options.max_size),
                 extra_headers=headers or None,
-                max_redirects=10,  # to ws(s):// Locations, as the websockets engine does
+                max_redirects=0,  # the core follows redirects, by one rule for every engine
             )
         except WSHandshakeError as exc:
             status, phrase = _status_of(exc)
             if status is not None and status != 101:
-                raise ConnectError(
-                    f"{uri} rejected the WebSocket handshake with HTTP {status}"
-                    f" ({phrase}); check the URI path and the server's logs.",
-                    status=status,
-                ) from exc
+                location = (
+                    exc.response.headers.get("Location") if exc.response is not None else None
+                )
+                raise ConnectError.rejected(uri, status, phrase, location=location) from exc
             raise
         except asyncio.CancelledError:
             # open_timeout: if the handshake still completes, nobody will use the connection

@@ -42,8 +42,30 @@ class ClientTransport(AiohttpTransport):
         await self._session.close()
 
 
+#: The statuses aiohttp's ``request`` follows (``ws_connect`` has no ``allow_redirects``).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+async def _no_redirects(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """A client middleware: a redirect ends the handshake as any other non-101 answer, for
+    the core to follow (aiohttp would follow it to http(s):// only, and refuse ws://)."""
+    response = await handler(request)
+    if response.status in _REDIRECTS:
+        response.close()
+        raise aiohttp.WSServerHandshakeError(
+            response.request_info,
+            (),
+            message=response.reason or "",
+            status=response.status,
+            headers=response.headers,
+        )
+    return response
+
+
 async def connect(uri: str, options: ClientOptions) -> ClientTransport:
-    session = aiohttp.ClientSession(ws_response_class=ClientWebSocket)
+    session = aiohttp.ClientSession(ws_response_class=ClientWebSocket, middlewares=(_no_redirects,))
     try:
         ws = await session.ws_connect(
             uri,
@@ -63,5 +85,6 @@ async def connect(uri: str, options: ClientOptions) -> ClientTransport:
     except BaseException as exc:
         await session.close()
         if isinstance(exc, aiohttp.WSServerHandshakeError):
-            raise ConnectError.rejected(uri, exc.status, exc.message) from exc
+            location = exc.headers.get("Location") if exc.headers is not None else None
+            raise ConnectError.rejected(uri, exc.status, exc.message, location=location) from exc
         raise

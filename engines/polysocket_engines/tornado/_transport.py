@@ -293,6 +293,7 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
         ssl_options=options.ssl if urlsplit(uri).scheme == "wss" else None,
         validate_cert=True,  # these two: websocket_connect()'s (HTTPRequest's own are None)
         decompress_response=True,
+        follow_redirects=False,  # the core follows redirects (tornado forces it off too)
     )
     connection = ClientConnection(request, options)
     try:
@@ -300,6 +301,8 @@ async def connect(uri: str, options: ClientOptions) -> TornadoTransport:
     except HTTPClientError as exc:
         if exc.code == 599:  # tornado's code for "no HTTP response" (timeouts, EOF)
             raise
-        raise ConnectError.rejected(uri, exc.code, exc.message) from exc
+        answer = exc.response  # with the headers: the core follows a redirect to its Location
+        location = answer.headers.get("Location") if answer is not None else None
+        raise ConnectError.rejected(uri, exc.code, exc.message, location=location) from exc
     connection.transport.open()
     return connection.transport

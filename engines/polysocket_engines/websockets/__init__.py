@@ -27,6 +27,18 @@ def _takes_proxy(connect: Any) -> bool:
     return "proxy" in inspect.signature(connect).parameters
 
 
+@functools.cache
+def _single_request(connect: Any) -> Any:
+    """websockets' ``connect`` that reports a redirect (``InvalidStatus``) instead of
+    following it: the core follows redirects, by one rule for every engine."""
+
+    class SingleRequest(connect):  # type: ignore[misc]
+        def process_redirect(self, exc: Exception) -> Exception:
+            return exc
+
+    return SingleRequest
+
+
 class WebsocketsEngine(Engine):
     name = "websockets"
     library = "websockets"
@@ -48,7 +60,7 @@ class WebsocketsEngine(Engine):
         if options.ssl is not None and urlsplit(uri).scheme == "wss":
             extra["ssl"] = options.ssl  # wss:// only: websockets refuses ssl for ws://
         try:
-            ws = await connect(
+            ws = await _single_request(connect)(
                 uri,
                 additional_headers=dict(options.headers) or None,
                 subprotocols=[Subprotocol(p) for p in options.subprotocols] or None,
@@ -57,7 +69,12 @@ class WebsocketsEngine(Engine):
             )
         except InvalidStatus as exc:
             response = exc.response
-            raise ConnectError.rejected(uri, response.status_code, response.reason_phrase) from exc
+            raise ConnectError.rejected(
+                uri,
+                response.status_code,
+                response.reason_phrase,
+                location=response.headers.get("Location"),
+            ) from exc
         assert isinstance(ws, PolysocketClientConnection)
         return WebsocketsTransport(ws, options)
 
