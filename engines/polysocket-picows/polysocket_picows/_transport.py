@@ -106,10 +106,10 @@ class _Listener(WSListener):
         self.owner._disconnected()
 
     def pause_writing(self) -> None:
-        self.owner._writable.clear()
+        self.owner._pause_writing()
 
     def resume_writing(self) -> None:
-        self.owner._writable.set()
+        self.owner._resume_writing()
 
 
 class PicowsTransport:
@@ -129,15 +129,16 @@ class PicowsTransport:
         self.on_open: Callable[[], None] | None = None
         self._ws: WSTransport | None = None  # from on_ws_connected
 
-        # receiving
-        self._queue: deque[Message] = deque()
+        # receiving (the queue, the fragments and the decoder made when needed: an idle
+        # connection holds none of them)
+        self._queue: deque[Message] | None = None
         self._queued_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._frag_type: WSMsgType | None = None  # of the fragmented message in progress
         self._frag_parts: list[Any] = []  # str for a text message, bytes for a binary one
         self._frag_size = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._decoder: codecs.IncrementalDecoder | None = None
 
         # ending
         self._ended: TransportClosed | None = None  # what receive() raises once drained
@@ -145,8 +146,7 @@ class PicowsTransport:
         self._abandoned = False  # connect() was cancelled before the handshake completed
         self._deadline: asyncio.TimerHandle | None = None
         self._reaper: asyncio.Future[None] | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._drained: asyncio.Future[None] | None = None  # while picows' buffer is full
         self._keepalive: Keepalive | None = None
         self._keepalive_error: TimeoutError | None = None
 
@@ -163,13 +163,13 @@ class PicowsTransport:
         if self._close_sent or ws.is_close_frame_sent or ws.is_disconnected:
             raise TransportClosed(None)
         ws.send(_TEXT if isinstance(message, str) else _BINARY, message)
-        if not self._writable.is_set():
-            await self._writable.wait()
+        if self._drained is not None:
+            await asyncio.shield(self._drained)  # a cancelled send leaves it to the others
             if ws.is_disconnected:
                 raise TransportClosed(None)
 
     async def receive(self) -> Message:
-        while not self._queue:
+        while self._queue is None:
             if self._ended is not None:
                 raise self._ended
             self._waiter = self._loop.create_future()
@@ -177,13 +177,13 @@ class PicowsTransport:
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._queue.popleft()
+        queue = self._queue
+        message = queue.popleft()
         self._queued_bytes -= len(message)
-        if (
-            self._reading_paused
-            and len(self._queue) <= QUEUE_LOW
-            and self._queued_bytes <= QUEUE_LOW_BYTES
-        ):
+        if not queue:
+            self._queue = None
+        low = len(queue) <= QUEUE_LOW and self._queued_bytes <= QUEUE_LOW_BYTES
+        if self._reading_paused and low:
             self._resume_reading()
         return message
 
@@ -271,6 +271,8 @@ class PicowsTransport:
             return
         if self._frag_type == _TEXT:
             # Decoded fragment by fragment: invalid UTF-8 fails the connection as it shows.
+            if self._decoder is None:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
             try:
                 self._frag_parts.append(
                     self._decoder.decode(frame.get_payload_as_memoryview(), frame.fin)
@@ -301,11 +303,14 @@ class PicowsTransport:
         self._fail(code, ProtocolViolation(code, text))
 
     def _deliver(self, message: Message) -> None:
-        self._queue.append(message)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(message)
         self._queued_bytes += len(message)
         self._wake()
         if not self._reading_paused and (
-            len(self._queue) >= QUEUE_HIGH or self._queued_bytes >= QUEUE_HIGH_BYTES
+            len(queue) >= QUEUE_HIGH or self._queued_bytes >= QUEUE_HIGH_BYTES
         ):
             self._reading_paused = True
             self.ws.underlying_transport.pause_reading()
@@ -372,7 +377,7 @@ class PicowsTransport:
     def _reset_fragments(self) -> None:
         self._frag_type = None
         self._frag_parts = []
-        self._decoder.reset()
+        self._decoder = None
 
     def _end(self, closed: TransportClosed) -> None:
         if self._ended is None:
@@ -383,8 +388,17 @@ class PicowsTransport:
         self._keepalive_error = error
         self.abort()
 
+    def _pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+
+    def _resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
     def _disconnected(self) -> None:
-        self._writable.set()  # senders waiting for room: the connection is gone
+        self._resume_writing()  # senders waiting for room: the connection is gone
         if self._deadline is not None:
             self._deadline.cancel()
         if self._keepalive is not None:

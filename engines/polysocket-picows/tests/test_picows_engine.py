@@ -189,7 +189,7 @@ def test_unread_messages_stop_reading_and_keep_their_order(peer: Peer) -> None:
             await asyncio.sleep(0.5)  # nobody reads
             assert raw._reading_paused, "the socket was read on although nobody reads"
             # frames already read into picows' buffer are still delivered: a few more
-            assert QUEUE_HIGH <= len(raw._queue) < 4 * QUEUE_HIGH
+            assert raw._queue is not None and QUEUE_HIGH <= len(raw._queue) < 4 * QUEUE_HIGH
             got = [await transport.receive() for _ in range(20000)]
             assert got == [str(i) for i in range(20000)]
             assert not raw._reading_paused
