@@ -23,7 +23,7 @@ from .client import check_uri, open_transport
 from .connection import check_close, check_message, close_outcome
 from .dispatch import MESSAGE_OVERHEAD
 from .errors import ConnectionClosedError
-from .managed import ManagedTransport
+from .managed import ABORT_GRACE, ManagedTransport
 from .options import client_options
 from .plugins import registry as engines
 from .transport import ClientOptions, Message, TransportClosed
@@ -67,8 +67,16 @@ class AsyncConnection:
         try:
             await self._transport.send(message)
         except TransportClosed as closed:
-            self._ended(self._transport.ended or closed)
+            await self._reader_verdict()
+            self._ended(self._end or closed)
             raise self._closed_error() from None
+
+    async def _reader_verdict(self) -> None:
+        """Let the reader find out how the connection ended (a send only sees that it did):
+        it reads the peer's close frame or the engine's error, such as a keepalive timeout.
+        A paused reader reads nothing more; an engine that never ends it is not waited for."""
+        if self._end is None and self._room is None:
+            await asyncio.wait([self._reader], timeout=ABORT_GRACE)
 
     async def recv(self) -> Message:
         """The next message; raises ``ConnectionClosedError`` once the connection has ended
