@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from .errors import KeepaliveTimeout
+
 __all__ = [
     "CAPABILITIES",
     "DEFAULT_BACKLOG",
@@ -104,20 +106,6 @@ class ProtocolViolation(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"{text}; the connection was failed with close code {code}")
         self.code = code
-
-
-class KeepaliveTimeout(TimeoutError):
-    """No pong came within ``ping_timeout``: the peer is unreachable or stopped answering.
-    The core ends the connection with 1011 for it (``onError``, then ``onClose``)."""
-
-    def __init__(self, ping_timeout: float) -> None:
-        super().__init__(
-            f"keepalive ping timeout: no pong came within ping_timeout={ping_timeout} s, so"
-            " the peer is unreachable or stopped answering; the connection was closed with"
-            " 1011. Raise ping_timeout= for a slow link, or pass ping_interval=None to turn"
-            " keepalive off."
-        )
-        self.ping_timeout = ping_timeout
 
 
 class MessageTooBigError(Exception):
