@@ -7,7 +7,8 @@ made by a real TCP relay that turns into a black hole (:mod:`.relay`), for the b
 the asyncio client and the server.
 
 Pings are answered whether or not the user reads: an asyncio client that does not ``recv()``
-for longer than the server's interval + timeout stays connected.
+for longer than the server's interval + timeout stays connected; the reader that makes it so
+stops reading at ``max_queue`` (TCP backpressure), so it is no unbounded buffer.
 
 A peer that stops reading while this side sends closes TCP's window: our ping then sits
 behind megabytes of unsent data and no pong can come back. The pong wait must run from the
@@ -32,10 +33,11 @@ import pytest
 import polysocket
 from polysocket.runtime import background
 
-from .rawframes import TEXT, LatePongs, RawClient, RawServer
+from .rawframes import BINARY, CLOSE, TEXT, LatePongs, RawClient, RawServer
 from .relay import LeakCheck, Relay
 from .server_support import SERVICE, ServerThread, events
-from .support import WAIT, Recorder, require_capability, run_async
+from .support import WAIT, Recorder, require_capability, run_async, unread_in_kernel
+from .test_flow import HELD_BACK, MIB, push_until_blocked
 
 INTERVAL, TIMEOUT = 0.3, 0.5
 #: The Done-when bound's slack over interval + timeout: the engines' close paths and the
@@ -336,3 +338,35 @@ def test_asyncio_client_busy_elsewhere_stays_connected(
         events.items
     )
     assert closed.close_code == 1000
+
+
+def test_asyncio_client_that_does_not_read_stops_reading_at_max_queue(engine: str) -> None:
+    """The asyncio API's reader, which answers pings while nobody awaits recv(), is bounded:
+    a server pushing 1 MiB messages at a client that never calls recv() is held back by TCP
+    once about max_queue bytes wait (the server's sends block), as the callback API is."""
+    results: dict[str, int] = {}
+    done = threading.Event()
+
+    def conversation(sock: socket.socket, reader: Any) -> None:
+        head = bytes([0x80 | BINARY, 127]) + MIB.to_bytes(8, "big")
+        pushed = push_until_blocked(sock, head + b"s" * MIB, 96 * MIB, 1.5)
+        results["read"] = pushed - unread_in_kernel(sock)
+        done.set()
+        sock.settimeout(WAIT)
+        while reader.frame()[0] != CLOSE:  # the client's close frame
+            pass
+
+    raw = RawServer(conversation=conversation)
+
+    async def main() -> None:
+        async with polysocket.connect(
+            raw.uri, engine=engine, max_size=2 * MIB, max_queue=MIB
+        ) as ws:
+            assert await asyncio.to_thread(done.wait, WAIT * 2), "the push never stalled"
+            assert len(await ws.recv()) == MIB  # what waited is still there, whole
+
+    try:
+        run_async(main())
+    finally:
+        raw.close()
+    assert results["read"] < HELD_BACK, f"the client read {results['read'] >> 20} MiB"
