@@ -225,24 +225,44 @@ def test_a_message_over_max_size_ends_the_connection_with_1009():
     assert engine.peers[0].close_code == 1009
 
 
+class SendGone(MemoryEngine):
+    """Its transport's send() finds the connection gone, whatever the peer does."""
+
+    async def connect(self, uri, options):
+        transport = await super().connect(uri, options)
+
+        async def send(message):
+            raise TransportClosed(None)
+
+        transport.send = send
+        return transport
+
+
 def test_send_on_a_connection_gone_underneath_raises_with_1006():
-    class Gone(MemoryEngine):
-        async def connect(self, uri, options):
-            transport = await super().connect(uri, options)
+    async def silent(end: MemoryPeer) -> None:
+        await asyncio.sleep(5)  # no close frame: nothing tells how the connection ended
 
-            async def send(message):
-                raise TransportClosed(None)
+    async def scenario():
+        async with connect(close_timeout=0.05) as ws:
+            with pytest.raises(ConnectionClosedError) as info:
+                await ws.send("x")
+            assert info.value.code == ws.close_code == 1006
 
-            transport.send = send
-            return transport
+    with install(SendGone(silent)):
+        run(scenario())
+
+
+def test_send_on_a_connection_gone_underneath_reports_the_peers_close():
+    """The reader saw the peer's close frame: send() reports its code, not 1006, as the
+    callback API does (the reader, not the writer, knows how a connection ended)."""
 
     async def scenario():
         async with connect() as ws:
             with pytest.raises(ConnectionClosedError) as info:
                 await ws.send("x")
-            assert info.value.code == ws.close_code == 1006
+            assert info.value.code == ws.close_code == 1000
 
-    with install(Gone(closes_with(1000))):
+    with install(SendGone(closes_with(1000))):
         run(scenario())
 
 

@@ -1,5 +1,5 @@
-"""Keepalive defaults (issue 9): on for servers (20 s / 20 s), off for clients, and an
-engine without the ``keepalive`` capability still serves with the server's default."""
+"""Keepalive defaults (issues 9 and 11): on for both sides (20 s / 20 s), and an engine
+without the ``keepalive`` capability still connects and serves with the default."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from polysocket.testing import MemoryEngine
 from polysocket.transport import CAPABILITIES, ClientOptions, ServerOptions
 
 
-def test_the_server_pings_every_20_s_and_waits_20_s_by_default() -> None:
-    options = ServerOptions()
-    assert (options.ping_interval, options.ping_timeout, options.keepalive_timeout) == (20, 20, 20)
-    assert ClientOptions().ping_interval is None  # clients: only when asked
+def test_both_sides_ping_every_20_s_and_wait_20_s_by_default() -> None:
+    for options in (ServerOptions(), ClientOptions()):
+        got = (options.ping_interval, options.ping_timeout, options.keepalive_timeout)
+        assert got == (20, 20, 20), options
+    engine = MemoryEngine(capabilities=CAPABILITIES)
+    assert client_options(engine, {}).keepalive_timeout == 20
+    assert client_options(engine, {"ping_interval": None}).keepalive_timeout is None
+    assert client_options(engine, {"ping_timeout": None}).keepalive_timeout == 20
 
 
 def test_ping_interval_none_turns_the_server_keepalive_off() -> None:
@@ -25,7 +29,7 @@ def test_ping_interval_none_turns_the_server_keepalive_off() -> None:
     assert checked.keepalive_timeout == 20
 
 
-def test_an_engine_without_keepalive_serves_with_the_default_only() -> None:
+def test_an_engine_without_keepalive_connects_and_serves_with_the_default_only() -> None:
     engine = MemoryEngine()
     assert "keepalive" not in engine.capabilities
     for given in ({}, {"ping_interval": 20.0, "ping_timeout": 20}, {"ping_interval": None}):
@@ -33,5 +37,7 @@ def test_an_engine_without_keepalive_serves_with_the_default_only() -> None:
     for name in ("ping_interval", "ping_timeout"):
         with pytest.raises(UnsupportedOptionError, match=f"{name}=.*'keepalive'"):
             server_options(engine, {name: 5})
-        with pytest.raises(UnsupportedOptionError, match=f"{name}="):
-            client_options(engine, {name: 20})  # a client's default is no keepalive
+        with pytest.raises(UnsupportedOptionError, match=f"{name}=.*'keepalive'"):
+            client_options(engine, {name: 5})
+    for given in ({}, {"ping_interval": 20.0, "ping_timeout": 20}, {"ping_interval": None}):
+        client_options(engine, given)  # a client's default too: it connects

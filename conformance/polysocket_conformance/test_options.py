@@ -222,7 +222,7 @@ def test_keepalive_detects_a_peer_that_stopped_answering(engine: str) -> None:
             silent.uri, recorder, engine, ping_interval=0.2, ping_timeout=0.3
         )
         assert recorder.wait_closed(timeout=5), "no onClose although no pong ever came"
-        assert recorder.of("onclose")[0].close_code == 1006
+        assert recorder.of("onclose")[0].close_code == 1011
         assert any("keepalive" in error for error in recorder.errors), recorder.errors
     finally:
         silent.close()
@@ -257,7 +257,7 @@ def test_server_keepalive_drops_a_silent_client(
         assert raw.recv(4096).startswith(b"HTTP/1.1 101")
         # never read again, never answer a ping
         closed = events.wait("onclose", "echo", timeout=5)
-    assert closed.close_code == 1006
+    assert closed.close_code == 1011
     assert "keepalive" in events.wait("onerror", "echo").payload
 
 
@@ -276,7 +276,7 @@ def test_keepalive_waits_ping_timeout_for_the_pong(
 ) -> None:
     """ping_timeout is the pong wait, not the library's own: pongs 0.5 s late keep the
     connection over three pings with ping_timeout=2, and lose it (onError, then onClose
-    1006) with 0.2."""
+    1011) with 0.2."""
     require_capability(engine, "keepalive")
     pongers: queue.Queue[LatePongs] = queue.Queue()
 
@@ -296,7 +296,7 @@ def test_keepalive_waits_ping_timeout_for_the_pong(
         assert ponger.pings >= 1
         assert recorder.names == ["onopen", "onerror", "onclose"]
         assert "keepalive" in recorder.errors[0], recorder.errors
-        assert recorder.of("onclose")[0].close_code == 1006
+        assert recorder.of("onclose")[0].close_code == 1011
     else:
         assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
         assert not recorder.closed.is_set(), f"dropped although pongs came: {recorder.errors}"
@@ -320,7 +320,7 @@ def test_server_keepalive_waits_ping_timeout_for_the_pong(
             assert ponger.pings >= 1
             assert events.of(opened.session_id) == ["onopen", "onerror", "onclose"]
             assert "keepalive" in events.wait("onerror", "echo").payload
-            assert closed.close_code == 1006
+            assert closed.close_code == 1011
         else:
             assert ponger.wait_pings(3), f"the connection ended after {ponger.pings} ping(s)"
             assert events.of(opened.session_id) == ["onopen"], "dropped although pongs came"

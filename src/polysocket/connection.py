@@ -33,7 +33,7 @@ from .errors import ConnectionClosedError, SendTimeoutError
 from .handlers import Handler
 from .hotpath import Flag, wakeups_for
 from .managed import ManagedTransport, close_bound
-from .transport import ConnectionOptions, TransportClosed
+from .transport import ConnectionOptions, KeepaliveTimeout, TransportClosed
 
 log = logging.getLogger("polysocket.connection")
 
@@ -42,6 +42,9 @@ TOO_SLOW = "too slow: send queue over write_limit"
 
 #: Users get plain ints, never an IntEnum.
 ABNORMAL = int(CloseCode.ABNORMAL)
+#: How a keepalive timeout ends a connection, on every engine (onError says more).
+KEEPALIVE_CODE = int(CloseCode.INTERNAL_ERROR)
+KEEPALIVE_REASON = "keepalive ping timeout"
 
 
 def check_message(message: Any) -> str | bytes:
@@ -82,8 +85,11 @@ def close_outcome(closed: TransportClosed, requested: tuple[int, str] | None) ->
     """The close code and reason to report, the same way on every engine.
 
     The initiator's code wins: when this side asked to close and the peer answered, the
-    code we sent; when the peer closed, the code it sent; with no close frame, 1006.
+    code we sent; when the peer closed, the code it sent; with no close frame, 1006. A
+    keepalive timeout is 1011 whatever the engine's code for it (aborted, or its own frame).
     """
+    if isinstance(closed.error, KeepaliveTimeout):
+        return KEEPALIVE_CODE, KEEPALIVE_REASON
     if closed.error is not None:
         return closed.code or ABNORMAL, closed.reason or str(closed.error)
     if closed.code is None or closed.code == ABNORMAL:

@@ -10,6 +10,7 @@ __all__ = [
     "DescriptorError",
     "EngineUnavailableError",
     "HandlerNotFoundError",
+    "KeepaliveTimeout",
     "SendTimeoutError",
     "UnknownEngineError",
     "UnsupportedOptionError",
@@ -72,6 +73,22 @@ class SendTimeoutError(WebsocketError, TimeoutError):
         super().__init__(message)
         self.queued = queued
         self.write_limit = write_limit
+
+
+class KeepaliveTimeout(WebsocketError, TimeoutError):
+    """No pong came within ``ping_timeout``: the peer is unreachable or stopped answering.
+    The connection ends with 1011 (``onError`` gets it, then ``onClose`` runs; the asyncio
+    API's ``ConnectionClosedError`` has it as its cause). Engines end a connection with it
+    through ``enginekit.Keepalive`` (``polysocket.transport`` re-exports it for them)."""
+
+    def __init__(self, ping_timeout: float) -> None:
+        super().__init__(
+            f"keepalive ping timeout: no pong came within ping_timeout={ping_timeout} s, so"
+            " the peer is unreachable or stopped answering; the connection was closed with"
+            " 1011. Raise ping_timeout= for a slow link, or pass ping_interval=None to turn"
+            " keepalive off."
+        )
+        self.ping_timeout = ping_timeout
 
 
 class HandlerNotFoundError(WebsocketError):

@@ -11,8 +11,8 @@ from .errors import UnsupportedOptionError
 from .transport import ClientOptions, Engine, ServerOptions
 
 #: Option -> the engine capability it needs when set to something other than its default
-#: (its side's: a server pings by default, and an engine without keepalive, such as the
-#: in-memory one, still serves with that default, which it cannot and need not honour).
+#: (keepalive is on by default on both sides, and an engine without it, such as the
+#: in-memory one, still connects and serves with that default, which it cannot honour).
 CAPABILITY_OF_OPTION: dict[str, str] = {
     "headers": "headers",
     "subprotocols": "subprotocols",

@@ -20,6 +20,10 @@ Rules every ``Transport`` follows (the conformance suite checks each):
   ``max_size``, 1002 with :class:`ProtocolViolation` for a broken frame or a close code the
   wire may not carry (``enginekit.valid_close_code``), 1007 for invalid UTF-8. The close
   frame goes out before the connection is dropped (RFC 6455 7.1.7).
+- Keepalive (engines with ``"keepalive"``): a ping every ``ping_interval`` seconds; no pong
+  within ``ping_timeout`` ends the connection with ``TransportClosed.error`` a
+  :class:`KeepaliveTimeout` (``enginekit.Keepalive`` does all of it). Whatever code the
+  engine gives, the core reports 1011 for it, the same on every engine.
 - ``send()`` waits while the peer is slow (the library's flow control) and raises
   :class:`TransportClosed` when the connection is gone.
 - ``close(code, reason)`` sends our close frame; the core calls it at most once, with a
@@ -41,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from .errors import KeepaliveTimeout
+
 __all__ = [
     "CAPABILITIES",
     "DEFAULT_BACKLOG",
@@ -54,6 +60,7 @@ __all__ = [
     "FrameWriter",
     "HttpRequest",
     "HttpResponse",
+    "KeepaliveTimeout",
     "Message",
     "MessageTooBigError",
     "ProtocolViolation",
@@ -118,8 +125,8 @@ class MessageTooBigError(Exception):
 class ConnectionOptions:
     """Options of every connection, client or server: ``compression`` is ``"deflate"`` or
     ``None``; ``ping_interval`` seconds between keepalive pings (``None``: no pings);
-    ``ping_timeout`` for the pong (default ``ping_interval``), after which the connection
-    ends as lost; ``ssl`` an :class:`ssl.SSLContext` (to verify the server, or to serve);
+    ``ping_timeout`` for the pong (``None``: ``ping_interval``), after which the connection
+    ends (1011); ``ssl`` an :class:`ssl.SSLContext` (to verify the server, or to serve);
     ``open_timeout`` seconds for the opening handshake: a client gives up connecting after it,
     a server drops a connection that has not completed its handshake (or its plain HTTP
     request) that long after it was accepted, and an idle keep-alive connection that long
@@ -131,7 +138,13 @@ class ConnectionOptions:
     calling ``receive()`` until the handler is down to a quarter, so the engine stops reading
     the socket (TCP backpressure). ``write_limit`` bytes may wait to be sent on one
     connection; a blocking ``send()`` waits up to ``send_timeout`` seconds for room, then
-    raises ``SendTimeoutError``."""
+    raises ``SendTimeoutError``.
+
+    Keepalive is on by default on both sides (websockets' and uvicorn's 20 s / 20 s): a peer
+    that stopped answering, even one that stopped reading what this side sends, is dropped
+    within ``ping_interval + ping_timeout`` (onError, then onClose with 1011).
+    ``ping_interval=None`` turns it off. An engine without the ``"keepalive"`` capability
+    takes the default, which it cannot honour, and refuses any other value."""
 
     open_timeout: float = 10.0
     close_timeout: float = 10.0
@@ -140,8 +153,8 @@ class ConnectionOptions:
     write_limit: int = DEFAULT_WRITE_LIMIT
     send_timeout: float = 10.0
     compression: str | None = None
-    ping_interval: float | None = None
-    ping_timeout: float | None = None
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
     ssl: Any = None
 
     @property
@@ -163,19 +176,12 @@ class ServerOptions(ConnectionOptions):
     """Which subprotocols to accept is the core's choice, made in ``ServerApp.route``; so is
     ``max_connections`` (WebSocket connections at once, handshakes in progress included;
     ``None``: no limit), which engines never see enforced but by the core's 503. An engine
-    that binds its own sockets listens with ``backlog``.
-
-    Keepalive is on by default (websockets' and uvicorn's 20 s / 20 s): a server drops a
-    peer that stopped answering, even one that stopped reading what the server sends, within
-    ``ping_interval + ping_timeout``. ``ping_interval=None`` turns it off.
-    """
+    that binds its own sockets listens with ``backlog``."""
 
     max_connections: int | None = None
     #: Connections the kernel queues before they are accepted (``listen()``; the kernel caps
     #: it at ``net.core.somaxconn``). uvicorn's default: a burst of clients is not dropped.
     backlog: int = DEFAULT_BACKLOG
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)  # one per session: no __dict__

@@ -1,8 +1,8 @@
 """The aiohttp engine, polysocket's default: ``_client`` (a ``ClientSession`` per connection),
 ``_server`` (aiohttp's low-level ``web.Server``), ``_transport`` (both sides' connection, and
 why aiohttp's ``close()`` is replaced). aiohttp is imported inside connect/serve only. Known
-limitation: pings are answered inside ``receive()`` only, which the core's reader awaits
-except while a handler's backlog pauses reading.
+limitation: pings are answered inside ``receive()`` only, which the core's reader (of both
+APIs, callbacks and asyncio) awaits except while ``max_queue`` bytes wait unread.
 """
 
 from __future__ import annotations

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from polysocket.transport import ConnectionOptions
+from polysocket.transport import ConnectionOptions, KeepaliveTimeout
 
 __all__ = ["Keepalive"]
 
 
 class Keepalive:
-    """A ping every ``interval`` seconds; no pong within ``timeout``: ``on_lost(error)``.
+    """A ping every ``interval`` seconds; no pong within ``timeout``: ``on_lost(error)``, a
+    :class:`~polysocket.transport.KeepaliveTimeout` the engine ends the connection with
+    (``TransportClosed.error``; the core reports 1011 for it).
 
     Any pong counts (pings may carry no payload to match). The engine calls :meth:`pong`
     for every pong it receives and :meth:`stop` when the closing handshake begins or the
@@ -29,7 +31,7 @@ class Keepalive:
         cls,
         options: ConnectionOptions,
         ping: Callable[[], None],
-        on_lost: Callable[[TimeoutError], None],
+        on_lost: Callable[[KeepaliveTimeout], None],
         paused: Callable[[], bool] = lambda: False,
     ) -> Keepalive | None:
         """The keepalive ``options`` ask for (``ping_interval``, ``ping_timeout``), or None."""
@@ -55,7 +57,7 @@ class Keepalive:
         ping: Callable[[], None],
         interval: float,
         timeout: float,
-        on_lost: Callable[[TimeoutError], None],
+        on_lost: Callable[[KeepaliveTimeout], None],
         paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._ping = ping
@@ -95,7 +97,7 @@ class Keepalive:
     def _pong_due(self) -> None:
         if self._awaiting and not self._paused():
             self._timer = None
-            self._on_lost(TimeoutError(f"keepalive ping timeout: no pong within {self._timeout} s"))
+            self._on_lost(KeepaliveTimeout(self._timeout))
             return
         self._awaiting = False  # paused: an unread pong is not held against the peer
         self._wait_for_next_ping()
