@@ -9,6 +9,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import proxies
 from .connection import Connection, ConnectionHandle
 from .errors import ConnectError, UnsupportedOptionError
 from .handlers import Handler, resolve_handler
@@ -41,27 +42,33 @@ def check_uri(uri: str, engine: Engine) -> None:
 
 
 async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
-    """Connect through ``engine``, turning every failure into :class:`ConnectError`."""
+    """Connect through ``engine`` (and the proxy that applies), turning every failure into
+    :class:`ConnectError`."""
+    proxy = proxies.select_proxy(uri, options.proxy, engine)
+    via = "" if proxy is None else f" through the proxy {proxy} ({proxy.source})"
     try:
         # asyncio.timeout, not wait_for: the connect runs in this task, where wait_for (on
         # 3.11) wraps it in a task of its own, one more loop pass per connection.
         async with asyncio.timeout(options.open_timeout):
-            raw = await engine.connect(uri, options)
+            if proxy is None:
+                raw = await engine.connect(uri, options)
+            else:
+                raw = await proxies.connect(proxy, engine, uri, options)
         return ManagedTransport(raw, options.close_timeout)
     except ConnectError:
         raise
     except TimeoutError:
         raise ConnectError(
-            f"connecting to {uri} timed out after {options.open_timeout} s (open_timeout);"
-            " check that the server is up, or raise open_timeout="
+            f"connecting to {uri}{via} timed out after {options.open_timeout} s"
+            " (open_timeout); check that the server is up, or raise open_timeout="
         ) from None
     except OSError as exc:
         raise ConnectError(
-            f"cannot connect to {uri}: {exc}; check that the server is running and that the"
-            " host and port are right"
+            f"cannot connect to {uri}{via}: {exc}; check that the server is running and that"
+            " the host and port are right"
         ) from exc
     except Exception as exc:
-        raise ConnectError(f"cannot connect to {uri}: {type(exc).__name__}: {exc}") from exc
+        raise ConnectError(f"cannot connect to {uri}{via}: {type(exc).__name__}: {exc}") from exc
 
 
 class WebsocketClient(ConnectionHandle):

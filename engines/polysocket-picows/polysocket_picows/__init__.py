@@ -11,6 +11,7 @@ install when it is missing.
 - server: an HTTP front that asks ``app.route`` for every request and hands accepted
   connections to picows' server protocol (``_server`` says why not ``ws_create_server``).
 - tls: ``ssl_context`` (client, ``wss://`` only) and the listening sockets' ``ssl``.
+- proxy: the core's tunnel (``ClientOptions.sock``) through picows' ``socket_factory``.
 - keepalive: ``enginekit.Keepalive`` (see ``_transport``).
 - no ``deflate``: picows has no permessage-deflate.
 """
@@ -96,6 +97,8 @@ class PicowsEngine(Engine):
                 max_frame_size=frame_limit(options.max_size),
                 extra_headers=headers or None,
                 max_redirects=10,  # to ws(s):// Locations, as the websockets engine does
+                # the proxy's tunnel: picows runs TLS over it (server_hostname: the URI's)
+                socket_factory=None if options.sock is None else lambda _url: options.sock,
             )
         except WSHandshakeError as exc:
             status, phrase = _status_of(exc)
