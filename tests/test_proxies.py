@@ -245,3 +245,28 @@ def test_a_proxy_that_hangs_up() -> None:
     assert "check the user name and password" in message
     message = asyncio.run(tunnel_error(hang_up, "socks5"))
     assert "broke off its SOCKS5 handshake" in message
+
+
+def test_connect_names_an_ipv6_server_in_brackets() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> str:
+        server = await asyncio.start_server(record, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ConnectError) as caught:
+                await proxies._tunnel(parse_proxy(f"http://127.0.0.1:{port}"), "ws://[::1]:81/", 5)
+            return str(caught.value)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    message = asyncio.run(run())
+    assert seen and seen[0].startswith(b"CONNECT [::1]:81 HTTP/1.1\r\n"), seen
+    assert "HTTP 403" in message

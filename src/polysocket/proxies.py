@@ -254,8 +254,10 @@ async def _tunnel(proxy: ProxyURL, uri: str, timeout: float) -> socket.socket:
         rdns=proxy.remote_dns,  # python-socks' own default for SOCKS5 is True: always say
     )
     named = f"the proxy {proxy} ({proxy.source})"
+    # CONNECT's authority takes an IPv6 address in brackets; SOCKS takes the bare address
+    dest = f"[{host}]" if proxy.scheme == "http" and ":" in host else host
     try:
-        return await tunnel.connect(host, port, timeout=timeout)
+        return await tunnel.connect(dest, port, timeout=timeout)
     except ProxyConnectionError as exc:
         raise ConnectError(
             f"cannot reach {named}: {exc.strerror or exc}; check that the proxy is running and"
