@@ -244,7 +244,9 @@ def test_a_proxy_that_hangs_up() -> None:
     message = asyncio.run(tunnel_error(hang_up, "socks5", "user:secret@"))
     assert "check the user name and password" in message
     message = asyncio.run(tunnel_error(hang_up, "socks5"))
-    assert "broke off its SOCKS5 handshake" in message
+    assert "without opening the tunnel to target.example:8080" in message
+    message = asyncio.run(tunnel_error(hang_up, "http", "user:secret@"))  # HTTP would say 407
+    assert "without opening the tunnel" in message and "server is up" in message
 
 
 def test_connect_names_an_ipv6_server_in_brackets() -> None:

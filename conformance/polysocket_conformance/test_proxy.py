@@ -275,6 +275,21 @@ def test_a_proxy_that_is_down_is_named(engine: str, proxy: ProxyPeer, scheme: st
         target.close()
 
 
+@pytest.mark.parametrize("listener", ["http", "socks5"])
+def test_a_server_down_behind_the_proxy(engine: str, proxy: ProxyPeer, listener: str) -> None:
+    """The proxy is up, the server is not: a ConnectError naming both, not an open client.
+    (pproxy answers a SOCKS5 CONNECT before it connects, so there the engine sees the tunnel
+    close before the server's answer.)"""
+    down = ClosedPort()
+    try:
+        message = connect_error(down.uri, engine, proxy=proxy.url(listener))
+        assert f"{listener}://127.0.0.1:{proxy.ports[listener]}" in message, message
+        assert f"127.0.0.1:{down.port}" in message, message
+        assert proxy.wait_tunnels_to("127.0.0.1", down.port, 1) == 1
+    finally:
+        down.close()
+
+
 def test_a_silent_proxy_is_bounded_by_open_timeout(engine: str, proxy: ProxyPeer) -> None:
     """A proxy that accepts TCP and never answers: ConnectError after open_timeout."""
     silent, target = Tripwire(), Tripwire()

@@ -259,9 +259,12 @@ async def _tunnel(proxy: ProxyURL, uri: str, timeout: float) -> socket.socket:
     try:
         return await tunnel.connect(dest, port, timeout=timeout)
     except ProxyConnectionError as exc:
+        # python-socks' text repeats the address; the errno's own words do not
+        errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+        reason = os.strerror(errno) if errno is not None else f"{exc.strerror or exc}"
         raise ConnectError(
-            f"cannot reach {named}: {exc.strerror or exc}; check that the proxy is running and"
-            " that its host and port are right"
+            f"cannot reach {named}: {reason}; check that the proxy is running and that its"
+            " host and port are right"
         ) from exc
     except ProxyTimeoutError as exc:
         raise ConnectError(
@@ -295,12 +298,16 @@ def _refusal(proxy: ProxyURL, named: str, host: str, port: int, exc: Exception) 
             f"{named} could not open a connection to {host}:{port}: {detail}; check that the"
             " server is up and that the proxy may reach it"
         )
-    if "auth" in detail.lower() or proxy.username is not None:
+    if proxy.scheme != "http" and ("auth" in detail.lower() or proxy.username is not None):
+        # (an HTTP proxy says 407; a SOCKS one that ends its handshake at once on credentials
+        # we sent is refusing them, as pproxy does)
         return ConnectError(
             f"{named} refused the {proxy.scheme.upper()} handshake ({detail}); check the user"
             " name and password in the proxy URL, and that it is a proxy of that scheme"
         )
     return ConnectError(
-        f"{named} broke off its {proxy.scheme.upper()} handshake ({detail}); check that it is"
-        " a proxy of that scheme and whether it wants credentials (user:password@ in the URL)"
+        f"{named} closed the connection without opening the tunnel to {host}:{port}"
+        f" ({detail}); check that the server is up and that the proxy may reach it, that it"
+        f" is a {proxy.scheme.upper()} proxy, and whether it wants credentials"
+        " (user:password@ in the URL)"
     )

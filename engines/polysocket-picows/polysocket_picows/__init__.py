@@ -19,6 +19,7 @@ install when it is missing.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,8 @@ class PicowsEngine(Engine):
         from ._transport import PicowsTransport, frame_limit
 
         transport = PicowsTransport(options, client=True)
-        offered = tuple(options.subprotocols)
+        answered: list[bool] = []  # the 101 came (picows returns from ws_connect without one
+        offered = tuple(options.subprotocols)  # when the server closes before answering)
         headers = dict(options.headers)
         if offered:
             headers["Sec-WebSocket-Protocol"] = ", ".join(offered)
@@ -81,6 +83,7 @@ class PicowsEngine(Engine):
                     f" ({response.headers['Sec-WebSocket-Extensions']}); check the server"
                 )
             transport.subprotocol = selected
+            answered.append(True)
             return transport.listener
 
         try:
@@ -113,6 +116,10 @@ class PicowsEngine(Engine):
             # open_timeout: if the handshake still completes, nobody will use the connection
             transport.abandon()
             raise
+        if not answered:
+            raise ConnectionResetError(
+                errno.ECONNRESET, "the connection closed before the server answered the handshake"
+            )
         return transport
 
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 from typing import Any
@@ -53,12 +54,20 @@ class TunnelConnector(aiohttp.BaseConnector):
 
     def __init__(self, sock: socket.socket, tls: ssl.SSLContext | None, hostname: str) -> None:
         super().__init__(force_close=True)  # one connection, never pooled
-        self._tunnel, self._tls, self._hostname = sock, tls, hostname
+        self._tunnel: socket.socket | None = sock
+        self._tls, self._hostname = tls, hostname
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        sock, self._tunnel = self._tunnel, None
+        if sock is None:  # aiohttp asks again after a disconnect: the tunnel is spent
+            raise ConnectionResetError(
+                errno.ECONNRESET,
+                "the proxy's tunnel closed before the server answered the handshake (the"
+                " server may be down, or out of the proxy's reach)",
+            )
         _, protocol = await asyncio.get_running_loop().create_connection(
             self._factory,
-            sock=self._tunnel,
+            sock=sock,
             ssl=self._tls,
             server_hostname=self._hostname if self._tls is not None else None,
         )
