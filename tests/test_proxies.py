@@ -135,6 +135,10 @@ def test_socks_variables_and_missing_schemes(monkeypatch: pytest.MonkeyPatch) ->
     assert chosen("ws://server/") == "socks5h://desktop:1080 $socks_proxy"
     monkeypatch.setenv("http_proxy", "corporate:3128")  # no scheme: HTTP
     assert chosen("ws://server/") == "http://corporate:3128 $http_proxy"
+    monkeypatch.delenv("http_proxy")
+    monkeypatch.delenv("socks_proxy")
+    monkeypatch.setenv("all_proxy", "socks://gateway:1080")
+    assert chosen("ws://server/") == "socks5h://gateway:1080 $all_proxy"
 
 
 def test_no_proxy_bypasses(monkeypatch: pytest.MonkeyPatch) -> None:

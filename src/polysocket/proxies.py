@@ -6,9 +6,9 @@ Which proxy (:func:`select_proxy`), from the ``proxy`` client option:
   ``trust_env`` read it (``urllib.request.getproxies``): for ``wss://`` the ``wss_proxy`` then
   ``https_proxy`` variable, for ``ws://`` ``ws_proxy`` then ``http_proxy``; after them
   ``socks_proxy`` and ``all_proxy``. A host that ``no_proxy`` lists is reached directly
-  (``urllib.request.proxy_bypass``). A variable without a scheme is an ``http://`` proxy;
-  ``socks_proxy=http://host:port`` (how some desktops write it) and ``socks://`` are SOCKS5
-  with DNS at the proxy, as websockets reads them.
+  (``urllib.request.proxy_bypass``). A variable without a scheme is an ``http://`` proxy
+  (``socks_proxy``: SOCKS5); ``socks://`` and ``socks_proxy=http://host:port`` (how some
+  desktops write it) are SOCKS5 with DNS at the proxy (``socks5h``), as websockets reads them.
 - ``None`` or ``False``: direct.
 - a URL: that proxy, whatever the environment says.
 
@@ -199,7 +199,7 @@ def select_proxy(uri: str, option: str | bool | None, engine: Engine) -> ProxyUR
         return None
     if "://" not in value:
         value = ("socks5h://" if key == "socks" else "http://") + value
-    elif key == "socks" and value.startswith(("http://", "socks://")):
+    elif value.startswith("socks://") or (key == "socks" and value.startswith("http://")):
         value = "socks5h://" + value.partition("://")[2]
     try:
         proxy = parse_proxy(value, f"${key}_proxy")
