@@ -25,6 +25,9 @@ AIOHTTP: dict[str, str] = {
     "aiohttp.client_proto.ResponseHandler._tail": _TAIL,
     "aiohttp.web_protocol.RequestHandler._payload_parser": _COUNTED,
     "aiohttp.web_protocol.RequestHandler._message_tail": _TAIL,
+    "aiohttp.connector.BaseConnector._create_connection": "overridden by the proxy tunnel's"
+    " connector: where aiohttp's connectors open their connection",
+    "aiohttp.connector.BaseConnector._factory": "the connection protocol it builds there",
 }
 
 WEBSOCKETS: dict[str, str] = {
@@ -49,4 +52,6 @@ TORNADO: dict[str, str] = {
     " each socket to (tornado's own accept loop spins on EMFILE)",
     "tornado.tcpserver.TCPServer._sockets": "the listening sockets stop() closes",
     "tornado.tcpserver.TCPServer._handlers": "how stop() stops each accept loop",
+    "tornado.simple_httpclient._HTTPConnection.tcp_client": "what the client connects with:"
+    " the proxy tunnel's TunnelClient stands in for it",
 }

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import proxies
 from .connection import Connection, ConnectionHandle
 from .errors import ConnectError, UnsupportedOptionError
 from .handlers import Handler, resolve_handler
@@ -42,9 +43,10 @@ def check_uri(uri: str, engine: Engine) -> None:
 
 
 async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
-    """Connect through ``engine``, following redirects (:mod:`polysocket.redirects`) and
-    turning every failure into :class:`ConnectError`. ``open_timeout`` bounds the whole
-    connect, every hop included. The transport's ``connected_uri`` is where it ended up."""
+    """Connect through ``engine``, following redirects (:mod:`polysocket.redirects`), each
+    hop through the proxy that applies to it (:mod:`polysocket.proxies`), and turning every
+    failure into :class:`ConnectError`. ``open_timeout`` bounds the whole connect, every hop
+    included. The transport's ``connected_uri`` is where it ended up."""
     hops = Redirects(uri, engine, options)
     try:
         # asyncio.timeout, not wait_for: the connect runs in this task, where wait_for (on
@@ -61,31 +63,40 @@ async def open_transport(engine: Engine, uri: str, options: ClientOptions) -> Ma
                 return transport
     except TimeoutError:
         way = f" (redirected: {' -> '.join(hops.chain)})" if len(hops.chain) > 1 else ""
+        proxy = proxies.select_proxy(hops.current, options.proxy, engine)
+        via = "" if proxy is None else f" through the proxy {proxy} ({proxy.source})"
         raise ConnectError(
-            f"connecting to {uri}{way} timed out after {options.open_timeout} s"
+            f"connecting to {uri}{way}{via} timed out after {options.open_timeout} s"
             " (open_timeout); check that the server is up, or raise open_timeout="
         ) from None
 
 
 async def _open_once(engine: Engine, uri: str, options: ClientOptions) -> ManagedTransport:
-    """One handshake with ``uri``, unbounded (``open_transport`` bounds them all)."""
+    """One handshake with ``uri``, through its proxy if one applies; unbounded
+    (``open_transport`` bounds them all). A tunnel is opened per hop: ``sock`` never
+    travels in the options from one hop to the next."""
+    proxy = proxies.select_proxy(uri, options.proxy, engine)
+    via = "" if proxy is None else f" through the proxy {proxy} ({proxy.source})"
     try:
-        raw = await engine.connect(uri, options)
+        if proxy is None:
+            raw = await engine.connect(uri, options)
+        else:
+            raw = await proxies.connect(proxy, engine, uri, options)
         return ManagedTransport(raw, options.close_timeout)
     except ConnectError:
         raise
-    except TimeoutError:
+    except TimeoutError:  # the engine's own (the open_timeout is open_transport's)
         raise ConnectError(
-            f"connecting to {uri} timed out after {options.open_timeout} s (open_timeout);"
-            " check that the server is up, or raise open_timeout="
+            f"connecting to {uri}{via} timed out after {options.open_timeout} s"
+            " (open_timeout); check that the server is up, or raise open_timeout="
         ) from None
     except OSError as exc:
         raise ConnectError(
-            f"cannot connect to {uri}: {exc}; check that the server is running and that the"
-            " host and port are right"
+            f"cannot connect to {uri}{via}: {exc}; check that the server is running and that"
+            " the host and port are right"
         ) from exc
     except Exception as exc:
-        raise ConnectError(f"cannot connect to {uri}: {type(exc).__name__}: {exc}") from exc
+        raise ConnectError(f"cannot connect to {uri}{via}: {type(exc).__name__}: {exc}") from exc
 
 
 class WebsocketClient(ConnectionHandle):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from . import proxies
 from .errors import UnsupportedOptionError
 from .transport import ClientOptions, Engine, ServerOptions
 
@@ -20,6 +21,7 @@ CAPABILITY_OF_OPTION: dict[str, str] = {
     "ping_interval": "keepalive",
     "ping_timeout": "keepalive",
     "ssl": "tls",
+    "proxy": "proxy",  # a URL; one from the environment is proxies.select_proxy's to judge
 }
 
 Options = TypeVar("Options", ClientOptions, ServerOptions)
@@ -27,7 +29,13 @@ Options = TypeVar("Options", ClientOptions, ServerOptions)
 
 def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
     """Build :class:`ClientOptions` or raise :class:`UnsupportedOptionError` / ``TypeError``."""
+    if "sock" in options:
+        raise UnsupportedOptionError(
+            "sock= is not an option: polysocket sets it itself, to the proxy's tunnel; pass"
+            " proxy='http://host:port' (or socks5://...) to connect through a proxy"
+        )
     values = _checked(engine, ClientOptions, options, ())
+    values["proxy"] = proxies.check_option(values.get("proxy", True))
     headers = values.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()

@@ -43,7 +43,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import socket
 
 from .errors import KeepaliveTimeout
 
@@ -82,8 +85,9 @@ DEFAULT_BACKLOG = 2048
 
 #: Every capability an engine may declare. An option that needs one the engine lacks is
 #: refused (``UnsupportedOptionError``), and the conformance suite skips what needs it.
+#: ``proxy``: the engine connects over ``ClientOptions.sock`` when the core sets it.
 CAPABILITIES = frozenset(
-    {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive"}
+    {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive", "proxy"}
 )
 
 
@@ -167,8 +171,20 @@ class ConnectionOptions:
 
 @dataclass(frozen=True)
 class ClientOptions(ConnectionOptions):
+    """``proxy`` is the user's choice (``True``: from the environment, ``None``: direct, or
+    a URL; see :mod:`polysocket.proxies`), which the core carries out: engines never read it.
+
+    ``sock`` is set by the core only (users cannot pass it): a socket already connected
+    through the proxy's tunnel to the URI's host and port. An engine that declares the
+    ``"proxy"`` capability must then use it instead of connecting (no DNS, no connect of its
+    own) and, for ``wss://``, run TLS over it with ``server_hostname`` the URI's host and
+    ``ssl`` (or the default context). The engine's transport owns it from then on; the core
+    closes it if ``connect`` fails."""
+
     headers: Mapping[str, str] = field(default_factory=dict)
     subprotocols: Sequence[str] = ()
+    proxy: str | bool | None = True
+    sock: socket.socket | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ __all__ = [
     "MaxSizeIgnored",
     "PairsSwapped",
     "PingTimeoutIgnored",
+    "ProxyTunnelIgnored",
     "RemoteAddressIsServer",
     "RepeatedHeadersLast",
     "ServerLosesEvery50th",
@@ -453,6 +454,20 @@ class HeadersNotSent(MutantEngine):
         return dataclasses.replace(options, headers={})
 
 
+class ProxyTunnelIgnored(MutantEngine):
+    """The proxy's tunnel (``ClientOptions.sock``) is not used: the client connects to the
+    server by itself, around the proxy."""
+
+    name = "mutant-proxy-tunnel-ignored"
+    first = ("test_proxy",)
+
+    def options(self, options: Options) -> Options:
+        if isinstance(options, ServerOptions) or options.sock is None:
+            return options
+        options.sock.close()
+        return dataclasses.replace(options, sock=None)
+
+
 class _NoSubprotocol(TransportProxy):
     def __init__(self, inner: Transport) -> None:
         super().__init__(inner)
@@ -485,6 +500,7 @@ MUTANTS: tuple[type[MutantEngine], ...] = (
     MaxSizeIgnored,
     TooBigErrorUnset,
     HeadersNotSent,
+    ProxyTunnelIgnored,
     LastMessageBeforeCloseLost,
     AbortDoesNothing,
     SubprotocolNone,

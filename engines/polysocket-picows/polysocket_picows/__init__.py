@@ -11,6 +11,7 @@ install when it is missing.
 - server: an HTTP front that asks ``app.route`` for every request and hands accepted
   connections to picows' server protocol (``_server`` says why not ``ws_create_server``).
 - tls: ``ssl_context`` (client, ``wss://`` only) and the listening sockets' ``ssl``.
+- proxy: the core's tunnel (``ClientOptions.sock``) through picows' ``socket_factory``.
 - keepalive: ``enginekit.Keepalive`` (see ``_transport``).
 - no ``deflate``: picows has no permessage-deflate.
 """
@@ -18,6 +19,7 @@ install when it is missing.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -60,7 +62,8 @@ class PicowsEngine(Engine):
         from ._transport import PicowsTransport, frame_limit
 
         transport = PicowsTransport(options, client=True)
-        offered = tuple(options.subprotocols)
+        answered: list[bool] = []  # the 101 came (picows returns from ws_connect without one
+        offered = tuple(options.subprotocols)  # when the server closes before answering)
         headers = dict(options.headers)
         if offered:
             headers["Sec-WebSocket-Protocol"] = ", ".join(offered)
@@ -80,6 +83,7 @@ class PicowsEngine(Engine):
                     f" ({response.headers['Sec-WebSocket-Extensions']}); check the server"
                 )
             transport.subprotocol = selected
+            answered.append(True)
             return transport.listener
 
         try:
@@ -96,6 +100,8 @@ class PicowsEngine(Engine):
                 max_frame_size=frame_limit(options.max_size),
                 extra_headers=headers or None,
                 max_redirects=0,  # the core follows redirects, by one rule for every engine
+                # the proxy's tunnel: picows runs TLS over it (server_hostname: the URI's)
+                socket_factory=None if options.sock is None else lambda _url: options.sock,
             )
         except WSHandshakeError as exc:
             status, phrase = _status_of(exc)
@@ -109,6 +115,10 @@ class PicowsEngine(Engine):
             # open_timeout: if the handshake still completes, nobody will use the connection
             transport.abandon()
             raise
+        if not answered:
+            raise ConnectionResetError(
+                errno.ECONNRESET, "the connection closed before the server answered the handshake"
+            )
         return transport
 
     async def serve(self, host: str, port: int, app: ServerApp, options: ServerOptions) -> Server:

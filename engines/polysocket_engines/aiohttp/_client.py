@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import socket
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,8 +69,50 @@ async def _no_redirects(
     return response
 
 
+class TunnelConnector(aiohttp.BaseConnector):
+    """A connector whose one connection is a socket the core connected already (a proxy's
+    tunnel): no DNS, no connect; TLS over it for ``wss://``. ``_create_connection`` is
+    where aiohttp's own connectors (TCP, Unix socket, named pipe) open theirs."""
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLContext | None, hostname: str) -> None:
+        super().__init__(force_close=True)  # one connection, never pooled
+        self._tunnel: socket.socket | None = sock
+        self._tls, self._hostname = tls, hostname
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        sock, self._tunnel = self._tunnel, None
+        if sock is None:  # aiohttp asks again after a disconnect: the tunnel is spent
+            raise ConnectionResetError(
+                errno.ECONNRESET,
+                "the proxy's tunnel closed before the server answered the handshake (the"
+                " server may be down, or out of the proxy's reach)",
+            )
+        _, protocol = await asyncio.get_running_loop().create_connection(
+            self._factory,
+            sock=sock,
+            ssl=self._tls,
+            server_hostname=self._hostname if self._tls is not None else None,
+        )
+        return protocol
+
+
+def _connector(uri: str, options: ClientOptions) -> aiohttp.BaseConnector | None:
+    """The connector for ``options.sock``, or ``None`` (aiohttp's own, which connects)."""
+    if options.sock is None:
+        return None
+    parts = urlsplit(uri)
+    tls = None
+    if parts.scheme == "wss":
+        tls = options.ssl if options.ssl is not None else ssl.create_default_context()
+    return TunnelConnector(options.sock, tls, parts.hostname or "")
+
+
 async def connect(uri: str, options: ClientOptions) -> ClientTransport:
-    session = aiohttp.ClientSession(ws_response_class=ClientWebSocket, middlewares=(_no_redirects,))
+    session = aiohttp.ClientSession(
+        connector=_connector(uri, options),
+        ws_response_class=ClientWebSocket,
+        middlewares=(_no_redirects,),
+    )
     try:
         ws = await session.ws_connect(
             uri,

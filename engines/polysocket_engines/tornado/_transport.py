@@ -8,16 +8,19 @@ close_timeout at most: a reset while the peer still sends can destroy our close 
 
 import asyncio
 import contextlib
+import datetime
 import ipaddress
 import socket
+import ssl
 import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
-from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.netutil import DefaultLoopResolver, Resolver
+from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketProtocol13
 
 from polysocket import ConnectError
@@ -260,11 +263,41 @@ class LiteralResolver(Resolver):
         return await self._by_name(host, port, family)  # its error for the mismatch
 
 
+class TunnelClient(TCPClient):
+    """tornado's TCP client for one socket the core has connected already (a proxy's
+    tunnel): ``connect()`` wraps it in an ``IOStream``, after TLS for ``wss://``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        af: socket.AddressFamily = socket.AF_UNSPEC,
+        ssl_options: dict[str, Any] | ssl.SSLContext | None = None,
+        max_buffer_size: int | None = None,
+        source_ip: str | None = None,
+        source_port: int | None = None,
+        timeout: float | datetime.timedelta | None = None,
+    ) -> IOStream:
+        stream = IOStream(self.sock, max_buffer_size=max_buffer_size)
+        if ssl_options is None:
+            return stream
+        return await stream.start_tls(False, ssl_options=ssl_options, server_hostname=host)
+
+
 class ClientConnection(Delegate, WebSocketClientConnection):
     """What ``websocket_connect()`` builds, with our protocol object: it takes no class."""
 
+    _tcp_client: TCPClient
+    _tunnel: TunnelClient | None = None
+
     def __init__(self, request: HTTPRequest, options: ClientOptions) -> None:
         self.transport = TornadoTransport(options)
+        if options.sock is not None:
+            self._tunnel = TunnelClient(options.sock)
         super().__init__(
             request,
             compression_options={} if options.compression == "deflate" else None,  # {}: offer
@@ -272,6 +305,16 @@ class ClientConnection(Delegate, WebSocketClientConnection):
             subprotocols=list(options.subprotocols) or None,
             resolver=LiteralResolver(),
         )
+
+    # tornado builds its TCPClient inside __init__ and connects with it in a task of its own:
+    # a property, so that the tunnel is used however soon that task runs.
+    @property
+    def tcp_client(self) -> TCPClient:
+        return self._tunnel or self._tcp_client
+
+    @tcp_client.setter
+    def tcp_client(self, client: TCPClient) -> None:
+        self._tcp_client = client
 
     def get_websocket_protocol(self) -> StrictProtocol:
         return self.transport.attach(StrictProtocol(self, True, self.params))

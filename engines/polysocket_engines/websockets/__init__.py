@@ -56,7 +56,9 @@ class WebsocketsEngine(Engine):
 
         extra = shared_options(PolysocketClientConnection, options)
         if _takes_proxy(connect):
-            extra["proxy"] = None  # websockets >= 15 honours proxy variables; aiohttp does not
+            extra["proxy"] = None  # websockets >= 15 reads proxy variables: the core does that
+        if options.sock is not None:
+            extra["sock"] = options.sock  # the proxy's tunnel (websockets does TLS over it)
         if options.ssl is not None and urlsplit(uri).scheme == "wss":
             extra["ssl"] = options.ssl  # wss:// only: websockets refuses ssl for ws://
         try:
