@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .context import get_close_code, get_close_reason, get_session
 from .errors import WebsocketError
@@ -97,13 +98,54 @@ class _Printer:
         print(f"closed: {get_close_code()} {get_close_reason() or ''}".rstrip(), flush=True)
 
 
+def _header(text: str) -> tuple[str, str]:
+    """An argparse type: ``Name: value`` (as curl's ``-H`` and wscat's ``-H``)."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header; write it as 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _seconds_or_off(text: str) -> float | None:
+    """An argparse type: a positive number of seconds, or ``off``."""
+    if text.lower() in ("off", "none"):
+        return None
+    return float(_positive(float)(text))
+
+
+def client_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """``polysocket connect``'s flags as ``createWebsocket`` options (only those given)."""
+    options: dict[str, Any] = {}
+    headers = dict(args.header or ())
+    if args.origin is not None:
+        headers["Origin"] = args.origin
+    if headers:
+        options["headers"] = headers
+    if args.subprotocol:
+        options["subprotocols"] = list(args.subprotocol)
+    if args.proxy is not None:
+        options["proxy"] = None if args.proxy.lower() in ("none", "off", "direct") else args.proxy
+    if args.insecure or args.cafile:
+        import ssl
+
+        context = ssl.create_default_context(cafile=args.cafile)
+        if args.insecure:  # wscat's --no-check, websocat's -k: for a test server's own cert
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        options["ssl"] = context
+    if args.ping_interval is not False:
+        options["ping_interval"] = args.ping_interval
+    return options
+
+
 def _connect(args: argparse.Namespace) -> int:
     from .client import create_websocket
 
     printer = _Printer()
     try:
-        client = create_websocket(args.uri, args.handler or printer, args.engine)
-    except WebsocketError as exc:
+        options = client_options_from(args)
+        client = create_websocket(args.uri, args.handler or printer, args.engine, **options)
+    except (WebsocketError, TypeError, OSError) as exc:  # a bad option, a missing --cafile
         print(f"polysocket: {exc}", file=sys.stderr)
         return 1
     try:
@@ -219,6 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("uri")
     connect.add_argument("--handler", help="a handler path or module instead of printing")
     connect.add_argument("--engine", help="engine to connect with (default: aiohttp)")
+    connect.add_argument(
+        "-H", "--header", action="append", type=_header, help="'Name: value'; repeatable"
+    )
+    connect.add_argument("--origin", help="the Origin header to send (as a browser page would)")
+    connect.add_argument(
+        "--subprotocol", action="append", help="a subprotocol to offer; repeatable, in order"
+    )
+    connect.add_argument(
+        "--proxy",
+        help="http://, socks5://, socks5h:// or socks4:// proxy URL; 'none' to connect"
+        " directly (default: the https_proxy / http_proxy / all_proxy variables)",
+    )
+    connect.add_argument(
+        "-k", "--insecure", action="store_true", help="wss://: do not verify the certificate"
+    )
+    connect.add_argument("--cafile", help="wss://: verify the server with these CA certificates")
+    connect.add_argument(
+        "--ping-interval",
+        type=_seconds_or_off,
+        default=False,
+        metavar="SECONDS|off",
+        help="seconds between keepalive pings, or 'off' (default: 20)",
+    )
     connect.set_defaults(run=_connect)
     return parser
 
