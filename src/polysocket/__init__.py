@@ -41,6 +41,7 @@ from .errors import (
     WebsocketError,
 )
 from .hookspecs import hookimpl
+from .reconnect import ReconnectPolicy
 from .server import EndpointServer, ServerSession, broadcast, get_sessions, run_server, serve
 
 __version__ = "0.1.0"
@@ -71,6 +72,7 @@ __all__ = [
     "EndpointServer",
     "EngineUnavailableError",
     "HandlerNotFoundError",
+    "ReconnectPolicy",
     "SendTimeoutError",
     "ServerSession",
     "UnknownEngineError",

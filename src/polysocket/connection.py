@@ -135,6 +135,7 @@ class Connection:
         "_pos",
         "_queued_bytes",
         "_reader",
+        "_report_end",
         "_room",
         "_room_on_loop",
         "_send_error",
@@ -149,6 +150,7 @@ class Connection:
         "dispatcher",
         "ended_on_loop",
         "state",
+        "unsent",
     )
 
     def __init__(
@@ -160,14 +162,21 @@ class Connection:
         options: ConnectionOptions,
         on_ended: Callable[[], None],
         replies: bool = False,
+        dispatcher: Dispatcher | None = None,
+        report_end: Callable[[int, str, BaseException | None], None] | None = None,
     ) -> None:
+        """``dispatcher``: one that outlives this connection (a reconnecting client's, so that
+        its callbacks stay in order across connections). ``report_end``: called at the end,
+        on the loop, with the close code, reason and error, instead of queueing ``onError``
+        and ``onClose`` (the reconnecting client decides what the end means)."""
         self._transport = transport
         self._loop = loop
         self._close_timeout = options.close_timeout
         self._write_limit = options.write_limit
         self._send_timeout = options.send_timeout
         self._on_ended = on_ended
-        self.dispatcher = Dispatcher(
+        self._report_end = report_end
+        self.dispatcher = dispatcher or Dispatcher(
             handler,
             session,
             loop,
@@ -203,6 +212,9 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
+        #: Messages queued for sending that the end left unsent (one being written then
+        #: included: whether the peer got it is unknown), set at the end.
+        self.unsent = 0
         #: Messages dropped because they arrived while closing with the backlog full.
         self._dropped_while_closing = 0
         self._reader: asyncio.Task[None] | None = None
@@ -210,7 +222,9 @@ class Connection:
         self._loop_thread = threading.get_ident()
 
     def _opened(self) -> None:
-        if self.dispatcher.has_callback("onopen"):  # else a handler thread woken for nothing
+        dispatcher = self.dispatcher
+        # else a handler thread woken for nothing (unless the dispatcher counts the opens)
+        if dispatcher.counts_opens or dispatcher.has_callback("onopen"):
             self.dispatcher.push(Event("onopen"))
 
     def start(self) -> None:
@@ -486,6 +500,11 @@ class Connection:
     def closed(self) -> bool:
         return self.state is State.CLOSING or self.state is State.CLOSED
 
+    @property
+    def close_requested(self) -> bool:
+        """Whether this side asked to close (``close()``, or a drop for slowness)."""
+        return self._close_requested is not None
+
     def abort(self) -> None:
         """Drop the connection without a closing handshake (on the loop thread): the reader
         then gets the end, and the connection ends as usual (1006)."""
@@ -647,6 +666,9 @@ class Connection:
             handshaking = self.state is State.CLOSING and self._handshaking
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
+            batch = self._batch or ()
+            start = self._pos - 1 if self._writer is not None and self._pos else self._pos
+            self.unsent = sum(m is not _CLOSE for m in (*batch[start:], *(self._outbox or ())))
             if self._outbox is not None:
                 self._outbox.clear()
             self._notify_room()
@@ -663,6 +685,9 @@ class Connection:
         self._ended.set()
         self.ended_on_loop.set_result(None)
         error = closed.error or self._send_error
+        if self._report_end is not None:
+            self._report_end(code, reason, error)
+            return
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))
         self.dispatcher.push(Event("onclose", close_code=code, close_reason=reason))

@@ -39,7 +39,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .reconnect import ReconnectPolicy
 
 __all__ = [
     "CAPABILITIES",
@@ -156,6 +159,8 @@ class ConnectionOptions:
 class ClientOptions(ConnectionOptions):
     headers: Mapping[str, str] = field(default_factory=dict)
     subprotocols: Sequence[str] = ()
+    #: The core's (engines ignore it): how the client reconnects after a loss; ``None``: never.
+    reconnect: ReconnectPolicy | None = None
 
 
 @dataclass(frozen=True)
