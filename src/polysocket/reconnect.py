@@ -6,7 +6,8 @@ in websockets 17.4: ``BACKOFF_INITIAL_DELAY=5``, ``BACKOFF_MIN_DELAY=3.1``,
 the code caps at 90, and we took the code). websockets waits a random 0-5 s before the first
 retry (RFC 6455 7.2.3: spread the clients of a server that went away), then 3.1 s growing by
 1.618 up to 90 s. Here the random part is ``jitter`` and it is added to every delay, not only
-the first, so that clients that failed together do not retry in lockstep after that either.
+the first, so that clients that failed together do not retry in lockstep after that either
+(at websockets' cap of 90 s they all do).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ class ReconnectPolicy:
     and ``polysocket.connect``).
 
     Attempt ``n`` (1, 2, ... counted from each loss; a connection that opens starts the count
-    again) waits ``min(max_delay, base + uniform(0, jitter))`` seconds first, where ``base`` is
-    0 for the first attempt and ``initial_delay * factor ** (n - 2)`` after it. With the
-    defaults: 0-5 s, then 3.1-8.1 s, 5.0-10.0 s, 8.1-13.1 s ... up to 90 s.
+    again) waits ``base + uniform(0, jitter)`` seconds first, where ``base`` is 0 for the
+    first attempt and ``min(max_delay, initial_delay * factor ** (n - 2))`` after it: the
+    jitter comes on top of the cap, so that clients retrying at the cap stay spread. With the
+    defaults: 0-5 s, then 3.1-8.1 s, 5.0-10.0 s, 8.1-13.1 s ... up to 90-95 s.
 
     ``max_attempts`` bounds the attempts per loss (``None``: forever); after the last one
     fails, the client gives up and closes for good. A close from the server with 1000 (normal)
@@ -86,11 +88,16 @@ class ReconnectPolicy:
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before ``attempt`` (from 1), jitter included."""
-        return min(self.max_delay, self.base(attempt) + rand() * self.jitter)
+        return self.base(attempt) + rand() * self.jitter
 
     def bound(self, attempt: int) -> float:
         """The longest :meth:`delay` can be for ``attempt``."""
-        return min(self.max_delay, self.base(attempt) + self.jitter)
+        return self.base(attempt) + self.jitter
+
+    @property
+    def longest(self) -> float:
+        """The longest any delay can be: ``max_delay + jitter``."""
+        return self.max_delay + self.jitter
 
     def gives_up_after(self, attempt: int) -> bool:
         """Whether ``attempt`` failing is the last one."""
