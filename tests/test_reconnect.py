@@ -308,8 +308,12 @@ def test_close_from_a_callback_while_reconnecting(memory) -> None:  # type: igno
 
     handler = Closer()
     client = polysocket.createWebsocket(URI, handler, engine="memory", reconnect=FAST)
+    memory._refuse = 503  # else the client may be back before onError runs
     client.send("drop")
     assert handler.wait(lambda names: "onclose" in names)
     time.sleep(0.2)
-    assert handler.names() == ["onopen", "onerror", "onclose"]
+    names = handler.names()
+    # a failed attempt may be reported before the close reaches the loop
+    assert names[0] == "onopen" and names[-1] == "onclose", names
+    assert set(names[1:-1]) == {"onerror"} and len(names) <= 4, names
     assert client.closed and polysocket.getClients() == []
