@@ -11,6 +11,8 @@ attempt, ``onClose`` once, when closed for good; the same id in ``getClients()``
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -175,7 +177,8 @@ def test_gives_up_after_max_attempts(
     engine: str, restartable: Callable[[str], Restartable]
 ) -> None:
     """The server stays down: each failed attempt goes to onError, then onError says it
-    gave up, then onClose (1006, how the last connection ended), once."""
+    gave up, then onClose (1006, how the last connection ended), once. No attempt leaves a
+    file descriptor behind."""
     server = restartable("websockets")
     policy = ReconnectPolicy(
         initial_delay=0.05, factor=2.0, max_delay=0.2, jitter=0.05, max_attempts=3
@@ -183,6 +186,7 @@ def test_gives_up_after_max_attempts(
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri, recorder, engine, reconnect=policy)
     assert recorder.opened.wait(WAIT)
+    descriptors = _open_descriptors()
     server.kill()
     started = time.monotonic()
     assert recorder.wait_closed(), f"the client did not give up: {recorder.names}"
@@ -200,6 +204,13 @@ def test_gives_up_after_max_attempts(
     assert closed.client_ids == (), "the client was still listed in onClose"
     assert polysocket.getClient(client.id) is None
     assert client.closed
+    gc.collect()  # a library's socket that only its finalizer closes counts as leaked
+    # the client's socket is gone; the peer's pipes stay open until the test ends
+    assert _open_descriptors() <= descriptors, "failed attempts left file descriptors open"
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))  # Linux, as the suite's ss-based tests
 
 
 @pytest.mark.parametrize("code", [1000, 1001])
