@@ -5,6 +5,7 @@ test_reconnect.py kills real server processes on every engine)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -317,3 +318,54 @@ def test_close_from_a_callback_while_reconnecting(memory) -> None:  # type: igno
     assert names[0] == "onopen" and names[-1] == "onclose", names
     assert set(names[1:-1]) == {"onerror"} and len(names) <= 4, names
     assert client.closed and polysocket.getClients() == []
+
+
+def test_a_connection_made_as_close_comes_is_closed_not_kept() -> None:
+    """close() while an attempt connects: the client ends at once (onClose once), and a
+    connection the attempt makes anyway (an engine that ignores the cancellation) is closed
+    with a closing handshake, not left open."""
+    ends: list[object] = []
+
+    async def peer(end) -> None:  # type: ignore[no-untyped-def]
+        ends.append(end)
+        await dropping_peer(end)
+
+    class GatedEngine(MemoryEngine):
+        gate: asyncio.Event | None = None
+
+        async def connect(self, uri, options):  # type: ignore[no-untyped-def]
+            if self.gate is not None:
+                with contextlib.suppress(asyncio.CancelledError):  # connects anyway
+                    await self.gate.wait()
+            return await super().connect(uri, options)
+
+    engine = GatedEngine(peer)
+    with install(engine):
+        handler = Handler()
+        policy = ReconnectPolicy(initial_delay=0.01, jitter=0.0)  # attempt 1 at once
+        client = polysocket.createWebsocket(URI, handler, engine="memory", reconnect=policy)
+
+        async def make_gate() -> None:
+            engine.gate = asyncio.Event()
+
+        background.run(make_gate(), "test")
+        client.send("drop")
+        assert handler.wait(lambda names: "onerror" in names)
+        deadline = time.monotonic() + 5
+        while len(engine.peers) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 1, "close() waited for the attempt"
+        assert handler.wait(lambda names: "onclose" in names)
+        deadline = time.monotonic() + 5
+        while len(ends) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(ends) == 2, "the attempt did not connect after all"
+        late = ends[1]
+        while late.close_code is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        assert late.close_code == 1000  # type: ignore[attr-defined]
+        time.sleep(0.1)
+        assert handler.names() == ["onopen", "onerror", "onclose"]
+        assert polysocket.getClients() == []

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ from typing import Any
 import pytest
 
 import polysocket
-from polysocket import ConnectError, ConnectionClosedError, ReconnectPolicy
+from polysocket import ConnectError, ConnectionClosedError, ReconnectPolicy, SendTimeoutError
 from polysocket_conformance.peer_processes import KINDS, Peer, start_peer
+from polysocket_conformance.rawframes import CLOSE, RawServer, close_frame
 from polysocket_conformance.support import WAIT, Recorder
 
 #: Small delays: attempt n waits min(0.5, 0.1 * 2 ** (n - 2)) s plus up to 0.1, 0.6 at most.
@@ -213,6 +217,52 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))  # Linux, as the suite's ss-based tests
 
 
+def test_what_was_queued_at_the_loss_is_reported_not_resent(
+    engine: str, raw_server: Callable[..., RawServer]
+) -> None:
+    """A server that stops reading, then drops the connection (RST) while messages wait in
+    the client's queue: the onError about the loss counts them; the new connection gets
+    only what is sent after it opened."""
+    release = threading.Event()
+    second: list[bytes] = []
+
+    def conversation(sock: socket.socket, reader: Any) -> None:
+        if server.handshakes == 1:
+            release.wait(WAIT)  # read nothing: the client's queue fills up
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return  # closed with SO_LINGER 0: a reset, no close frame
+        while True:
+            opcode, _, payload = reader.frame()
+            if opcode == CLOSE:
+                sock.sendall(close_frame(1000, mask=False))
+                return
+            second.append(payload)
+
+    server = raw_server(conversation=conversation)
+    recorder = Recorder()
+    client = polysocket.createWebsocket(
+        server.uri, recorder, engine, reconnect=FAST, write_limit=65536, send_timeout=0.2
+    )
+    assert recorder.opened.wait(WAIT)
+    chunk = b"q" * 65536
+    for _ in range(2000):  # the kernel's buffers first (a few MiB), then our queue
+        try:
+            client.send(chunk)
+        except SendTimeoutError:
+            break
+    else:
+        pytest.fail("the send queue never filled up against a server that reads nothing")
+    release.set()
+    assert recorder.wait_for(lambda r: len(r.of("onopen")) == 2), recorder.names
+    loss = recorder.errors[0]
+    assert "queued for sending were not sent" in loss and "reconnecting" in loss, loss
+    client.send("after")
+    client.close()
+    assert recorder.wait_closed()
+    assert second == [b"after"], f"the new connection got {len(second)} messages"
+    _check_order(recorder, opens=2)
+
+
 @pytest.mark.parametrize("code", [1000, 1001])
 def test_a_normal_close_from_the_server_is_not_retried(engine: str, peer: Peer, code: int) -> None:
     recorder = Recorder()
@@ -289,7 +339,7 @@ def test_async_for_reconnects(engine: str, restartable: Callable[[str], Restarta
             seen["back"] = time.monotonic() - seen["restarted"]
             await ws.send("hello")
             seen["echo"] = await ws.recv()
-            break
+            await ws.close()  # ends the loop (a break would leave ws to the generator's end)
         return seen
 
     seen = asyncio.run(asyncio.wait_for(run(), 3 * WAIT))

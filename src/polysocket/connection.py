@@ -637,7 +637,8 @@ class Connection:
                     return
                 await send(message)
                 sent += len(message)
-        except TransportClosed:
+        except TransportClosed:  # from send(): that message is not sent either (``unsent``)
+            self._pos -= 1
             return
         except Exception as exc:
             self._send_failed(exc)

@@ -46,10 +46,23 @@ def _nothing() -> None:
     pass
 
 
-def _abort_if_opened(attempt: asyncio.Task[ManagedTransport]) -> None:
-    """An attempt that connected after all while the client was closed: drop it."""
+#: Closings of connections made after the client was closed (referenced until done).
+_discarding: set[asyncio.Task[None]] = set()
+
+
+def _discard(transport: ManagedTransport) -> None:
+    """Close a connection that came too late (the client was closed meanwhile) with a closing
+    handshake, bounded by ``close_timeout``: an abort would skip the engine's own cleanup,
+    which runs when its ``receive()`` ends (aiohttp closes its session there)."""
+    task = asyncio.ensure_future(transport.close(1000, "client closed"))
+    _discarding.add(task)
+    task.add_done_callback(_discarding.discard)
+
+
+def _discard_if_opened(attempt: asyncio.Task[ManagedTransport]) -> None:
+    """An attempt that connected after all while the client was closed: close it."""
     if not attempt.cancelled() and attempt.exception() is None:
-        attempt.result().abort()
+        _discard(attempt.result())
 
 
 class ReconnectingClient(WebsocketClient):
@@ -321,7 +334,7 @@ class ReconnectingClient(WebsocketClient):
                     )
                     continue
                 if self._final:  # close() came while it connected
-                    transport.abort()
+                    _discard(transport)
                     return
                 log.info("client %s reconnected to %s", self.id, self.uri)
                 self._task = None
@@ -335,13 +348,13 @@ class ReconnectingClient(WebsocketClient):
 
     async def _try_once(self) -> ManagedTransport:
         """One attempt, in a task of its own: one cancelled after it connected (by close())
-        drops what it connected."""
+        closes what it connected."""
         opening = open_transport(self._engine_impl, self.uri, self._options)
         attempt = self._loop.create_task(opening)
         try:
             return await attempt
         except asyncio.CancelledError:
-            attempt.add_done_callback(_abort_if_opened)
+            attempt.add_done_callback(_discard_if_opened)
             raise
 
     def _give_up(self, text: str, exc: BaseException) -> None:
