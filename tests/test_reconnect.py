@@ -244,6 +244,7 @@ def test_send_on_the_loop_while_reconnecting_raises_at_once_send_async_waits(mem
     while not client.reconnecting and time.monotonic() < deadline:
         time.sleep(0.01)
     assert client.reconnecting
+    assert client.buffered_amount == 0 and not client.closed
 
     async def on_loop() -> str:
         try:

@@ -137,6 +137,13 @@ class ReconnectingClient(WebsocketClient):
         return self._final
 
     @property
+    def buffered_amount(self) -> int:
+        """Bytes waiting to be sent on the current connection; 0 while reconnecting (what
+        the lost one had queued is not sent: the loss's onError counts it)."""
+        connection = self._connection
+        return 0 if connection.state is State.CLOSED else connection.buffered_amount
+
+    @property
     def reconnecting(self) -> bool:
         """True while the client waits for a new connection."""
         return not self._final and self._connection.state is State.CLOSED
