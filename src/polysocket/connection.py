@@ -176,15 +176,17 @@ class Connection:
         self._send_timeout = options.send_timeout
         self._on_ended = on_ended
         self._report_end = report_end
-        self.dispatcher = dispatcher or Dispatcher(
-            handler,
-            session,
-            loop,
-            self._reply if replies else None,
-            self._reply_async if replies else None,
-            options.max_queue,
-            self.reply_now if replies else None,
-        )
+        if dispatcher is None:
+            dispatcher = Dispatcher(
+                handler,
+                session,
+                loop,
+                self._reply if replies else None,
+                self._reply_async if replies else None,
+                options.max_queue,
+                self.reply_now if replies else None,
+            )
+        self.dispatcher = dispatcher
         #: Resolved on the loop when the connection has ended (for the server's session task).
         self.ended_on_loop: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
@@ -641,6 +643,7 @@ class Connection:
             self._pos -= 1
             return
         except Exception as exc:
+            self._pos -= 1
             self._send_failed(exc)
         finally:
             self._made_room(sent)
