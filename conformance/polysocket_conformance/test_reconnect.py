@@ -28,7 +28,7 @@ import polysocket
 from polysocket import ConnectError, ConnectionClosedError, ReconnectPolicy, SendTimeoutError
 from polysocket_conformance.peer_processes import KINDS, Peer, start_peer
 from polysocket_conformance.rawframes import CLOSE, RawServer, close_frame
-from polysocket_conformance.support import WAIT, Recorder
+from polysocket_conformance.support import WAIT, AsyncRecorder, Recorder, _Recording
 
 #: Small delays: attempt n waits min(0.5, 0.1 * 2 ** (n - 2)) s plus up to 0.1, 0.6 at most.
 FAST = ReconnectPolicy(initial_delay=0.1, factor=2.0, max_delay=0.5, jitter=0.1)
@@ -75,18 +75,28 @@ def restartable(
             peer.stop()
 
 
-class ReopenRecorder(Recorder):
-    """Records ``getSession().reconnects`` in every onOpen."""
+class Reopens:
+    """Records ``getSession().reconnects`` in every onOpen (mixed into a recorder)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.reconnects: list[int] = []
+    reconnects: list[int]
 
     def on_open_hook(self) -> None:
         self.reconnects.append(polysocket.getSession().reconnects)
 
 
-def _check_order(recorder: Recorder, opens: int) -> None:
+class ReopenRecorder(Reopens, Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reconnects = []
+
+
+class AsyncReopenRecorder(Reopens, AsyncRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reconnects = []
+
+
+def _check_order(recorder: _Recording, opens: int) -> None:
     """One handler queue across connections: no overlap; onClose once and last; every
     onOpen after the first comes after an onError about the loss, with no message between."""
     names = recorder.names
@@ -153,6 +163,33 @@ def test_killed_server_is_reconnected(
     assert recorder.of("onclose")[0].close_code == 1000
     assert polysocket.getClients() == []
     _check_order(recorder, opens=2)
+
+
+@pytest.mark.parametrize("recorder", [ReopenRecorder, AsyncReopenRecorder], ids=["def", "async"])
+def test_a_dropped_connection_is_reconnected(
+    engine: str, peer: Peer, recorder: type[_Recording]
+) -> None:
+    """The server drops the TCP connection (no close frame) and stays up: plain and
+    ``async def`` callbacks alike run in order across the connections, where they run."""
+    handler = recorder()
+    assert isinstance(handler, Reopens)
+    client = polysocket.createWebsocket(peer.uri, handler, engine, reconnect=FAST)
+    client.send("before")
+    assert handler.wait_message(lambda m: m == "before")
+    client.send("cmd:kill")
+    assert handler.wait_for(lambda r: len(r.of("onopen")) == 2), handler.names
+    assert handler.reconnects == [0, 1]
+    assert "1006" in handler.errors[0] and "reconnecting" in handler.errors[0], handler.errors
+    client.send("after")
+    assert handler.wait_message(lambda m: m == "after")
+    client.close()
+    assert handler.wait_closed()
+    assert handler.messages == ["before", "after"]
+    _check_order(handler, opens=2)
+    on_loop = isinstance(handler, AsyncRecorder)
+    assert all(call.on_event_loop is on_loop for call in handler.calls), [
+        (c.name, c.thread) for c in handler.calls
+    ]
 
 
 def test_without_reconnect_a_killed_server_ends_the_client(
