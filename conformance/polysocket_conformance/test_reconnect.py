@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 
 import polysocket
 from polysocket import ConnectError, ConnectionClosedError, ReconnectPolicy, SendTimeoutError
-from polysocket_conformance.peer_processes import KINDS, Peer, start_peer
+from polysocket_conformance.peer_processes import KINDS, Peer
 from polysocket_conformance.rawframes import CLOSE, RawServer, close_frame
 from polysocket_conformance.support import WAIT, AsyncRecorder, Recorder, _Recording
 
@@ -43,8 +44,7 @@ class Restartable:
     """A peer process that the test kills (SIGKILL) and starts again on the same port."""
 
     peer: Peer
-    log_dir: Path
-    started: list[Peer] = field(default_factory=list)
+    start: Callable[..., Peer]
 
     @property
     def uri(self) -> str:
@@ -54,25 +54,39 @@ class Restartable:
         self.peer.kill()
 
     def restart(self) -> Peer:
-        self.peer = start_peer(self.peer.kind, self.log_dir, port=self.peer.port)
-        self.started.append(self.peer)
+        self.peer = self.start(self.peer.kind, self.peer.port)
         return self.peer
 
 
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel never picks as a client's source port: a client retrying a
+    port in that range while nothing listens may get it as its own source port (a TCP
+    connection to itself, which then holds the port the server wants back)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(50):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
+
+
 @pytest.fixture
-def restartable(
-    start_private_peer: Callable[[str], Peer], tmp_path: Path
-) -> Iterator[Callable[[str], Restartable]]:
-    made: list[Restartable] = []
+def restartable(start_private_peer: Callable[..., Peer]) -> Callable[[str], Restartable]:
+    """Factory: a peer of a kind, on a port it gets back when restarted."""
 
     def start(kind: str) -> Restartable:
-        made.append(Restartable(start_private_peer(kind), tmp_path))
-        return made[-1]
+        return Restartable(
+            start_private_peer(kind, _port_outside_the_ephemeral_range()), start_private_peer
+        )
 
-    yield start
-    for each in made:
-        for peer in each.started:
-            peer.stop()
+    return start
 
 
 class Reopens:
