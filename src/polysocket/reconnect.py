@@ -3,9 +3,10 @@
 The defaults are websockets' for ``async for ws in connect(...)`` (``websockets.client.backoff``
 in websockets 17.4: ``BACKOFF_INITIAL_DELAY=5``, ``BACKOFF_MIN_DELAY=3.1``,
 ``BACKOFF_FACTOR=1.618``, ``BACKOFF_MAX_DELAY=90``; its docstring still says "capped at 60s",
-the code caps at 90, and we took the code). websockets waits a random 0-5 s before the first
-retry (RFC 6455 7.2.3: spread the clients of a server that went away), then 3.1 s growing by
-1.618 up to 90 s. Here the random part is ``jitter`` and it is added to every delay, not only
+the code caps at 90, and we took the code). After a loss websockets tries once at once, then
+waits a random 0-5 s (RFC 6455 7.2.3: spread the clients of a server that went away), then 3.1 s
+growing by 1.618 up to 90 s; here the first attempt already waits the random part, as the RFC
+asks. Here the random part is ``jitter`` and it is added to every delay, not only
 the first, so that clients that failed together do not retry in lockstep after that either
 (at websockets' cap of 90 s they all do).
 """
