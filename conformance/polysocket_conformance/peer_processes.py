@@ -149,9 +149,14 @@ class Peer:
             self.process.stdout.close()
 
 
-def start_peer(kind: str, log_dir: str | os.PathLike[str] | None = None) -> Peer:
-    """Start a peer process and wait for its ``PORT <n>`` line."""
+def start_peer(
+    kind: str, log_dir: str | os.PathLike[str] | None = None, port: int | None = None
+) -> Peer:
+    """Start a peer process and wait for its ``PORT <n>`` line; on ``port`` if given (a
+    peer restarted where a killed one listened), else on a free one."""
     command, env = peer_command(kind)
+    if port is not None:
+        command = [*command, "--port", str(port)]
     log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir())
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the peer writes it while running
         "wb", prefix=f"polysocket-peer-{kind}-", suffix=".log", dir=log_dir, delete=False

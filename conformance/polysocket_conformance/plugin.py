@@ -149,9 +149,9 @@ def pytest_runtest_makereport(
 # -- peers ----------------------------------------------------------------------------------
 
 
-def _start_or_skip(kind: str, log_dir: Path) -> Peer:
+def _start_or_skip(kind: str, log_dir: Path, port: int | None = None) -> Peer:
     try:
-        return start_peer(kind, log_dir)
+        return start_peer(kind, log_dir, port)
     except PeerUnavailable as exc:
         if require_peers():
             pytest.fail(f"{exc} (POLYSOCKET_REQUIRE_PEERS is set, so this is an error)")
@@ -198,12 +198,13 @@ def peer(request: pytest.FixtureRequest) -> Peer:
 
 
 @pytest.fixture
-def start_private_peer(tmp_path: Path) -> Iterator[Callable[[str], Peer]]:
-    """Factory: start a fresh peer process of a kind, only for this test (it may kill it)."""
+def start_private_peer(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
+    """Factory: ``start_private_peer(kind, port=None)`` starts a fresh peer process of a kind,
+    only for this test (it may kill it, and start another on the same ``port``)."""
     started: list[Peer] = []
 
-    def start(kind: str) -> Peer:
-        peer = _start_or_skip(kind, tmp_path)
+    def start(kind: str, port: int | None = None) -> Peer:
+        peer = _start_or_skip(kind, tmp_path, port)
         started.append(peer)
         return peer
 

@@ -42,6 +42,7 @@ from .errors import (
     WebsocketError,
 )
 from .hookspecs import hookimpl
+from .reconnect import ReconnectPolicy
 from .server import EndpointServer, ServerSession, broadcast, get_sessions, run_server, serve
 
 __version__ = "0.1.0"
@@ -73,6 +74,7 @@ __all__ = [
     "EngineUnavailableError",
     "HandlerNotFoundError",
     "KeepaliveTimeout",
+    "ReconnectPolicy",
     "SendTimeoutError",
     "ServerSession",
     "UnknownEngineError",

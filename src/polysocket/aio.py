@@ -1,4 +1,5 @@
-"""The asyncio API: ``async with polysocket.connect(uri) as ws`` on the caller's own loop.
+"""The asyncio API: ``async with polysocket.connect(uri) as ws`` on the caller's own loop,
+and ``async for ws in polysocket.connect(uri, reconnect=True)`` to reconnect.
 
 A reader task of the core reads every connection from the moment it opens, whether or not
 anyone awaits ``recv()``, so the engine keeps answering pings (aiohttp's, for one, answers
@@ -22,11 +23,14 @@ from typing import Any
 from .client import check_uri, open_transport
 from .connection import check_close, check_message, close_outcome
 from .dispatch import MESSAGE_OVERHEAD
-from .errors import ConnectionClosedError
+from .errors import ConnectError, ConnectionClosedError
 from .managed import ABORT_GRACE, ManagedTransport
 from .options import client_options
 from .plugins import registry as engines
+from .reconnect import ReconnectPolicy, retryable
 from .transport import ClientOptions, Message, TransportClosed
+
+log = logging.getLogger("polysocket.aio")
 
 __all__ = ["AsyncConnection", "connect"]
 
@@ -177,7 +181,8 @@ class AsyncConnection:
 
 
 class connect:
-    """Open a connection: ``ws = await connect(uri)`` or ``async with connect(uri) as ws``.
+    """Open a connection: ``ws = await connect(uri)`` or ``async with connect(uri) as ws``;
+    or one after another: ``async for ws in connect(uri, reconnect=True)``.
 
     The engine and options are checked at once, before any network traffic.
     """
@@ -203,3 +208,44 @@ class connect:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+    async def __aiter__(self) -> AsyncIterator[AsyncConnection]:
+        """A new connection after each loss, as websockets' ``async for ws in connect()``.
+
+        The first connection is tried at once; after a failed attempt or a lost connection,
+        attempt ``n`` waits the ``reconnect=`` policy's delay (the default policy when
+        ``reconnect=`` is not given: iterating asks for reconnection). Each connection is
+        closed when its iteration ends. The iteration ends after ``ws.close()`` in the loop
+        body, and after a 1000/1001 close from the server unless the policy retries those;
+        it raises :class:`ConnectError` for a refusal other than 500/502/503/504 and once
+        ``max_attempts`` attempts in a row failed.
+        """
+        policy = self._options.reconnect or ReconnectPolicy()
+        attempt = 0  # attempts since the last open
+        while True:
+            if attempt:
+                delay = policy.delay(attempt)
+                log.info("reconnecting to %s in %.2f s (attempt %d)", self._uri, delay, attempt)
+                await asyncio.sleep(delay)
+            try:
+                ws = await self._open()
+            except ConnectError as exc:
+                if not retryable(exc.status):
+                    raise
+                if attempt and policy.gives_up_after(attempt):
+                    raise ConnectError(
+                        f"gave up reconnecting to {self._uri} after {attempt} attempt(s)"
+                        f" (max_attempts={policy.max_attempts}); the last one: {exc}",
+                        status=exc.status,
+                    ) from exc
+                log.info("connecting to %s failed: %s", self._uri, exc)
+                attempt += 1
+                continue
+            try:
+                yield ws
+                ours = ws._close_requested is not None
+            finally:
+                await ws.close()  # idempotent; bounded by close_timeout
+            if ours or not policy.retries_close(ws.close_code):
+                return
+            attempt = 1

@@ -125,6 +125,17 @@ class WebsocketClient(ConnectionHandle):
         """Wait until ``onClose`` has run; True if it did within ``timeout``."""
         return self._connection.dispatcher.finished.wait(timeout)
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the client has reconnected: 0 on the first connection (always, for
+        a client without ``reconnect=``). Inside a callback, that of the connection the
+        callback is about (an ``onOpen`` with 0 is the first open, 1 the first reopen)."""
+        return 0
+
+    def _request_close(self, code: int, reason: str) -> None:
+        """Start closing for good, without waiting."""
+        self._connection.request_close(code, reason)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<WebsocketClient {self.id} {self.uri} engine={self.engine} {state}>"
@@ -156,7 +167,7 @@ class ClientRegistry:
     def close_all(self, code: int = 1001, reason: str = "going away", wait: float = 5.0) -> None:
         clients = self.all()
         for client in clients:
-            client._connection.request_close(code, reason)
+            client._request_close(code, reason)
         for client in clients:
             client.wait_closed(wait)
 
@@ -185,6 +196,11 @@ async def _open_client(
     uri: str, handler: Handler, engine: Engine, options: ClientOptions
 ) -> WebsocketClient:
     transport = await open_transport(engine, uri, options)
+    if options.reconnect is not None:
+        # Imported here: the reconnecting client builds on this module.
+        from .reconnecting import ReconnectingClient
+
+        return ReconnectingClient.start(clients.next_id(), uri, handler, engine, options, transport)
     client = WebsocketClient(clients.next_id(), uri, handler, engine.name)
     client.connected_uri = transport.connected_uri or uri
     client._connection = Connection(

@@ -142,6 +142,7 @@ class Connection:
         "_pos",
         "_queued_bytes",
         "_reader",
+        "_report_end",
         "_room",
         "_room_on_loop",
         "_send_error",
@@ -155,6 +156,7 @@ class Connection:
         "close_reason",
         "dispatcher",
         "state",
+        "unsent",
     )
 
     def __init__(
@@ -166,22 +168,31 @@ class Connection:
         options: ConnectionOptions,
         on_ended: Callable[[], None],
         replies: bool = False,
+        dispatcher: Dispatcher | None = None,
+        report_end: Callable[[int, str, BaseException | None], None] | None = None,
     ) -> None:
+        """``dispatcher``: one that outlives this connection (a reconnecting client's, so that
+        its callbacks stay in order across connections). ``report_end``: called at the end,
+        on the loop, with the close code, reason and error, instead of queueing ``onError``
+        and ``onClose`` (the reconnecting client decides what the end means)."""
         self._transport = transport
         self._loop = loop
         self._close_timeout = options.close_timeout
         self._write_limit = options.write_limit
         self._send_timeout = options.send_timeout
         self._on_ended = on_ended
-        self.dispatcher = Dispatcher(
-            handler,
-            session,
-            loop,
-            self._reply if replies else None,
-            self._reply_async if replies else None,
-            options.max_queue,
-            self.reply_now if replies else None,
-        )
+        self._report_end = report_end
+        if dispatcher is None:
+            dispatcher = Dispatcher(
+                handler,
+                session,
+                loop,
+                self._reply if replies else None,
+                self._reply_async if replies else None,
+                options.max_queue,
+                self.reply_now if replies else None,
+            )
+        self.dispatcher = dispatcher
         self._ended_on_loop: asyncio.Future[None] | None = None  # made when awaited
         self._lock = threading.Lock()
         #: Senders blocked for room wait on it (made when the first one must).
@@ -208,6 +219,9 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send_error: Exception | None = None
+        #: Messages queued for sending that the end left unsent (one being written then
+        #: included: whether the peer got it is unknown), set at the end.
+        self.unsent = 0
         #: Messages dropped because they arrived while closing with the backlog full.
         self._dropped_while_closing = 0
         self._reader: asyncio.Task[None] | None = None
@@ -215,7 +229,9 @@ class Connection:
         self._loop_thread = threading.get_ident()
 
     def _opened(self) -> None:
-        if self.dispatcher.has_callback("onopen"):  # else a handler thread woken for nothing
+        dispatcher = self.dispatcher
+        # else a handler thread woken for nothing (unless the dispatcher counts the opens)
+        if dispatcher.counts_opens or dispatcher.has_callback("onopen"):
             self.dispatcher.push(Event("onopen"))
 
     def start(self) -> None:
@@ -503,6 +519,11 @@ class Connection:
     def closed(self) -> bool:
         return self.state is State.CLOSING or self.state is State.CLOSED
 
+    @property
+    def close_requested(self) -> bool:
+        """Whether this side asked to close (``close()``, or a drop for slowness)."""
+        return self._close_requested is not None
+
     def abort(self) -> None:
         """Drop the connection without a closing handshake (on the loop thread): the reader
         then gets the end, and the connection ends as usual (1006)."""
@@ -635,9 +656,11 @@ class Connection:
                     return
                 await send(message)
                 sent += len(message)
-        except TransportClosed:
+        except TransportClosed:  # from send(): that message is not sent either (``unsent``)
+            self._pos -= 1
             return
         except Exception as exc:
+            self._pos -= 1
             self._send_failed(exc)
         finally:
             self._made_room(sent)
@@ -664,6 +687,9 @@ class Connection:
             handshaking = self.state is State.CLOSING and self._handshaking
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
+            batch = self._batch or ()
+            start = self._pos - 1 if self._writer is not None and self._pos else self._pos
+            self.unsent = sum(m is not _CLOSE for m in (*batch[start:], *(self._outbox or ())))
             if self._outbox is not None:
                 self._outbox.clear()
             self._notify_room()
@@ -681,6 +707,9 @@ class Connection:
         if self._ended_on_loop is not None:
             self._ended_on_loop.set_result(None)
         error = closed.error or self._send_error
+        if self._report_end is not None:
+            self._report_end(code, reason, error)
+            return
         if error is not None:
             self.dispatcher.push(Event("onerror", error=ErrorText.of(error)))
         self.dispatcher.push(Event("onclose", close_code=code, close_reason=reason))

@@ -142,6 +142,11 @@ class Dispatcher:
         self._scheduled = False
         self._resume: asyncio.Event | None = None
         self.finished = Flag()
+        #: ``onopen`` events run so far (on the handler's side, in order with the rest), and
+        #: whether every open is queued as one, callback or not (a reconnecting client
+        #: counts its connections this way: ``WebsocketClient.reconnects``).
+        self.opens = 0
+        self.counts_opens = False
         callbacks = handler.callbacks
         self._on_message = callbacks.get("onmessage")
         self._message_takes_arg = self._on_message is not None and _accepts_argument(
@@ -270,6 +275,8 @@ class Dispatcher:
             args: tuple[Any, ...] = (item,) if self._message_takes_arg else ()
             return callback, args, CallbackContext("onmessage", self._session, message=item)
         callback = self._handler.callbacks.get(item.method)
+        if item.method == "onopen":
+            self.opens += 1
         context = CallbackContext(
             item.method,
             self._session,

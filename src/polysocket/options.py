@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from . import proxies
 from .errors import UnsupportedOptionError
+from .reconnect import reconnect_policy
 from .transport import ClientOptions, Engine, ServerOptions
 
 #: Option -> the engine capability it needs when set to something other than its default
@@ -43,6 +44,7 @@ def client_options(engine: Engine, options: Mapping[str, Any]) -> ClientOptions:
         raise TypeError("headers must be a mapping of str to str")
     values["headers"] = dict(headers)
     values["subprotocols"] = _strings("subprotocols", values.get("subprotocols"))
+    values["reconnect"] = reconnect_policy(values.get("reconnect"))
     _check_capabilities(engine, ClientOptions, values)
     return ClientOptions(**values)
 

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import socket
 
+    from .reconnect import ReconnectPolicy
+
 from .errors import KeepaliveTimeout
 
 __all__ = [
@@ -185,6 +187,8 @@ class ClientOptions(ConnectionOptions):
     subprotocols: Sequence[str] = ()
     proxy: str | bool | None = True
     sock: socket.socket | None = None
+    #: The core's (engines ignore it): how the client reconnects after a loss; ``None``: never.
+    reconnect: ReconnectPolicy | None = None
 
 
 @dataclass(frozen=True)
