@@ -109,8 +109,10 @@ class Dispatcher:
         "_resume",
         "_scheduled",
         "_session",
+        "counts_opens",
         "finished",
         "max_queue",
+        "opens",
     )
 
     def __init__(
