@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import random
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -151,3 +155,79 @@ def test_proxy_none_connects_directly_despite_the_environment() -> None:
     assert through.returncode == 1 and "127.0.0.1:9" in through.stderr, through.stderr
     assert direct.returncode == 0, direct.stderr
     assert "< ping" in direct.stdout
+
+
+def _fixed_port() -> int:
+    """A free port below the ephemeral range (a client retrying a port in that range may
+    connect to itself and hold the port the restarted server needs)."""
+    for _ in range(50):
+        port = random.randrange(10000, 30000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port between 10000 and 30000")
+
+
+def _serve(port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polysocket", "serve", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if f":{port}/" in line:
+            return process
+    raise AssertionError(f"polysocket serve did not start on {port}")
+
+
+def test_reconnect_flag_survives_a_server_restart() -> None:
+    """The sample server killed (SIGKILL) and started again on the same port: `connect
+    --reconnect` says it lost the connection, reconnects, and echoes the next line."""
+    port = _fixed_port()
+    server = _serve(port)
+    client = subprocess.Popen(
+        [
+            sys.executable, "-m", "polysocket", "connect", "--reconnect",
+            f"ws://127.0.0.1:{port}/websockets/v4/service/my-endpoint",
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    assert client.stdout is not None and client.stdin is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in client.stdout], daemon=True).start()
+
+    def wait_for(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in lines.get(timeout=max(0.01, deadline - time.monotonic())):
+                    return
+            except queue.Empty:
+                break
+        raise AssertionError(f"no {text!r} from polysocket connect within {timeout} s")
+
+    try:
+        wait_for("connected", 20)
+        client.stdin.write("before\n")
+        client.stdin.flush()
+        wait_for("< before", 10)
+        server.kill()
+        server.wait(10)
+        server = _serve(port)
+        # the default policy: the first attempt within 5 s (jitter), the next 3.1 s + jitter
+        wait_for("connected", 30)
+        client.stdin.write("after\n")
+        client.stdin.flush()
+        wait_for("< after", 10)
+        client.stdin.close()
+        assert client.wait(10) == 0
+        stderr = client.stderr.read() if client.stderr else ""
+        assert "reconnecting" in stderr, stderr
+    finally:
+        client.kill()
+        server.kill()
+        server.wait(10)

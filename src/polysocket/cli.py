@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .context import get_close_code, get_close_reason, get_session
-from .errors import WebsocketError
+from .errors import ConnectionClosedError, WebsocketError
 from .plugins import registry
 
 #: ``connect`` waits this long after the last reply before closing at the end of its input.
@@ -135,6 +135,8 @@ def client_options_from(args: argparse.Namespace) -> dict[str, Any]:
         options["ssl"] = context
     if args.ping_interval is not False:
         options["ping_interval"] = args.ping_interval
+    if args.reconnect:
+        options["reconnect"] = True
     return options
 
 
@@ -152,7 +154,12 @@ def _connect(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             if client.closed:
                 break
-            client.send(line.rstrip("\n"))
+            try:
+                client.send(line.rstrip("\n"))
+            except ConnectionClosedError as exc:  # reconnecting (--reconnect): go on
+                if client.closed:
+                    break
+                print(f"! not sent: {exc}", file=sys.stderr, flush=True)
         # At the end of the input, give the replies to the last lines a moment to arrive.
         printer.last_message = time.monotonic()
         while not client.closed and time.monotonic() - printer.last_message < REPLY_GRACE:
@@ -283,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="SECONDS|off",
         help="seconds between keepalive pings, or 'off' (default: 20)",
+    )
+    connect.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="after a lost connection, reconnect with backoff (lines typed meanwhile wait up"
+        " to send_timeout, then are refused)",
     )
     connect.set_defaults(run=_connect)
     return parser
