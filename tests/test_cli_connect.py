@@ -56,7 +56,9 @@ class ReportingServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(lambda: self._stop and self._stop.set_result(None))
+        stop = self._stop
+        if stop is not None:
+            self._loop.call_soon_threadsafe(stop.set_result, None)
         self._thread.join(10)
 
 
@@ -197,8 +199,14 @@ def test_reconnect_flag_survives_a_server_restart() -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
-    assert client.stdout is not None and client.stdin is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in client.stdout], daemon=True).start()
+    stdout, stdin = client.stdout, client.stdin
+    assert stdout is not None and stdin is not None
+
+    def read_lines() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
 
     def wait_for(text: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -212,18 +220,18 @@ def test_reconnect_flag_survives_a_server_restart() -> None:
 
     try:
         wait_for("connected", 20)
-        client.stdin.write("before\n")
-        client.stdin.flush()
+        stdin.write("before\n")
+        stdin.flush()
         wait_for("< before", 10)
         server.kill()
         server.wait(10)
         server = _serve(port)
         # the default policy: the first attempt within 5 s (jitter), the next 3.1 s + jitter
         wait_for("connected", 30)
-        client.stdin.write("after\n")
-        client.stdin.flush()
+        stdin.write("after\n")
+        stdin.flush()
         wait_for("< after", 10)
-        client.stdin.close()
+        stdin.close()
         assert client.wait(10) == 0
         stderr = client.stderr.read() if client.stderr else ""
         assert "reconnecting" in stderr, stderr
