@@ -29,6 +29,7 @@ from typing import Any
 from .context import current_call
 from .dispatch import MESSAGE_OVERHEAD, Dispatcher, ErrorText, Event
 from .enginekit.closecodes import CloseCode, valid_close_code
+from .enginekit.frames import server_frame
 from .errors import ConnectionClosedError, SendTimeoutError
 from .handlers import Handler
 from .hotpath import Flag, wakeups_for
@@ -413,9 +414,33 @@ class Connection:
             self._wakeups.add(self._start_writer)
 
     def _start_writer(self) -> None:
-        """On the loop: a writer task sends the burst (it runs once the caller yields to
-        the loop, so what the caller queues meanwhile goes in the same burst)."""
+        """On the loop: send the burst. Straight to the socket when the engine takes our
+        frames (a server's: ``FrameWriter``) and its buffer has room: no task and no await,
+        which is what a reply costs most of the time. Else (a client, compression, a full
+        buffer, the close frame) a writer task sends what is left, awaiting the engine's flow
+        control; it runs once the caller yields to the loop, so what the caller queues
+        meanwhile goes in the same burst."""
+        if self._transport.writes_frames and self._write_now():
+            return
         self._writer = self._loop.create_task(self._write_loop())
+
+    def _write_now(self) -> bool:
+        """Write the queued bursts as frames until none is left (True: the sending given up)
+        or one cannot go now (False: ``_batch`` from ``_pos`` on is the writer task's)."""
+        write, limit = self._transport.write_frame, self._write_limit
+        sent = 0
+        while (batch := self._take_burst(sent)) is not None:
+            sent = 0
+            for pos, message in enumerate(batch):
+                if message is _CLOSE or not write(server_frame(message), limit):
+                    self._pos = pos
+                    self._made_room(sent)
+                    return False
+                sent += len(message)
+            self._pos = len(batch)
+        if self._room_on_loop is not None:
+            self._room_on_loop.set()
+        return True
 
     def _timed_out(self) -> SendTimeoutError:
         queued, limit = self._queued_bytes, self._write_limit

@@ -87,6 +87,11 @@ class ManagedTransport:
             raise self._ended or TransportClosed(None)
         await self._raw.send(message)
 
+    @property
+    def writes_frames(self) -> bool:
+        """Whether the engine takes frames the core encoded (:meth:`write_frame`)."""
+        return self._write_frame is not None
+
     def write_frame(self, frame: bytes, limit: int) -> bool | None:
         """The engine's :meth:`FrameWriter.write_frame`, while open; None otherwise."""
         if self._write_frame is None or self._closing or self._ended is not None:
