@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import random
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from polysocket_conformance.peer_processes import port_outside_the_ephemeral_range
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
@@ -159,20 +158,6 @@ def test_proxy_none_connects_directly_despite_the_environment() -> None:
     assert "< ping" in direct.stdout
 
 
-def _fixed_port() -> int:
-    """A free port below the ephemeral range (a client retrying a port in that range may
-    connect to itself and hold the port the restarted server needs)."""
-    for _ in range(50):
-        port = random.randrange(10000, 30000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port between 10000 and 30000")
-
-
 def _serve(port: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "polysocket", "serve", "--port", str(port)],
@@ -189,7 +174,7 @@ def _serve(port: int) -> subprocess.Popen[str]:
 def test_reconnect_flag_survives_a_server_restart() -> None:
     """The sample server killed (SIGKILL) and started again on the same port: `connect
     --reconnect` says it lost the connection, reconnects, and echoes the next line."""
-    port = _fixed_port()
+    port = port_outside_the_ephemeral_range()
     server = _serve(port)
     client = subprocess.Popen(
         [

@@ -11,8 +11,10 @@ import contextlib
 import json
 import os
 import queue
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -193,3 +195,22 @@ def start_peer(
             f"{log_path.read_text(errors='replace')[-4000:]}"
         )
     return Peer(kind, int(text.split()[1]), process, log_path)
+
+
+def port_outside_the_ephemeral_range() -> int:
+    """A free port the kernel never picks as a client's source port: a client retrying a
+    port in that range while nothing listens may get it as its own source port (a TCP
+    connection to itself, which then holds the port the server wants back)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(50):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between 10000 and {low}")

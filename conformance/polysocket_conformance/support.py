@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine
@@ -419,3 +420,19 @@ def unread_in_kernel(sock: socket.socket) -> int:
         return (int(out[1]), int(out[2])) if out else (0, 0)
 
     return queues(here, there)[1] + queues(there, here)[0]
+
+
+#: A server's TLS context and a client's that trusts it.
+TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
+
+
+def tls_contexts(*hostnames: str) -> TlsContexts:
+    """A new certificate authority (trustme) and a server certificate for ``hostnames``:
+    the server's context and a client's that trusts it."""
+    trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*hostnames).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context

@@ -8,7 +8,6 @@ import base64
 import os
 import queue
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,22 +20,12 @@ import polysocket
 from .peer_processes import Peer
 from .rawframes import LatePongs, RawClient, RawServer, close_frame
 from .server_support import ServerThread, events
-from .support import WAIT, Recorder, require_capability, run_async
-
-#: The server's context and a client's that trusts it.
-TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
+from .support import WAIT, Recorder, TlsContexts, require_capability, run_async, tls_contexts
 
 
 @pytest.fixture(scope="module")
 def tls() -> TlsContexts:
-    trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
+    return tls_contexts("127.0.0.1", "localhost")
 
 
 class RawWebsocketsServer:

@@ -30,6 +30,7 @@ from .support import (
     require_capability,
     run_async,
     shared_recorder,
+    tls_contexts,
 )
 
 
@@ -62,13 +63,7 @@ def proxy(engine: str, proxy_peer: ProxyPeer, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture(scope="module")
 def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context for ONLY_VIA_PROXY and a client context that trusts it."""
-    trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(ONLY_VIA_PROXY).configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
+    return tls_contexts(ONLY_VIA_PROXY)
 
 
 _runs = itertools.count()

@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import random
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import polysocket
 from polysocket import ConnectError, ConnectionClosedError, ReconnectPolicy, SendTimeoutError
-from polysocket_conformance.peer_processes import KINDS, Peer
+from polysocket_conformance.peer_processes import KINDS, Peer, port_outside_the_ephemeral_range
 from polysocket_conformance.rawframes import CLOSE, RawServer, close_frame
 from polysocket_conformance.support import WAIT, AsyncRecorder, Recorder, _Recording
 
@@ -58,32 +56,13 @@ class Restartable:
         return self.peer
 
 
-def _port_outside_the_ephemeral_range() -> int:
-    """A free port the kernel never picks as a client's source port: a client retrying a
-    port in that range while nothing listens may get it as its own source port (a TCP
-    connection to itself, which then holds the port the server wants back)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(50):
-        port = random.randrange(10000, max(10001, low))
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free port between 10000 and {low}")
-
-
 @pytest.fixture
 def restartable(start_private_peer: Callable[..., Peer]) -> Callable[[str], Restartable]:
     """Factory: a peer of a kind, on a port it gets back when restarted."""
 
     def start(kind: str) -> Restartable:
         return Restartable(
-            start_private_peer(kind, _port_outside_the_ephemeral_range()), start_private_peer
+            start_private_peer(kind, port_outside_the_ephemeral_range()), start_private_peer
         )
 
     return start

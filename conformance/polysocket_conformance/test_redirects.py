@@ -22,10 +22,15 @@ import pytest
 import polysocket
 
 from .server_support import SERVICE, ServerThread, events, write_registry
-from .support import WAIT, Recorder, Tripwire, require_capability, run_async
-
-#: The server's TLS context and a client's that trusts it.
-TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
+from .support import (
+    WAIT,
+    Recorder,
+    TlsContexts,
+    Tripwire,
+    require_capability,
+    run_async,
+    tls_contexts,
+)
 
 
 @dataclass(frozen=True)
@@ -141,14 +146,7 @@ def target(serve_target: Callable[..., ServerThread]) -> ServerThread:
 
 @pytest.fixture(scope="module")
 def tls() -> TlsContexts:
-    trustme = pytest.importorskip("trustme", reason="test certificates need trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
+    return tls_contexts("127.0.0.1", "localhost")
 
 
 def sessions() -> int:
