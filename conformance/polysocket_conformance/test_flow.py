@@ -23,7 +23,7 @@ import polysocket
 
 from .rawframes import BINARY, CLOSE, RawClient, RawServer, _Reader
 from .server_support import ServerThread, add_descriptor, events
-from .support import WAIT, Recorder, require_capability, unread_in_kernel
+from .support import WAIT, Recorder, client_engine, require_capability, unread_in_kernel
 
 MIB = 1 << 20
 #: What the side under test reads from a peer pushing 1 MiB messages before it stops reading,
@@ -230,7 +230,9 @@ def test_broadcast_closes_a_member_that_never_reads_and_serves_the_others(
     path = f"/websockets/v4/service/{endpoint}"
     slow = not_reading(RawClient(server.port, path))
     readers = [Recorder() for _ in range(3)]
-    clients = [polysocket.createWebsocket(server.uri(endpoint), r, engine) for r in readers]
+    clients = [
+        polysocket.createWebsocket(server.uri(endpoint), r, client_engine(engine)) for r in readers
+    ]
     deadline = time.monotonic() + WAIT
     while len(polysocket.getSessions(endpoint)) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -103,6 +103,7 @@ class AsgiTransport:
 
     __slots__ = (
         "_aborted",
+        "_close_timeout",
         "_ended",
         "_max_size",
         "_receive",
@@ -113,9 +114,15 @@ class AsgiTransport:
     )
 
     def __init__(
-        self, receive: Receive, send: Send, subprotocol: str | None, max_size: int | None
+        self,
+        receive: Receive,
+        send: Send,
+        subprotocol: str | None,
+        max_size: int | None,
+        close_timeout: float = 10.0,
     ) -> None:
         self._receive, self._send = receive, send
+        self._close_timeout = close_timeout
         self.subprotocol = subprotocol
         self._max_size = max_size
         self._ended: TransportClosed | None = None
@@ -147,7 +154,7 @@ class AsgiTransport:
             if kind == "websocket.receive":
                 text = event.get("text")
                 message: Message = text if text is not None else bytes(event.get("bytes") or b"")
-                self._check_size(message)
+                await self._check_size(message)
                 return message
             if kind == "websocket.disconnect":
                 code = event.get("code", CloseCode.NO_STATUS)
@@ -158,7 +165,9 @@ class AsgiTransport:
                 raise self._ended
             # websocket.connect again, or an event of an extension: not a message
 
-    def _check_size(self, message: Message) -> None:
+    async def _check_size(self, message: Message) -> None:
+        """Fail the connection with 1009 for a message over ``max_size`` (the close frame
+        first, ``close_timeout`` at most: it waits behind what the peer has not read)."""
         limit = self._max_size
         if limit is None or len(message) <= limit // 4:
             return
@@ -168,19 +177,10 @@ class AsgiTransport:
         self._ended = TransportClosed(
             CloseCode.MESSAGE_TOO_BIG, "message too big", error=MessageTooBigError(limit, size)
         )
-        self._close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._close_timeout):
+                await self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
         raise self._ended
-
-    def _close_soon(self, code: int, reason: str) -> None:
-        if self._sent_close:
-            return
-        self._sent_close = True
-
-        async def close() -> None:
-            with contextlib.suppress(Exception):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-        asyncio.ensure_future(close())
 
     async def send(self, message: Message) -> None:
         if self._ended is not None:
@@ -305,14 +305,19 @@ class AsgiApp:
             if DENIAL_EXTENSION in (scope.get("extensions") or {}):
                 await send_answer(send, "websocket.http.response", answer, "GET")
             else:  # the server answers 403, without the status or text the core chose
-                log.debug("refusing %s with %d as 403 (no denial response)", request.path, answer.status)
+                log.debug(
+                    "refusing %s with %d as 403 (no denial response)", request.path, answer.status
+                )
                 await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if answer.subprotocol is not None:
             accept["subprotocol"] = answer.subprotocol
         await send(accept)
-        transport = AsgiTransport(receive, send, answer.subprotocol, self.options.max_size)
+        options = self.options
+        transport = AsgiTransport(
+            receive, send, answer.subprotocol, options.max_size, options.close_timeout
+        )
         await self.server.session(request, transport)
 
 
@@ -342,7 +347,10 @@ def request_of(scope: Scope, method: str) -> HttpRequest:
 async def send_answer(send: Send, prefix: str, answer: HttpResponse, method: str) -> None:
     """``answer`` as ``{prefix}.start`` and one ``{prefix}.body``; the server frames it."""
     body = answer_payload(answer, method)
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer_headers(answer).items()]
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in answer_headers(answer).items()
+    ]
     if answer.status >= 200 and answer.status not in (204, 304):
         headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": prefix + ".start", "status": answer.status, "headers": headers})
@@ -388,11 +396,16 @@ def app(
     if owned:
         where = ", ".join(f"{name}= (uvicorn {SERVER_OWNED[name]})" for name in owned)
         raise UnsupportedOptionError(
-            f"the ASGI server runs the sockets, so set {where} on it, not on"
-            " polysocket.asgi.app()"
+            f"the ASGI server runs the sockets, so set {where} on it, not on polysocket.asgi.app()"
         )
-    if isinstance(import_timeout, bool) or not isinstance(import_timeout, int | float) or import_timeout <= 0:
-        raise TypeError(f"import_timeout must be a positive number of seconds, not {import_timeout!r}")
+    if (
+        isinstance(import_timeout, bool)
+        or not isinstance(import_timeout, int | float)
+        or import_timeout <= 0
+    ):
+        raise TypeError(
+            f"import_timeout must be a positive number of seconds, not {import_timeout!r}"
+        )
     engine = AsgiEngine()
     checked, subprotocols = server_options(engine, options)
     if root is None:
@@ -409,5 +422,7 @@ def app(
         allow_module_handlers=allow_module_handlers,
         import_timeout=float(import_timeout),
     )
-    log.info("serving %d endpoint(s) from %s as an ASGI application", len(server.scan.endpoints), root)
+    log.info(
+        "serving %d endpoint(s) from %s as an ASGI application", len(server.scan.endpoints), root
+    )
     return AsgiApp(server, checked, startup=server.watch, shutdown=server.close)
