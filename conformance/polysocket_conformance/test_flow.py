@@ -193,7 +193,9 @@ def test_send_to_a_client_that_never_reads_times_out(flow_server: Any, endpoint:
         client.send(binary(b"go"))
         time.sleep(0.3)  # the handler is waiting for room by now
         other = Recorder()
-        ws = polysocket.createWebsocket(server.uri("echo"), other, server.server.engine.name)
+        ws = polysocket.createWebsocket(
+            server.uri("echo"), other, client_engine(server.server.engine.name)
+        )
         ws.send("still served")
         assert other.wait_messages(1, timeout=1.0) == ["still served"]
         ws.close()

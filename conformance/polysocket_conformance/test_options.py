@@ -21,7 +21,7 @@ import polysocket
 from .peer_processes import Peer
 from .rawframes import LatePongs, RawClient, RawServer, close_frame
 from .server_support import ServerThread, events
-from .support import WAIT, Recorder, require_capability, run_async
+from .support import WAIT, Recorder, client_engine, require_capability, run_async
 
 #: The server's context and a client's that trusts it.
 TlsContexts = tuple[ssl.SSLContext, ssl.SSLContext]
@@ -130,7 +130,7 @@ def test_wss_server_with_a_private_ca(
             return await ws.recv()
 
     assert run_async(raw_client_echo(), WAIT) == "raw client over TLS"
-    assert echo_once(uri, engine, "polysocket over TLS", ssl=client_context) == (
+    assert echo_once(uri, client_engine(engine), "polysocket over TLS", ssl=client_context) == (
         "polysocket over TLS"
     )
 
@@ -167,7 +167,9 @@ def test_server_selects_a_subprotocol_it_supports(
         assert ws.subprotocol == "superchat"
 
     async def polysocket_client() -> str | None:
-        async with polysocket.connect(uri, engine=engine, subprotocols=["chat"]) as ws:
+        async with polysocket.connect(
+            uri, engine=client_engine(engine), subprotocols=["chat"]
+        ) as ws:
             return ws.subprotocol
 
     assert asyncio.run(polysocket_client()) == "chat"

@@ -234,6 +234,7 @@ def test_garbage_instead_of_a_handshake(server: ServerThread, engine: str) -> No
 def test_oversized_message_to_the_server_closes_with_1009(
     server: ServerThread, engine: str
 ) -> None:
+    require_capability(engine, "framing")
     recorder = Recorder()
     client = polysocket.createWebsocket(server.uri("echo"), recorder, client_engine(engine))
     client.send(b"x" * ((1 << 20) + 1))

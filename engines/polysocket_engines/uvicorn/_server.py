@@ -5,19 +5,86 @@ caller stops it with :meth:`UvicornServer.close`)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from polysocket.asgi import AsgiApp
-from polysocket.enginekit import bind_sockets
+from polysocket.enginekit import HandshakeDeadline, bind_sockets
 from polysocket.transport import ServerApp, ServerOptions
 
 _log = logging.getLogger("polysocket.engines.uvicorn")
 
-#: uvicorn's WebSocket protocol: websockets' sans-I/O one, which reads no more of the socket
-#: while a received message waits for the application (uvicorn >= 0.35).
-WS_PROTOCOL = "websockets-sansio"
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the core's handshake deadline from accept on: a
+    connection that sends nothing, or half a request, is dropped ``open_timeout`` after it
+    was accepted (uvicorn's own keep-alive timer runs only after an answer); an idle
+    keep-alive connection ``open_timeout`` after its last answer. At the upgrade the
+    WebSocket protocol takes the connection, and its own deadline."""
+
+    def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_timeout = open_timeout
+        self.deadline: HandshakeDeadline | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.deadline = HandshakeDeadline(transport, self.open_timeout)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.deadline is not None:
+            self.deadline.restart()
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+        super().connection_lost(exc)
+
+
+class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O one, which reads no more of the
+    socket while a received message waits for the application), whose handshake must be
+    answered ``open_timeout`` after the upgrade began; the 101 ends the deadline."""
+
+    def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_timeout = open_timeout
+        self.deadline: HandshakeDeadline | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.deadline = HandshakeDeadline(transport, self.open_timeout)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.deadline is not None and self.handshake_complete:
+            self.deadline.done()
+
+    def shutdown(self) -> None:
+        # uvicorn sends 1012 to a connection whose closing handshake has begun (the peer's
+        # close frame came) and websockets refuses a second close frame: it just ends here.
+        from websockets.exceptions import InvalidState
+
+        try:
+            super().shutdown()
+        except InvalidState:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+        super().connection_lost(exc)
 
 
 class UvicornServer:
@@ -27,7 +94,8 @@ class UvicornServer:
         config = uvicorn.Config(
             AsgiApp(app, options),
             lifespan="off",  # the core starts the watcher and closes the sessions itself
-            ws=WS_PROTOCOL,
+            http=functools.partial(TimedH11Protocol, open_timeout=options.open_timeout),
+            ws=functools.partial(TimedWebSocketProtocol, open_timeout=options.open_timeout),
             ws_max_size=options.max_size,  # type: ignore[arg-type]  # None: no limit
             ws_ping_interval=options.ping_interval,
             ws_ping_timeout=options.ping_timeout,
