@@ -34,6 +34,14 @@ MUTANTS = "conformance/mutants"
 #: Engines shipped as distributions of their own, installed like any outside plugin.
 DISTRIBUTIONS = {"picows": PICOWS}
 ALL_ENGINES = [*ENGINES, *DISTRIBUTIONS]
+#: Built-in engines that only serve (no "client" capability): their conformance run tests the
+#: server half (the suite skips the client tests), and Autobahn drives their server side only.
+SERVER_ONLY = ["uvicorn"]
+#: (engine, side) of the Autobahn sessions.
+AUTOBAHN_RUNS = [
+    *((engine, side) for engine in ALL_ENGINES for side in ("server", "client")),
+    *((engine, "server") for engine in SERVER_ONLY),
+]
 
 
 def _install(session: nox.Session, *engines: str) -> None:
@@ -84,7 +92,7 @@ def _run_suite(session: nox.Session, engine: str) -> None:
 
 
 @nox.session
-@nox.parametrize("engine", ENGINES)
+@nox.parametrize("engine", [*ENGINES, *SERVER_ONLY])
 def conformance(session: nox.Session, engine: str) -> None:
     """The conformance suite, installed as a pytest plugin, against one engine."""
     _install(session, engine)
@@ -160,8 +168,7 @@ AUTOBAHN = ["autobahn/run.py", "--allow", "autobahn/allowed-failures.toml"]
 
 
 @nox.session
-@nox.parametrize("side", ["server", "client"])
-@nox.parametrize("engine", ALL_ENGINES)
+@nox.parametrize(("engine", "side"), AUTOBAHN_RUNS)
 def autobahn(session: nox.Session, engine: str, side: str) -> None:
     """The Autobahn TestSuite (through kosoku) on one engine and side, without the 9.* cases.
 
@@ -181,8 +188,7 @@ def autobahn(session: nox.Session, engine: str, side: str) -> None:
 
 
 @nox.session
-@nox.parametrize("side", ["server", "client"])
-@nox.parametrize("engine", ALL_ENGINES)
+@nox.parametrize(("engine", "side"), AUTOBAHN_RUNS)
 def autobahn_performance(session: nox.Session, engine: str, side: str) -> None:
     """Only the Autobahn 9.* cases (limits and performance: up to 16 MiB messages)."""
     _install(session, engine)

@@ -12,10 +12,13 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.server import ServerProtocol
 
 from polysocket.asgi import AsgiApp
 from polysocket.enginekit import HandshakeDeadline, bind_sockets
 from polysocket.transport import ServerApp, ServerOptions
+
+from ..websockets._transport import PolysocketProtocol
 
 _log = logging.getLogger("polysocket.engines.uvicorn")
 
@@ -52,15 +55,37 @@ class TimedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class _Flags:
+    """What the websockets engine's protocol reports to its connection; uvicorn reads the
+    failure from the close frame it sent instead."""
+
+    too_many_fragments = False
+    failed = False
+    pinger = None
+
+
+class FragmentingServerProtocol(PolysocketProtocol, ServerProtocol):
+    """websockets' server protocol with the websockets engine's reassembly in front: a
+    message is bounded whole by ``max_size`` and by ``enginekit.MAX_FRAGMENTS`` frames (1009),
+    and a close frame in the middle of one is a normal close (RFC 6455 5.4), where websockets
+    fails it with 1002 and uvicorn keeps a list of fragments of no bound."""
+
+
 class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol (websockets' sans-I/O one, which reads no more of the
     socket while a received message waits for the application), whose handshake must be
-    answered ``open_timeout`` after the upgrade began; the 101 ends the deadline."""
+    answered ``open_timeout`` after the upgrade began; the 101 ends the deadline. Its
+    websockets protocol is a :class:`FragmentingServerProtocol`."""
 
     def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_timeout = open_timeout
         self.deadline: HandshakeDeadline | None = None
+        conn = self.conn
+        conn.__class__ = FragmentingServerProtocol
+        assert isinstance(conn, FragmentingServerProtocol)
+        conn.connection = _Flags()  # type: ignore[assignment]
+        conn.max_message = self.config.ws_max_size
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
