@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from polysocket import hookimpl, transport
 
+from .. import private_api
+
+PRIVATE_API = private_api.UVICORN
+
 
 class UvicornEngine(transport.Engine):
     name = library = "uvicorn"
