@@ -5,9 +5,8 @@ caller stops it with :meth:`UvicornServer.close`)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -30,9 +29,11 @@ class TimedH11Protocol(H11Protocol):
     keep-alive connection ``open_timeout`` after its last answer. At the upgrade the
     WebSocket protocol takes the connection, and its own deadline."""
 
-    def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
+    #: Set on the subclass each server makes (:func:`timed`).
+    open_timeout: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.open_timeout = open_timeout
         self.deadline: HandshakeDeadline | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,9 +78,11 @@ class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
     answered ``open_timeout`` after the upgrade began; the 101 ends the deadline. Its
     websockets protocol is a :class:`FragmentingServerProtocol`."""
 
-    def __init__(self, *args: Any, open_timeout: float, **kwargs: Any) -> None:
+    #: Set on the subclass each server makes (:func:`timed`).
+    open_timeout: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.open_timeout = open_timeout
         self.deadline: HandshakeDeadline | None = None
         conn = self.conn
         conn.__class__ = FragmentingServerProtocol
@@ -112,6 +115,14 @@ class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
 
+P = TypeVar("P", TimedH11Protocol, TimedWebSocketProtocol)
+
+
+def timed(protocol: type[P], open_timeout: float) -> type[P]:
+    """``protocol`` with this server's ``open_timeout`` (uvicorn builds it with no more)."""
+    return type(protocol.__name__, (protocol,), {"open_timeout": open_timeout})
+
+
 class UvicornServer:
     def __init__(self, app: ServerApp, options: ServerOptions) -> None:
         self.options = options
@@ -119,8 +130,8 @@ class UvicornServer:
         config = uvicorn.Config(
             AsgiApp(app, options),
             lifespan="off",  # the core starts the watcher and closes the sessions itself
-            http=functools.partial(TimedH11Protocol, open_timeout=options.open_timeout),
-            ws=functools.partial(TimedWebSocketProtocol, open_timeout=options.open_timeout),
+            http=timed(TimedH11Protocol, options.open_timeout),
+            ws=timed(TimedWebSocketProtocol, options.open_timeout),
             ws_max_size=options.max_size,  # type: ignore[arg-type]  # None: no limit
             ws_ping_interval=options.ping_interval,
             ws_ping_timeout=options.ping_timeout,
