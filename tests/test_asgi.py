@@ -4,6 +4,7 @@ factory run by a real uvicorn process and echoed through with the websockets lib
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -265,14 +266,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def uvicorn_factory(registry: Path) -> Iterator[int]:
-    """``uvicorn polysocket.asgi:app --factory`` on a free port, serving ``registry``."""
+@contextlib.contextmanager
+def running_uvicorn(registry: Path, *flags: str) -> Iterator[int]:
+    """``uvicorn polysocket.asgi:app --factory FLAGS`` on a free port, serving ``registry``."""
     pytest.importorskip("uvicorn")
     port = free_port()
     env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
     command = [sys.executable, "-m", "uvicorn", "polysocket.asgi:app", "--factory"]
-    command += ["--port", str(port), "--log-level", "warning"]
+    command += ["--port", str(port), "--log-level", "warning", *flags]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + WAIT
@@ -281,7 +282,8 @@ def uvicorn_factory(registry: Path) -> Iterator[int]:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
-                assert process.poll() is None, f"uvicorn exited: {process.stderr.read()}"  # type: ignore[union-attr]
+                if process.poll() is not None:
+                    raise AssertionError(f"uvicorn exited: {process.communicate()[1]}") from None
                 assert time.monotonic() < deadline, "uvicorn did not listen"
                 time.sleep(0.1)
         yield port
@@ -292,6 +294,12 @@ def uvicorn_factory(registry: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def uvicorn_factory(registry: Path) -> Iterator[int]:
+    with running_uvicorn(registry) as port:
+        yield port
 
 
 def test_uvicorn_factory_serves_the_registry(uvicorn_factory: int) -> None:
@@ -309,3 +317,34 @@ def test_uvicorn_factory_serves_the_registry(uvicorn_factory: int) -> None:
     assert refused.value.response.status_code == 404  # the denial response extension
     with urllib.request.urlopen(f"http://{base}/websockets/v4/endpoints", timeout=WAIT) as r:
         assert json.loads(r.read())["endpoints"][0]["endpoint"] == "echo"
+
+
+def test_uvicorn_flags_tls_and_workers(registry: Path, tmp_path: Path) -> None:
+    """uvicorn's own flags: TLS from its certificate files, two worker processes (each
+    with its own sessions), every connection echoed by one of them."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    from websockets.sync.client import connect
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    flags = ("--workers", "2", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile))
+    with running_uvicorn(registry, *flags) as port:
+        uri = f"wss://127.0.0.1:{port}{ECHO_PATH}"
+        deadline = time.monotonic() + WAIT
+        echoed: list[str | bytes] = []
+        while len(echoed) < 4:  # the workers may still be starting: retry until they answer
+            try:
+                with connect(uri, ssl=context, open_timeout=WAIT) as ws:
+                    ws.send(f"tls {len(echoed)}")
+                    echoed.append(ws.recv(timeout=WAIT))
+            except OSError:
+                assert time.monotonic() < deadline, "no worker answered over TLS"
+                time.sleep(0.1)
+        assert echoed == [f"tls {i}" for i in range(4)]

@@ -313,7 +313,11 @@ class AsgiApp:
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if answer.subprotocol is not None:
             accept["subprotocol"] = answer.subprotocol
-        await send(accept)
+        try:
+            await send(accept)
+        except OSError:  # uvicorn's ClientDisconnected: the client left meanwhile
+            log.debug("%s: the client left before the handshake was answered", request.path)
+            return
         options = self.options
         transport = AsgiTransport(
             receive, send, answer.subprotocol, options.max_size, options.close_timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any, TypeVar
 
 import uvicorn
@@ -148,7 +149,7 @@ class UvicornServer:
         config.ssl = options.ssl  # a context, where uvicorn's own flags take files
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)
-        self._sockets: list[object] = []
+        self._sockets: list[socket.socket] = []
 
     async def start(self, host: str, port: int) -> UvicornServer:
         sockets = bind_sockets(host, port, self.options.backlog)
@@ -164,14 +165,23 @@ class UvicornServer:
 
     async def close(self) -> None:
         """Stop listening, end what is left (uvicorn closes WebSockets with 1012 and waits
-        for their tasks) and return, ``close_timeout`` at most."""
+        for their tasks) and return, ``close_timeout`` (and a second) at most: connections
+        still open then are aborted."""
         server = self._server
-        server.force_exit = False
         timeout = self.options.close_timeout
         try:
             async with asyncio.timeout(timeout + 1):
                 await server.shutdown()
         except TimeoutError:
-            _log.warning("uvicorn did not finish shutting down in %ss", timeout)
+            left = list(server.server_state.connections)
+            _log.warning(
+                "uvicorn did not finish shutting down in %ss; aborting %d connection(s)",
+                timeout,
+                len(left),
+            )
+            for connection in left:
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
         for sock in self._sockets:
-            sock.close()  # type: ignore[attr-defined]
+            sock.close()
