@@ -124,8 +124,16 @@ def interop(session: nox.Session) -> None:
 #: The oldest library versions pyproject.toml allows. aiohttp 3.14.1 answers reserved bits
 #: (Autobahn 3.4) with 1000 instead of 1002 and 3.10 lacks ClientWSTimeout; websockets 14.0
 #: loses messages that arrive just before a close frame; tornado 6.3 passes everything;
-#: python-socks 2.4 (async-timeout from its asyncio extra) opens the proxy tunnels.
-MINIMUMS = ["aiohttp==3.14.2", "websockets==14.1", "tornado==6.3", "python-socks[asyncio]==2.4.0"]
+#: python-socks 2.4 (async-timeout from its asyncio extra) opens the proxy tunnels; uvicorn
+#: 0.51 and 0.52.0 buffer every send of a WebSocket without waiting for room (0.52.4 waits),
+#: and 0.43 sends no pings on its websockets-sansio protocol.
+MINIMUMS = [
+    "aiohttp==3.14.2",
+    "websockets==14.1",
+    "tornado==6.3",
+    "python-socks[asyncio]==2.4.0",
+    "uvicorn==0.52.4",
+]
 #: The private attributes of these libraries that engines still use are listed in
 #: engines/polysocket_engines/private_api.py; tests/test_private_api.py checks them on these
 #: versions (here) and on the newest (the tests session), so an upgrade that drops one fails
@@ -139,7 +147,7 @@ def minimums(session: nox.Session) -> None:
     session.install(*MINIMUMS)
     _install_node_peer(session)
     session.run("pytest", "tests/test_private_api.py", *session.posargs)
-    for engine in ENGINES:
+    for engine in [*ENGINES, *SERVER_ONLY]:
         _run_suite(session, engine)
 
 

@@ -56,7 +56,7 @@ TORNADO: dict[str, str] = {
     " the proxy tunnel's TunnelClient stands in for it",
 }
 
-#: uvicorn internals the engine relies on (uvicorn 0.35, the floor, and 0.55).
+#: uvicorn internals the engine relies on (checked in uvicorn 0.52.4, the floor, and 0.55).
 _UVI_H11 = "uvicorn.protocols.http.h11_impl.H11Protocol"
 _UVI_WS = "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"
 UVICORN: dict[str, str] = {

@@ -349,13 +349,15 @@ def request_of(scope: Scope, method: str) -> HttpRequest:
 
 
 async def send_answer(send: Send, prefix: str, answer: HttpResponse, method: str) -> None:
-    """``answer`` as ``{prefix}.start`` and one ``{prefix}.body``; the server frames it."""
+    """``answer`` as ``{prefix}.start`` and one ``{prefix}.body``; the server frames it (a
+    denial response gets its Content-Length from the server: uvicorn 0.44, say, adds one
+    whatever the application sent)."""
     body = answer_payload(answer, method)
     headers = [
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, v in answer_headers(answer).items()
     ]
-    if answer.status >= 200 and answer.status not in (204, 304):
+    if prefix == "http.response" and answer.status >= 200 and answer.status not in (204, 304):
         headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": prefix + ".start", "status": answer.status, "headers": headers})
     await send({"type": prefix + ".body", "body": body})

@@ -18,6 +18,7 @@ from polysocket.asgi import AsgiApp
 from polysocket.enginekit import HandshakeDeadline, bind_sockets
 from polysocket.transport import ServerApp, ServerOptions
 
+from ..websockets._server import _header_limits
 from ..websockets._transport import PolysocketProtocol
 
 _log = logging.getLogger("polysocket.engines.uvicorn")
@@ -152,6 +153,9 @@ class UvicornServer:
         self._sockets: list[socket.socket] = []
 
     async def start(self, host: str, port: int) -> UvicornServer:
+        # uvicorn hands the upgrade request to websockets' parser again: the same limits as
+        # the websockets engine, so that the core answers too many header lines with its 431
+        _header_limits()
         sockets = bind_sockets(host, port, self.options.backlog)
         self.port = sockets[0].getsockname()[1]
         self._sockets = list(sockets)
