@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 PACKAGE = "polysocket_conformance"
 MARKER = "polysocket_conformance"
 
+#: A test that takes ``engine`` needs its ``"client"`` capability unless it serves with it:
+#: it uses one of these fixtures or carries this marker.
+SERVER_MARKER = "polysocket_server"
+SERVER_FIXTURES = ("serve_registry", "flow_server")
+
 _report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -48,6 +53,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}: parametrize the test's `engine` argument over the selected polysocket"
         " engines (automatic for the tests of the polysocket_conformance package)",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{SERVER_MARKER}: the test serves with `engine` (its clients are"
+        " `support.client_engine(engine)`), so it runs on a server-only engine too (automatic"
+        f" for tests that use {', '.join(SERVER_FIXTURES)})",
     )
     config.addinivalue_line(
         "markers",
@@ -256,6 +267,27 @@ def serve_registry(engine: str, tmp_path: Path) -> Iterator[Callable[..., Server
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _polysocket_client_capability(request: pytest.FixtureRequest) -> None:
+    """Skip a test that needs ``engine`` as a client when the engine has no client."""
+    if not (
+        _is_conformance_module(request.node.module)
+        or request.node.get_closest_marker(MARKER) is not None
+    ):
+        return
+    callspec = getattr(request.node, "callspec", None)
+    engine = callspec.params.get("engine") if callspec is not None else None
+    if engine is None:
+        return
+    if request.node.get_closest_marker(SERVER_MARKER) is not None:
+        return
+    if set(SERVER_FIXTURES) & set(request.fixturenames):
+        return
+    from .support import require_capability
+
+    require_capability(engine, "client")
 
 
 # -- every conformance test leaves no client behind -----------------------------------------

@@ -360,6 +360,15 @@ def require_capability(engine: str, capability: str) -> None:
         pytest.skip(f"engine lacks capability {capability!r}")
 
 
+def client_engine(engine: str) -> str:
+    """The engine a server test's clients use: ``engine`` itself, or for a server-only
+    engine (no ``"client"`` capability) the default engine, so that its server is still
+    tested (the suite's plugin skips the tests that need ``engine`` as a client)."""
+    from polysocket.plugins import DEFAULT_ENGINE, registry
+
+    return engine if "client" in registry.get(engine).capabilities else DEFAULT_ENGINE
+
+
 def outside_callback_state() -> dict[str, Any]:
     """What the context API reports outside any callback (all None / False per SPEC 1)."""
     return {

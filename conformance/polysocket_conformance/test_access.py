@@ -24,7 +24,7 @@ from polysocket.auth import Handshake, Principal, bearer_tokens
 from .peer_processes import PEERS_DIR, PeerUnavailable, node_ws_location, require_peers
 from .rawframes import TEXT, RawClient, close_frame, frame
 from .server_support import SERVICE, ServerThread, events
-from .support import WAIT, Recorder
+from .support import WAIT, Recorder, client_engine
 
 ECHO = SERVICE + "echo"
 ALICE = Principal("alice", frozenset({"admin"}))
@@ -111,13 +111,16 @@ def test_an_authenticator_refuses_with_401_and_the_handler_sees_the_principal(
         assert status == 401, (refused, status, body)
         assert fields["www-authenticate"].startswith("Bearer")
     with pytest.raises(polysocket.ConnectError) as info:
-        polysocket.createWebsocket(server.uri("echo"), Recorder(), engine)
+        polysocket.createWebsocket(server.uri("echo"), Recorder(), client_engine(engine))
     assert info.value.status == 401
     assert events.items == []
 
     recorder = Recorder()
     client = polysocket.createWebsocket(
-        server.uri("echo"), recorder, engine, headers={"Authorization": "Bearer alice-s3cret"}
+        server.uri("echo"),
+        recorder,
+        client_engine(engine),
+        headers={"Authorization": "Bearer alice-s3cret"},
     )
     client.send("as alice")
     assert recorder.wait_messages(1) == ["as alice"]

@@ -42,6 +42,9 @@ SEED_SNIPPET = """(port) => new Promise((resolve, reject) => {
   ws.onerror = () => reject(new Error('WebSocket error'));
 })"""
 
+#: Every test here serves with the engine under test; the browser is the client.
+pytestmark = pytest.mark.polysocket_server
+
 
 def _unavailable(reason: str) -> NoReturn:
     if require_peers():

@@ -18,7 +18,7 @@ from typing import Any
 import polysocket
 from polysocket_conformance.rawframes import TEXT, RawClient, RawServer, close_frame, frame
 from polysocket_conformance.server_support import ServerThread, events
-from polysocket_conformance.support import WAIT, Recorder
+from polysocket_conformance.support import WAIT, Recorder, require_capability
 
 ECHO = "/websockets/v4/service/echo"
 LATE = ["late 1", "late 2", "late 3"]
@@ -33,8 +33,9 @@ def server_messages() -> list[object]:
 
 
 def test_server_delivers_messages_sent_after_its_close_frame(
-    serve_registry: Callable[..., ServerThread],
+    serve_registry: Callable[..., ServerThread], engine: str
 ) -> None:
+    require_capability(engine, "framing")
     server = serve_registry()
     with RawClient(server.port, ECHO) as client:
         client.send(frame(TEXT, b"close:4000:enough"))  # the session closes in onMessage
@@ -72,9 +73,12 @@ def test_client_delivers_messages_sent_after_its_close_frame(
     recorder.assert_well_formed()
 
 
-def test_server_close_bounded_by_close_timeout(serve_registry: Callable[..., ServerThread]) -> None:
+def test_server_close_bounded_by_close_timeout(
+    serve_registry: Callable[..., ServerThread], engine: str
+) -> None:
     """A client that never answers the close frame, nor closes TCP: the session's close()
     returns within close_timeout=0.5 (and a little), with onClose run (1006)."""
+    require_capability(engine, "framing")
     server = serve_registry(close_timeout=0.5)
     with RawClient(server.port, ECHO) as client:
         events.wait("onopen", "echo")

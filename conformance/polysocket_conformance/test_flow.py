@@ -23,7 +23,7 @@ import polysocket
 
 from .rawframes import BINARY, CLOSE, RawClient, RawServer, _Reader
 from .server_support import ServerThread, add_descriptor, events
-from .support import WAIT, Recorder, require_capability, unread_in_kernel
+from .support import WAIT, Recorder, client_engine, require_capability, unread_in_kernel
 
 MIB = 1 << 20
 #: What the side under test reads from a peer pushing 1 MiB messages before it stops reading,
@@ -193,7 +193,9 @@ def test_send_to_a_client_that_never_reads_times_out(flow_server: Any, endpoint:
         client.send(binary(b"go"))
         time.sleep(0.3)  # the handler is waiting for room by now
         other = Recorder()
-        ws = polysocket.createWebsocket(server.uri("echo"), other, server.server.engine.name)
+        ws = polysocket.createWebsocket(
+            server.uri("echo"), other, client_engine(server.server.engine.name)
+        )
         ws.send("still served")
         assert other.wait_messages(1, timeout=1.0) == ["still served"]
         ws.close()
@@ -230,7 +232,9 @@ def test_broadcast_closes_a_member_that_never_reads_and_serves_the_others(
     path = f"/websockets/v4/service/{endpoint}"
     slow = not_reading(RawClient(server.port, path))
     readers = [Recorder() for _ in range(3)]
-    clients = [polysocket.createWebsocket(server.uri(endpoint), r, engine) for r in readers]
+    clients = [
+        polysocket.createWebsocket(server.uri(endpoint), r, client_engine(engine)) for r in readers
+    ]
     deadline = time.monotonic() + WAIT
     while len(polysocket.getSessions(endpoint)) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -36,7 +36,7 @@ from polysocket_conformance.rawframes import (
     frame,
 )
 from polysocket_conformance.server_support import ServerThread, events
-from polysocket_conformance.support import WAIT, Recorder
+from polysocket_conformance.support import WAIT, Recorder, require_capability
 
 SERVER_MAX_SIZE = 1024
 ECHO = "/websockets/v4/service/echo"
@@ -127,8 +127,9 @@ def test_character_split_across_fragments_is_accepted(server: ServerThread) -> N
     assert received_by_server() == ["café"]
 
 
-def test_server_max_size_counts_the_whole_message(server: ServerThread) -> None:
+def test_server_max_size_counts_the_whole_message(server: ServerThread, engine: str) -> None:
     """Two 600-byte fragments: each under max_size=1024, the message over it: 1009."""
+    require_capability(engine, "framing")
     with RawClient(server.port, ECHO) as client:
         client.send(frame(BINARY, b"x" * 600, fin=False), frame(CONTINUATION, b"y" * 600))
         code, _, seen = client.until_close()
@@ -273,11 +274,14 @@ EMPTY_CONTINUATION = bytes([CONTINUATION, 0x80]) + bytes(4)
 FLOOD_LIMIT = 12.0
 
 
-def test_endless_empty_fragments_fail_with_1009_and_starve_nobody(server: ServerThread) -> None:
+def test_endless_empty_fragments_fail_with_1009_and_starve_nobody(
+    server: ServerThread, engine: str
+) -> None:
     """A message of endless empty continuation frames never reaches max_size: past
     ``enginekit.MAX_FRAGMENTS`` frames the server fails it with 1009, and another client's
     echoes stay quick meanwhile. (The flood is bounded, a little over the limit, so that a
     sending thread does not hold the GIL from the server's loop in this process.)"""
+    require_capability(engine, "framing")
     from websockets.sync.client import connect
 
     with RawClient(server.port, ECHO) as flooder:
@@ -319,10 +323,13 @@ def test_endless_empty_fragments_fail_with_1009_and_starve_nobody(server: Server
     assert slowest < 2.0, f"another client waited {slowest:.1f} s for an echo"
 
 
-def test_endless_fragments_sent_with_the_handshake_are_counted(server: ServerThread) -> None:
+def test_endless_fragments_sent_with_the_handshake_are_counted(
+    server: ServerThread, engine: str
+) -> None:
     """The same flood written together with the opening handshake, before the 101 came:
     the frames that arrive with the request are counted too (an engine that counts bytes
     must start at the first one, or it loses the frame boundaries)."""
+    require_capability(engine, "framing")
     key = base64.b64encode(os.urandom(16)).decode()
     request = (
         f"GET {ECHO} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

@@ -20,7 +20,15 @@ import polysocket
 from .peer_processes import Peer
 from .rawframes import LatePongs, RawClient, RawServer, close_frame
 from .server_support import ServerThread, events
-from .support import WAIT, Recorder, TlsContexts, require_capability, run_async, tls_contexts
+from .support import (
+    WAIT,
+    Recorder,
+    TlsContexts,
+    client_engine,
+    require_capability,
+    run_async,
+    tls_contexts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,7 @@ def test_wss_server_with_a_private_ca(
             return await ws.recv()
 
     assert run_async(raw_client_echo(), WAIT) == "raw client over TLS"
-    assert echo_once(uri, engine, "polysocket over TLS", ssl=client_context) == (
+    assert echo_once(uri, client_engine(engine), "polysocket over TLS", ssl=client_context) == (
         "polysocket over TLS"
     )
 
@@ -156,7 +164,9 @@ def test_server_selects_a_subprotocol_it_supports(
         assert ws.subprotocol == "superchat"
 
     async def polysocket_client() -> str | None:
-        async with polysocket.connect(uri, engine=engine, subprotocols=["chat"]) as ws:
+        async with polysocket.connect(
+            uri, engine=client_engine(engine), subprotocols=["chat"]
+        ) as ws:
             return ws.subprotocol
 
     assert asyncio.run(polysocket_client()) == "chat"

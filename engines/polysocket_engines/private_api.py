@@ -55,3 +55,19 @@ TORNADO: dict[str, str] = {
     "tornado.simple_httpclient._HTTPConnection.tcp_client": "what the client connects with:"
     " the proxy tunnel's TunnelClient stands in for it",
 }
+
+#: uvicorn internals the engine relies on (checked in uvicorn 0.52.4, the floor, and 0.55).
+_UVI_H11 = "uvicorn.protocols.http.h11_impl.H11Protocol"
+_UVI_WS = "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"
+UVICORN: dict[str, str] = {
+    f"{_UVI_H11}.on_response_complete": "an answer is out: the handshake deadline restarts",
+    f"{_UVI_H11}.handle_websocket_upgrade": "the WebSocket protocol takes the deadline over",
+    f"{_UVI_WS}.conn": "websockets' protocol: made a FragmentingServerProtocol",
+    f"{_UVI_WS}.handshake_complete": "the 101 (or the refusal) is out: the deadline ends",
+    f"{_UVI_WS}.shutdown": "overridden: a connection already closing just ends",
+    "uvicorn.server.Server.startup": "serves the engine's sockets in the caller's loop",
+    "uvicorn.server.Server.shutdown": "stops it, without uvicorn's signal handling",
+    "uvicorn.server.Server._serve": "sets Server.lifespan before startup(): the engine too",
+    "uvicorn.config.Config.load": "sets Config.ssl from files: the engine sets its SSLContext"
+    " after it",
+}

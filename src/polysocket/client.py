@@ -32,6 +32,11 @@ __all__ = [
 
 
 def check_uri(uri: str, engine: Engine) -> None:
+    if "client" not in engine.capabilities:  # a server-only engine, such as uvicorn
+        raise UnsupportedOptionError(
+            f"engine {engine.name!r} cannot connect: it only serves (it lacks the 'client'"
+            " capability; see `polysocket engines`); pick another engine= for clients"
+        )
     scheme = urlsplit(uri).scheme if isinstance(uri, str) else None
     if scheme not in ("ws", "wss"):
         raise ConnectError(f"{uri!r} is not a WebSocket URI; it must start with ws:// or wss://")

@@ -257,8 +257,7 @@ class EndpointServer:
         # one warning per out-of-descriptors episode, not a traceback per accept attempt
         install_accept_error_filter(asyncio.get_running_loop())
         self._server = await self.engine.serve(host, port, self, self._options)
-        if self._reload:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self.watch()
         log.info(
             "serving %d endpoint(s) from %s on %s with %s",
             len(self.scan.endpoints),
@@ -277,6 +276,14 @@ class EndpointServer:
                 " silence this.",
                 host,
             )
+
+    def watch(self) -> None:
+        """Start what the registry needs while it is served, on the running loop: the
+        live-reload watcher (with ``reload``). ``start()`` calls it after the engine listens;
+        an ASGI application (:mod:`polysocket.asgi`), which listens on no socket of its own,
+        calls it at its lifespan's startup. ``close()`` stops it."""
+        if self._reload and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     # -- the ServerApp side of the engine contract -------------------------------------------
 
@@ -506,6 +513,7 @@ class EndpointServer:
         sessions, and which handlers."""
         if self._watcher is not None:
             self._watcher.cancel()
+            self._watcher = None
         loop = asyncio.get_running_loop()
         close_timeout = self._options.close_timeout
         deadline = loop.time() + close_timeout

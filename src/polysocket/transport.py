@@ -88,8 +88,23 @@ DEFAULT_BACKLOG = 2048
 #: Every capability an engine may declare. An option that needs one the engine lacks is
 #: refused (``UnsupportedOptionError``), and the conformance suite skips what needs it.
 #: ``proxy``: the engine connects over ``ClientOptions.sock`` when the core sets it.
+#: ``framing``: the engine reads and writes the frames itself (not through an ASGI server,
+#: which hands over whole messages and a close code): it fails a message over ``max_size``
+#: or ``enginekit.MAX_FRAGMENTS`` fragments with ``TransportClosed.error`` set (onError),
+#: takes a close frame between fragments as a normal close, and after its own close frame
+#: still delivers the messages that arrive and reports the peer's answer (or ``None``).
 CAPABILITIES = frozenset(
-    {"client", "server", "headers", "subprotocols", "tls", "deflate", "keepalive", "proxy"}
+    {
+        "client",
+        "server",
+        "headers",
+        "subprotocols",
+        "tls",
+        "deflate",
+        "keepalive",
+        "proxy",
+        "framing",
+    }
 )
 
 
