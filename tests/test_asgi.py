@@ -348,3 +348,86 @@ def test_uvicorn_flags_tls_and_workers(registry: Path, tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "no worker answered over TLS"
                 time.sleep(0.1)
         assert echoed == [f"tls {i}" for i in range(4)]
+
+
+# -- mounted in a FastAPI application, reached by Node's ws ----------------------------------
+
+SERVICE = """
+import os
+
+from fastapi import FastAPI
+
+import polysocket.asgi
+
+app = FastAPI()
+realtime = polysocket.asgi.app(os.environ["POLYSOCKET_ROOT"])
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+app.mount("/rt", realtime)
+"""
+
+
+def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
+    registry: Path, tmp_path: Path
+) -> None:
+    """A FastAPI service with its own /health route and the registry mounted at /rt, run by
+    uvicorn: both answer, and Node's `ws` client echoes through the mounted endpoint."""
+    pytest.importorskip("fastapi")
+    from polysocket_conformance.peer_processes import (
+        PEERS_DIR,
+        PeerUnavailable,
+        node_ws_location,
+        require_peers,
+    )
+
+    try:
+        node, ws_dir = node_ws_location()
+    except PeerUnavailable as exc:
+        if require_peers():
+            pytest.fail(f"{exc} (POLYSOCKET_REQUIRE_PEERS is set)")
+        pytest.skip(str(exc))
+    (tmp_path / "service.py").write_text(SERVICE)
+    port = free_port()
+    env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
+    command = [sys.executable, "-m", "uvicorn", "service:app", "--app-dir", str(tmp_path)]
+    command += ["--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                    break
+            except OSError:
+                if process.poll() is not None:
+                    raise AssertionError(f"uvicorn exited: {process.communicate()[1]}") from None
+                assert time.monotonic() < deadline, "the FastAPI service did not answer"
+                time.sleep(0.1)
+        uri = f"ws://127.0.0.1:{port}/rt{ECHO_PATH}"
+        result = subprocess.run(
+            [node, str(PEERS_DIR / "ws_client.js"), uri, "1000", "hi", "ünïcode"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"POLYSOCKET_WS_PATH": str(ws_dir), "PATH": "/usr/bin:/bin"},
+        )
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert lines[0] == {"event": "open"}, result.stdout + result.stderr
+        assert [e["data"] for e in lines if e["event"] == "message"] == ["hi", "ünïcode"]
+        assert lines[-1]["event"] == "close" and lines[-1]["code"] == 1000, lines
+        # the registry's own JSON list, under the mount too
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/rt/", timeout=WAIT) as page:
+            assert page.status == 200
+    finally:
+        process.terminate()
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
