@@ -66,8 +66,10 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The core's own tests, against the in-memory engine; the few that run
-    ``polysocket serve`` in a process of its own do so on every engine, picows included."""
+    ``polysocket serve`` in a process of its own do so on every engine, picows included.
+    The Node `ws` peer is installed for the ASGI test that mounts a registry in FastAPI."""
     _install(session, "picows")
+    _install_node_peer(session)
     session.run("pytest", "tests", *session.posargs)
 
 
