@@ -267,12 +267,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_uvicorn(registry: Path, *flags: str) -> Iterator[int]:
-    """``uvicorn polysocket.asgi:app --factory FLAGS`` on a free port, serving ``registry``."""
+def running_uvicorn(
+    registry: Path, *flags: str, app: tuple[str, ...] = ("polysocket.asgi:app", "--factory")
+) -> Iterator[int]:
+    """``uvicorn APP FLAGS`` (by default the factory) on a free port, serving ``registry``."""
     pytest.importorskip("uvicorn")
     port = free_port()
     env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
-    command = [sys.executable, "-m", "uvicorn", "polysocket.asgi:app", "--factory"]
+    command = [sys.executable, "-m", "uvicorn", *app]
     command += ["--port", str(port), "--log-level", "warning", *flags]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -392,23 +394,10 @@ def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
             pytest.fail(f"{exc} (POLYSOCKET_REQUIRE_PEERS is set)")
         pytest.skip(str(exc))
     (tmp_path / "service.py").write_text(SERVICE)
-    port = free_port()
-    env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
-    command = [sys.executable, "-m", "uvicorn", "service:app", "--app-dir", str(tmp_path)]
-    command += ["--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    assert json.loads(r.read()) == {"status": "ok"}
-                    break
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(f"uvicorn exited: {process.communicate()[1]}") from None
-                assert time.monotonic() < deadline, "the FastAPI service did not answer"
-                time.sleep(0.1)
+    app = ("service:app", "--app-dir", str(tmp_path))
+    with running_uvicorn(registry, app=app) as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=WAIT) as health:
+            assert json.loads(health.read()) == {"status": "ok"}
         uri = f"ws://127.0.0.1:{port}/rt{ECHO_PATH}"
         result = subprocess.run(
             [node, str(PEERS_DIR / "ws_client.js"), uri, "1000", "hi", "ünïcode"],
@@ -421,13 +410,6 @@ def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
         assert lines[0] == {"event": "open"}, result.stdout + result.stderr
         assert [e["data"] for e in lines if e["event"] == "message"] == ["hi", "ünïcode"]
         assert lines[-1]["event"] == "close" and lines[-1]["code"] == 1000, lines
-        # the registry's own JSON list, under the mount too
+        # the registry's page at /, under the mount too
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/rt/", timeout=WAIT) as page:
             assert page.status == 200
-    finally:
-        process.terminate()
-        try:
-            process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
