@@ -17,12 +17,14 @@ from polysocket.testing import MemoryEngine, install
 def plugin_site(tmp_path, monkeypatch):
     """A folder on sys.path holding third-party engine distributions made by the test."""
 
-    def add(dist: str, entry_name: str, module: str, source: str) -> None:
+    def add(
+        dist: str, entry_name: str, module: str, source: str, group: str = "polysocket.engines"
+    ) -> None:
         (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
         info = tmp_path / f"{dist}-1.0.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[polysocket.engines]\n{entry_name} = {module}\n")
+        (info / "entry_points.txt").write_text(f"[{group}]\n{entry_name} = {module}\n")
 
     monkeypatch.syspath_prepend(str(tmp_path))
     add.path = tmp_path
@@ -127,3 +129,44 @@ def test_cli_lists_engines_and_a_broken_plugin(plugin_site):
     assert "available" in lines["aiohttp"]
     assert "failed to load" in lines["broken"] and "nope" in lines["broken"]
     assert set(lines) >= {"aiohttp", "websockets", "tornado", "broken"}
+
+
+def test_builtin_backplane_comes_through_its_entry_point():
+    registry = EngineRegistry()
+    assert "memory" in registry.backplane_names()
+    assert registry.backplane("memory://").name == "memory"
+    assert "memory" not in registry.names()  # a backplane is not an engine
+
+
+def test_unknown_backplane_scheme_names_the_installed_ones_and_hides_the_password():
+    registry = EngineRegistry()
+    with pytest.raises(polysocket.BackplaneError) as caught:
+        registry.backplane("kafka://admin:s3cret@broker:9092/")
+    message = str(caught.value)
+    assert "memory://" in message
+    assert "s3cret" not in message
+    assert "broker:9092" in message
+
+
+def test_backplane_plugin_that_fails_to_register_is_isolated(plugin_site):
+    plugin_site(
+        "raising-backplane",
+        "raising",
+        "raising_backplane_mod",
+        """
+        from polysocket import hookimpl
+
+        @hookimpl
+        def polysocket_register_backplanes(register):
+            raise RuntimeError("boom in backplane register")
+        """,
+        group="polysocket.backplanes",
+    )
+    registry = EngineRegistry()
+    rows = {row.name: row for row in registry.backplane_statuses()}
+    assert rows["raising"].status == "failed to load"
+    assert "boom in backplane register" in rows["raising"].detail
+    assert rows["memory"].status == "available"
+    assert "raising" not in {row.name for row in registry.statuses()}
+    with pytest.raises(polysocket.BackplaneError, match="failed to load: backplane:raising"):
+        registry.backplane("raising://x")

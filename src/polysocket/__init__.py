@@ -30,6 +30,7 @@ from .context import (
     is_on_open,
 )
 from .errors import (
+    BackplaneError,
     ConnectError,
     ConnectionClosedError,
     DescriptorError,
@@ -67,6 +68,7 @@ runServer = run_server
 
 __all__ = [
     "AsyncConnection",
+    "BackplaneError",
     "ConnectError",
     "ConnectionClosedError",
     "DescriptorError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "BackplaneError",
     "ConnectError",
     "ConnectionClosedError",
     "DescriptorError",
@@ -116,3 +117,9 @@ class DescriptorError(WebsocketError):
     def __init__(self, message: str, *, files: tuple[str | os.PathLike[str], ...] = ()) -> None:
         super().__init__(message)
         self.files = files
+
+
+class BackplaneError(WebsocketError):
+    """The backplane's broker cannot be reached, or the link to it was lost. Servers go on
+    delivering to their own sessions meanwhile and reconnect with backoff (see
+    :mod:`polysocket.cluster`); the message names the broker, never its password."""

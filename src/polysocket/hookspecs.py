@@ -10,7 +10,10 @@ engine it provides::
     def polysocket_register_engines(register):
         register(MyEngine())
 
-Any registered plugin (found through that group, or given to
+A backplane distribution does the same through the ``polysocket.backplanes`` group with
+:func:`polysocket_register_backplanes` (the contract: :mod:`polysocket.backplane`).
+
+Any registered plugin (found through either group, or given to
 ``polysocket.plugins.registry.register_plugin``) may also implement
 :func:`polysocket_authenticate`, which the endpoint server asks on every handshake.
 """
@@ -22,10 +25,12 @@ from collections.abc import Callable
 import pluggy
 
 from .auth import Handshake, Principal
+from .backplane import Backplane
 from .transport import Engine
 
 PROJECT = "polysocket"
 ENTRY_POINT_GROUP = "polysocket.engines"
+BACKPLANE_ENTRY_POINT_GROUP = "polysocket.backplanes"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -34,6 +39,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def polysocket_register_engines(register: Callable[[Engine], None]) -> None:
     """Register engines by calling ``register(engine)`` for each one."""
+
+
+@hookspec
+def polysocket_register_backplanes(register: Callable[[Backplane], None]) -> None:
+    """Register backplanes by calling ``register(backplane)`` for each one."""
 
 
 @hookspec(firstresult=True)

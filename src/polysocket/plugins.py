@@ -1,8 +1,10 @@
-"""Finding engines: entry points -> pluggy plugins -> registered engines, each fault-isolated.
+"""Finding plugins: entry points -> pluggy plugins -> registered engines and backplanes, each
+fault-isolated.
 
-Built-in engines are found exactly like third-party ones, through the ``polysocket.engines``
-entry-point group. A plugin that fails to import, or whose hook raises, is recorded with its
-error and shown by ``polysocket engines``; every other engine keeps working.
+Built-in engines and backplanes are found exactly like third-party ones, through the
+``polysocket.engines`` and ``polysocket.backplanes`` entry-point groups. A plugin that fails to
+import, or whose hook raises, is recorded with its error and shown by ``polysocket engines``
+(``polysocket backplanes``); every other plugin keeps working.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import pluggy
 
 from . import hookspecs
 from .auth import Handshake, Principal
-from .errors import EngineUnavailableError, UnknownEngineError
+from .backplane import Backplane
+from .errors import BackplaneError, EngineUnavailableError, UnknownEngineError
+from .proxies import without_credentials
 from .transport import Engine
 
 log = logging.getLogger("polysocket.plugins")
 
 DEFAULT_ENGINE = "aiohttp"
+#: Backplane plugins are registered under this prefix and their entry point's name, so that
+#: an engine and a backplane may share a name.
+BACKPLANE_PLUGIN_PREFIX = "backplane:"
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class EngineRegistry:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._engines: dict[str, Engine] = {}
+        self._backplanes: dict[str, Backplane] = {}
         self._plugin_of: dict[str, str] = {}  # engine name -> name of the plugin that gave it
         self._failures: dict[str, PluginFailure] = {}
         self._loaded = False
@@ -66,14 +74,20 @@ class EngineRegistry:
             if self._loaded:
                 return
             self._loaded = True
-            for ep in entry_points(group=hookspecs.ENTRY_POINT_GROUP):
-                try:
-                    plugin = ep.load()
-                except Exception as exc:  # a broken plugin must never break the others
-                    log.warning("engine plugin %r failed to load: %s", ep.name, exc)
-                    self._failures[ep.name] = PluginFailure(ep.name, exc)
-                    continue
-                self._add_plugin_locked(plugin, ep.name)
+            groups = (
+                (hookspecs.ENTRY_POINT_GROUP, ""),
+                (hookspecs.BACKPLANE_ENTRY_POINT_GROUP, BACKPLANE_PLUGIN_PREFIX),
+            )
+            for group, prefix in groups:
+                for ep in entry_points(group=group):
+                    name = prefix + ep.name
+                    try:
+                        plugin = ep.load()
+                    except Exception as exc:  # a broken plugin must never break the others
+                        log.warning("plugin %r failed to load: %s", name, exc)
+                        self._failures[name] = PluginFailure(name, exc)
+                        continue
+                    self._add_plugin_locked(plugin, name)
 
     def register_plugin(self, plugin: object, name: str) -> None:
         """Register a plugin object or module directly (used by tests and embedders)."""
@@ -91,10 +105,15 @@ class EngineRegistry:
                 for engine_name, engine in self._engines.items()
                 if self._plugin_of.get(engine_name) != name
             }
+            self._backplanes = {
+                backplane_name: backplane
+                for backplane_name, backplane in self._backplanes.items()
+                if self._plugin_of.get(BACKPLANE_PLUGIN_PREFIX + backplane_name) != name
+            }
             self._plugin_of = {
-                engine_name: plugin_name
-                for engine_name, plugin_name in self._plugin_of.items()
-                if engine_name in self._engines
+                given: plugin_name
+                for given, plugin_name in self._plugin_of.items()
+                if plugin_name != name
             }
             self._failures.pop(name, None)
 
@@ -119,6 +138,21 @@ class EngineRegistry:
             for engine in found:
                 self._engines[engine.name] = engine
                 self._plugin_of[engine.name] = name
+        for impl in self._pm.hook.polysocket_register_backplanes.get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            backplanes: list[Backplane] = []
+            try:
+                impl.function(register=backplanes.append)
+                for backplane in backplanes:
+                    _check_backplane(backplane)
+            except Exception as exc:
+                log.warning("backplane plugin %r failed to register: %s", name, exc)
+                self._failures[name] = PluginFailure(name, exc)
+                continue
+            for backplane in backplanes:
+                self._backplanes[backplane.name] = backplane
+                self._plugin_of[BACKPLANE_PLUGIN_PREFIX + backplane.name] = name
 
     def authenticator_names(self) -> list[str]:
         """The registered plugins that implement ``polysocket_authenticate``."""
@@ -159,6 +193,53 @@ class EngineRegistry:
             )
         return engine
 
+    def backplane_names(self) -> list[str]:
+        self.load()
+        return sorted(self._backplanes)
+
+    def backplane(self, url: str) -> Backplane:
+        """The backplane serving ``url``, by its scheme (``redis://...`` -> ``redis``)."""
+        self.load()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        for backplane in self._backplanes.values():
+            if scheme in backplane.schemes:
+                if not backplane.is_available():
+                    raise BackplaneError(
+                        f"the {backplane.name!r} backplane needs the library"
+                        f" {backplane.library!r}, which is not installed. Install it with:"
+                        f" pip install {backplane.install_hint}"
+                    )
+                return backplane
+        known = sorted(s for b in self._backplanes.values() for s in b.schemes)
+        failed = [n for n in self._failures if n.startswith(BACKPLANE_PLUGIN_PREFIX)]
+        broken = f"; failed to load: {', '.join(failed)}" if failed else ""
+        raise BackplaneError(
+            f"no backplane for {without_credentials(url)!r}: the installed backplanes take"
+            f" {', '.join(s + '://' for s in known) or 'nothing'}{broken}. Install the"
+            " package that provides it, or give a URL with one of those schemes."
+        )
+
+    def backplane_statuses(self) -> list[EngineStatus]:
+        """One row per backplane, like :meth:`statuses` (capabilities: its URL schemes)."""
+        self.load()
+        rows = []
+        for name in sorted(self._backplanes):
+            backplane = self._backplanes[name]
+            if backplane.is_available():
+                status, detail = "available", ""
+            else:
+                status, detail = "library missing", f"pip install {backplane.install_hint}"
+            version = backplane.library_version()
+            rows.append(EngineStatus(name, status, version, backplane.schemes, detail))
+        for name in sorted(self._failures):
+            if name.startswith(BACKPLANE_PLUGIN_PREFIX):
+                failure = self._failures[name]
+                shown = name[len(BACKPLANE_PLUGIN_PREFIX) :]
+                rows.append(
+                    EngineStatus(shown, "failed to load", None, frozenset(), failure.summary)
+                )
+        return rows
+
     def statuses(self) -> list[EngineStatus]:
         self.load()
         rows = []
@@ -172,6 +253,8 @@ class EngineRegistry:
                 EngineStatus(name, status, engine.library_version(), engine.capabilities, detail)
             )
         for name in sorted(self._failures):
+            if name.startswith(BACKPLANE_PLUGIN_PREFIX):
+                continue
             failure = self._failures[name]
             rows.append(EngineStatus(name, "failed to load", None, frozenset(), failure.summary))
         return rows
@@ -181,6 +264,12 @@ def _check_engine(engine: object) -> None:
     for attribute in ("name", "library", "install_hint", "capabilities", "connect"):
         if not hasattr(engine, attribute):
             raise TypeError(f"{engine!r} is not an engine: it has no {attribute!r}")
+
+
+def _check_backplane(backplane: object) -> None:
+    for attribute in ("name", "schemes", "connect"):
+        if not hasattr(backplane, attribute):
+            raise TypeError(f"{backplane!r} is not a backplane: it has no {attribute!r}")
 
 
 registry = EngineRegistry()

@@ -121,7 +121,8 @@ class ProxyURL:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def _without_credentials(url: str) -> str:
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` part, fit for messages and logs."""
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
@@ -129,7 +130,7 @@ def _without_credentials(url: str) -> str:
 def parse_proxy(url: str, source: str = "proxy=") -> ProxyURL:
     """Parse a proxy URL; ``UnsupportedOptionError`` for a scheme it cannot take (``https``
     included), ``ValueError`` for a malformed one. Messages never show the credentials."""
-    shown = _without_credentials(url)
+    shown = without_credentials(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "https":
