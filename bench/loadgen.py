@@ -18,7 +18,8 @@ then waits for commands on stdin:
   ``--conns`` more (one verified echo each) and says "ready" after a settling second;
 - broadcast: "arm TOKEN" makes every connection expect "B:TOKEN" ("armed"); the leader's
   "go TOKEN" sends "go:TOKEN" on its first connection ("sent" with the time); once every
-  connection got its message, "received" with the time of the last one. Monotonic clock
+  connection got its message, "received" with the time of the last one and every
+  connection's time of receipt (``times``, for percentiles). Monotonic clock
   times are comparable between processes (CLOCK_MONOTONIC is system-wide).
 """
 
@@ -268,11 +269,14 @@ class Receivers:
         self.expected = b""
         self.left = 0
         self.last = 0.0
+        #: When each connection got the armed message (one entry per connection).
+        self.times: list[float] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
 
     def arm(self, token: str, count: int) -> None:
         self.expected, self.left = b"B:" + token.encode(), count
+        self.times = []
         self.done = asyncio.get_running_loop().create_future()
 
     def got(self, data: bytes) -> None:
@@ -280,8 +284,10 @@ class Receivers:
             self._fail(f"got {data[:40]!r}, expected {self.expected!r}")
             return
         self.left -= 1
+        if self.left >= 0:
+            self.times.append(time.monotonic())
         if self.left == 0:
-            self.last = time.monotonic()
+            self.last = self.times[-1]
             if not self.done.done():
                 self.done.set_result(None)
         elif self.left < 0:
@@ -319,7 +325,7 @@ async def broadcast(args: argparse.Namespace) -> None:
                     f"{group.left} of {len(connections)} connections still waiting"
                     f" after {args.timeout} s"
                 ) from None
-            emit("received", at=group.last, conns=len(connections))
+            emit("received", at=group.last, conns=len(connections), times=group.times)
         else:
             break
     group.closing = True
