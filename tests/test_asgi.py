@@ -1,5 +1,6 @@
 """polysocket.asgi: the adapter driven by a hand-written ASGI server (no socket), then the
-factory run by a real uvicorn process and echoed through with the websockets library."""
+factory run by real uvicorn and hypercorn processes and reached with the websockets library
+(and Node's ws, for a FastAPI service that mounts a registry)."""
 
 from __future__ import annotations
 
@@ -362,18 +363,25 @@ SERVERS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """An ASGI server process that listens on 127.0.0.1:``port``."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+
 @contextlib.contextmanager
 def running_server(
     server: AsgiServer, registry: Path, *flags: str, app: tuple[str, ...] | None = None
-) -> Iterator[subprocess.Popen[str]]:
+) -> Iterator[Running]:
     """``server`` (a process of its own) running ``app`` (by default the factory) on a free
-    port with ``registry`` as $POLYSOCKET_ROOT; the process once it listens (``.port``)."""
+    port with ``registry`` as $POLYSOCKET_ROOT, once it listens."""
     pytest.importorskip(server.name)
     port = free_port()
     env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
     command = server.command(app or server.factory, port, flags)
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    process.port = port  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + WAIT
         while True:
@@ -387,7 +395,7 @@ def running_server(
                     ) from None
                 assert time.monotonic() < deadline, f"{server.name} did not listen"
                 time.sleep(0.1)
-        yield process
+        yield Running(process, port)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -403,8 +411,8 @@ def running_uvicorn(
     registry: Path, *flags: str, app: tuple[str, ...] | None = None
 ) -> Iterator[int]:
     """``uvicorn APP FLAGS`` (by default the factory) on a free port, serving ``registry``."""
-    with running_server(SERVERS["uvicorn"], registry, *flags, app=app) as process:
-        yield process.port  # type: ignore[attr-defined]
+    with running_server(SERVERS["uvicorn"], registry, *flags, app=app) as running:
+        yield running.port
 
 
 @pytest.fixture(params=sorted(SERVERS))
@@ -415,8 +423,8 @@ def asgi_server(request: pytest.FixtureRequest) -> AsgiServer:
 @pytest.fixture
 def served(asgi_server: AsgiServer, registry: Path) -> Iterator[str]:
     """The factory run by each ASGI server: its ``127.0.0.1:PORT``."""
-    with running_server(asgi_server, registry) as process:
-        yield f"127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    with running_server(asgi_server, registry) as running:
+        yield f"127.0.0.1:{running.port}"
 
 
 def test_asgi_server_serves_the_registry(served: str) -> None:
@@ -488,8 +496,9 @@ def test_server_stop_closes_open_sessions(
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    with running_server(asgi_server, registry) as process:
-        uri = f"ws://127.0.0.1:{process.port}{ECHO_PATH}"  # type: ignore[attr-defined]
+    with running_server(asgi_server, registry) as running:
+        process = running.process
+        uri = f"ws://127.0.0.1:{running.port}{ECHO_PATH}"
         with connect(uri, open_timeout=WAIT) as ws:
             ws.send("before the stop")
             assert ws.recv(timeout=WAIT) == "before the stop"
@@ -547,8 +556,8 @@ def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
         pytest.skip(str(exc))
     (tmp_path / "service.py").write_text(SERVICE)
     app = asgi_server.module_app(tmp_path / "service.py")
-    with running_server(asgi_server, registry, app=app) as process:
-        port = process.port  # type: ignore[attr-defined]
+    with running_server(asgi_server, registry, app=app) as running:
+        port = running.port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=WAIT) as health:
             assert json.loads(health.read()) == {"status": "ok"}
         uri = f"ws://127.0.0.1:{port}/rt{ECHO_PATH}"

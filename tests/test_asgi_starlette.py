@@ -112,8 +112,8 @@ def service(
     (tmp_path / "service.py").write_text(SERVICE)
     monkeypatch.setenv("SERVICE_TOKEN", TOKEN)  # the server process inherits it
     app = server.module_app(tmp_path / "service.py")
-    with running_server(server, registry, app=app) as process:
-        yield f"127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+    with running_server(server, registry, app=app) as running:
+        yield f"127.0.0.1:{running.port}"
 
 
 def get_json(url: str) -> object:
