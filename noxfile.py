@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = [
     "lint",
     "tests",
+    "asgi_fresh_venv",
     "conformance",
     "conformance_picows",
     "interop",
@@ -71,6 +76,80 @@ def tests(session: nox.Session) -> None:
     _install(session, "picows")
     _install_node_peer(session)
     session.run("pytest", "tests", *session.posargs)
+
+
+#: Seconds the fresh venv's uvicorn has to start listening.
+FRESH_SERVER_START = 30
+
+
+@nox.session
+def asgi_fresh_venv(session: nox.Session) -> None:
+    """Issue 12's first "done when", as a user would do it: a plain venv (``python -m
+    venv``, in a temporary directory) gets only ``pip install ".[uvicorn]"`` (not editable,
+    no dev extra), runs ``uvicorn polysocket.asgi:app --factory`` (the bundled sample) from
+    outside the repository, and tests/test_asgi_fresh_venv.py, run from this session's own
+    venv, checks that install and runs the seed's browser snippet against the server in
+    Debian's Chromium."""
+    _install(session)  # pytest, playwright and the suite's browser driver, here only
+    with tempfile.TemporaryDirectory(prefix="polysocket-fresh-") as scratch:
+        venv = Path(scratch) / "venv"
+        began = time.monotonic()
+        session.run("python", "-m", "venv", str(venv))
+        python = str(venv / "bin" / "python")
+        repository = Path(__file__).parent.resolve()
+        pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        session.run(*pip, f"{repository}[uvicorn]", external=True)
+        session.log(f"fresh venv with polysocket[uvicorn] in {time.monotonic() - began:.1f} s")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        # only what a user's shell has: no PYTHONPATH, VIRTUAL_ENV or POLYSOCKET_ROOT
+        env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", scratch)}
+        command = [str(venv / "bin" / "uvicorn"), "polysocket.asgi:app", "--factory"]
+        command += ["--port", str(port)]
+        log_path = Path(scratch) / "uvicorn.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(
+                command, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            _wait_listening(session, server, port, log_path)
+            session.run(
+                "pytest",
+                "tests/test_asgi_fresh_venv.py",
+                "-p",
+                "no:randomly",
+                *session.posargs,
+                env={
+                    "POLYSOCKET_FRESH_URL": f"http://127.0.0.1:{port}",
+                    "POLYSOCKET_FRESH_VENV": str(venv),
+                    "POLYSOCKET_FRESH_PID": str(server.pid),
+                },
+            )
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            session.log(f"uvicorn from the fresh venv said:\n{log_path.read_text()}")
+
+
+def _wait_listening(
+    session: nox.Session, server: subprocess.Popen[bytes], port: int, log_path: Path
+) -> None:
+    deadline = time.monotonic() + FRESH_SERVER_START
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if server.poll() is not None:
+                session.error(f"uvicorn exited ({server.returncode}): {log_path.read_text()}")
+            if time.monotonic() > deadline:
+                session.error(f"uvicorn did not listen in {FRESH_SERVER_START} s")
+            time.sleep(0.1)
 
 
 def _install_node_peer(session: nox.Session) -> None:

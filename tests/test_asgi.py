@@ -1,18 +1,21 @@
 """polysocket.asgi: the adapter driven by a hand-written ASGI server (no socket), then the
-factory run by a real uvicorn process and echoed through with the websockets library."""
+factory run by real uvicorn and hypercorn processes and reached with the websockets library
+(and Node's ws, for a FastAPI service that mounts a registry)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,34 @@ from polysocket.transport import TransportClosed
 
 WAIT = 10.0
 ECHO_PATH = "/websockets/v4/service/echo"
-ECHO = "def onMessage(message):\n    return message\n"
+ECHO = """
+import polysocket
+
+
+def onMessage(message):
+    if isinstance(message, str) and message.startswith("close "):
+        _, code, reason = message.split(" ", 2)
+        polysocket.getSession().close(int(code), reason)
+        return None
+    return message
+"""
+#: Every message goes to every session of the room; "count" answers how many there are, and
+#: each session that closes tells the others its close code and reason.
+ROOM = """
+import polysocket
+
+
+def onMessage(message):
+    endpoint = polysocket.getSession().endpoint
+    if message == "count":
+        return str(len(polysocket.getSessions(endpoint)))
+    polysocket.broadcast(endpoint, message)
+
+
+def onClose():
+    code, reason = polysocket.getCloseCode(), polysocket.getCloseReason()
+    polysocket.broadcast(polysocket.getSession().endpoint, f"closed {code} {reason}")
+"""
 
 
 @pytest.fixture
@@ -34,6 +64,8 @@ def registry(tmp_path: Path) -> Path:
     (tmp_path / "echo.websocket").write_text(
         json.dumps({"handler": "echo", "endpoint": "echo", "description": "Echo"})
     )
+    (tmp_path / "room.py").write_text(ROOM)
+    (tmp_path / "room.websocket").write_text(json.dumps({"handler": "room", "endpoint": "room"}))
     return tmp_path
 
 
@@ -111,7 +143,7 @@ def test_http_page_listing_and_404(registry: Path) -> None:
         assert headers[b"content-length"] == str(len(body)).encode()
         status, _, body = await get(asgi, http_scope("/websockets/v4/endpoints"))
         assert status == 200
-        assert [e["endpoint"] for e in json.loads(body)["endpoints"]] == ["echo"]
+        assert [e["endpoint"] for e in json.loads(body)["endpoints"]] == ["echo", "room"]
         status, _, body = await get(asgi, http_scope("/nothing"))
         assert status == 404 and b"nothing at /nothing" in body
         status, headers, _ = await get(asgi, http_scope(ECHO_PATH))
@@ -234,6 +266,26 @@ def test_lifespan_starts_the_watcher_and_shutdown_closes_sessions_with_1001(
     asyncio.run(main())
 
 
+def test_a_session_the_server_cancels_is_closed_with_1001(registry: Path) -> None:
+    """hypercorn cancels the application of each connection still open when its grace time
+    at shutdown ends: the client is told 1001 (going away), not the server's 1011."""
+    asgi = app(registry, reload=False)
+
+    async def main() -> None:
+        server = FakeServer({"type": "websocket.connect"})
+        running = asyncio.ensure_future(asgi(ws_scope(ECHO_PATH), server.receive, server.send))
+        await server.wait_for("websocket.accept")
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, WAIT)
+        close = await server.wait_for("websocket.close")
+        assert (close["code"], close["reason"]) == (1001, "server shutting down")
+        assert [m["type"] for m in server.sent].count("websocket.close") == 1
+        assert polysocket.getSessions("echo") == []
+
+    asyncio.run(main())
+
+
 def test_abort_ends_a_pending_receive() -> None:
     async def main() -> None:
         server = FakeServer()
@@ -257,7 +309,7 @@ def test_options_the_asgi_server_owns_are_refused() -> None:
         app(ssl=object())
 
 
-# -- a real uvicorn --------------------------------------------------------------------------
+# -- real ASGI servers: uvicorn and hypercorn -----------------------------------------------
 
 
 def free_port() -> int:
@@ -266,16 +318,69 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class AsgiServer:
+    """How one ASGI server runs an application, and what it lets the application know."""
+
+    name: str
+    #: The app argument that runs ``polysocket.asgi.app()``, the zero-argument factory.
+    factory: tuple[str, ...]
+    #: The app argument for the attribute ``app`` of a module file.
+    module_app: Callable[[Path], tuple[str, ...]]
+    #: The flags that make it listen on 127.0.0.1:port.
+    listen: Callable[[int], tuple[str, ...]]
+    #: The close code a client reads when the server stops (SIGTERM, SIGINT) with it open.
+    shutdown_code: int
+    #: Whether the peer's close code reaches the application (``websocket.disconnect``).
+    reports_peer_close_code: bool
+
+    def command(self, app: tuple[str, ...], port: int, flags: tuple[str, ...]) -> list[str]:
+        return [sys.executable, "-m", self.name, *app, *self.listen(port), *flags]
+
+
+SERVERS = {
+    "uvicorn": AsgiServer(
+        "uvicorn",
+        factory=("polysocket.asgi:app", "--factory"),
+        module_app=lambda module: (f"{module.stem}:app", "--app-dir", str(module.parent)),
+        listen=lambda port: ("--port", str(port), "--log-level", "warning"),
+        # it ends WebSockets itself with 1012 (service restart) before the lifespan shutdown
+        shutdown_code=1012,
+        reports_peer_close_code=True,
+    ),
+    "hypercorn": AsgiServer(
+        "hypercorn",
+        factory=("polysocket.asgi:app()",),  # "module:expression": a call runs the factory
+        module_app=lambda module: (f"{module}:app",),
+        # a second of grace at shutdown (3 s by default) keeps the tests short
+        listen=lambda port: ("--bind", f"127.0.0.1:{port}", "--graceful-timeout", "1"),
+        # it cancels what is still open after its grace time, before the lifespan shutdown:
+        # polysocket closes those with 1001 then (hypercorn itself would say 1011)
+        shutdown_code=1001,
+        # every close by the peer reaches the application as 1006 (pgjones/hypercorn#127)
+        reports_peer_close_code=False,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """An ASGI server process that listens on 127.0.0.1:``port``."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+
 @contextlib.contextmanager
-def running_uvicorn(
-    registry: Path, *flags: str, app: tuple[str, ...] = ("polysocket.asgi:app", "--factory")
-) -> Iterator[int]:
-    """``uvicorn APP FLAGS`` (by default the factory) on a free port, serving ``registry``."""
-    pytest.importorskip("uvicorn")
+def running_server(
+    server: AsgiServer, registry: Path, *flags: str, app: tuple[str, ...] | None = None
+) -> Iterator[Running]:
+    """``server`` (a process of its own) running ``app`` (by default the factory) on a free
+    port with ``registry`` as $POLYSOCKET_ROOT, once it listens."""
+    pytest.importorskip(server.name)
     port = free_port()
     env = {**os.environ, "POLYSOCKET_ROOT": str(registry)}
-    command = [sys.executable, "-m", "uvicorn", *app]
-    command += ["--port", str(port), "--log-level", "warning", *flags]
+    command = server.command(app or server.factory, port, flags)
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + WAIT
@@ -285,71 +390,126 @@ def running_uvicorn(
                     break
             except OSError:
                 if process.poll() is not None:
-                    raise AssertionError(f"uvicorn exited: {process.communicate()[1]}") from None
-                assert time.monotonic() < deadline, "uvicorn did not listen"
+                    raise AssertionError(
+                        f"{server.name} exited: {process.communicate()[1]}"
+                    ) from None
+                assert time.monotonic() < deadline, f"{server.name} did not listen"
                 time.sleep(0.1)
-        yield port
+        yield Running(process, port)
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
-            process.wait(WAIT)
+            process.communicate(timeout=WAIT)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.communicate()
+
+
+@contextlib.contextmanager
+def running_uvicorn(
+    registry: Path, *flags: str, app: tuple[str, ...] | None = None
+) -> Iterator[int]:
+    """``uvicorn APP FLAGS`` (by default the factory) on a free port, serving ``registry``."""
+    with running_server(SERVERS["uvicorn"], registry, *flags, app=app) as running:
+        yield running.port
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def asgi_server(request: pytest.FixtureRequest) -> AsgiServer:
+    return SERVERS[request.param]
 
 
 @pytest.fixture
-def uvicorn_factory(registry: Path) -> Iterator[int]:
-    with running_uvicorn(registry) as port:
-        yield port
+def served(asgi_server: AsgiServer, registry: Path) -> Iterator[str]:
+    """The factory run by each ASGI server: its ``127.0.0.1:PORT``."""
+    with running_server(asgi_server, registry) as running:
+        yield f"127.0.0.1:{running.port}"
 
 
-def test_uvicorn_factory_serves_the_registry(uvicorn_factory: int) -> None:
+def test_asgi_server_serves_the_registry(served: str) -> None:
+    """Echo (text and binary), an unknown endpoint refused with a real HTTP 404 through the
+    Denial Response extension (both servers offer it), the JSON list over HTTP."""
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    base = f"127.0.0.1:{uvicorn_factory}"
-    with connect(f"ws://{base}{ECHO_PATH}", open_timeout=WAIT) as ws:
-        ws.send("through uvicorn ✓")
-        assert ws.recv(timeout=WAIT) == "through uvicorn ✓"
+    with connect(f"ws://{served}{ECHO_PATH}", open_timeout=WAIT) as ws:
+        ws.send("through the ASGI server ✓")
+        assert ws.recv(timeout=WAIT) == "through the ASGI server ✓"
         ws.send(b"\x00\x01")
         assert ws.recv(timeout=WAIT) == b"\x00\x01"
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"ws://{base}/websockets/v4/service/nope", open_timeout=WAIT)
-    assert refused.value.response.status_code == 404  # the denial response extension
-    with urllib.request.urlopen(f"http://{base}/websockets/v4/endpoints", timeout=WAIT) as r:
-        assert json.loads(r.read())["endpoints"][0]["endpoint"] == "echo"
+        connect(f"ws://{served}/websockets/v4/service/nope", open_timeout=WAIT)
+    assert refused.value.response.status_code == 404
+    assert b"no endpoint 'nope' here" in refused.value.response.body
+    with urllib.request.urlopen(f"http://{served}/websockets/v4/endpoints", timeout=WAIT) as r:
+        assert sorted(e["endpoint"] for e in json.loads(r.read())["endpoints"]) == [
+            "echo",
+            "room",
+        ]
 
 
-def test_uvicorn_flags_tls_and_workers(registry: Path, tmp_path: Path) -> None:
-    """uvicorn's own flags: TLS from its certificate files, two worker processes (each
-    with its own sessions), every connection echoed by one of them."""
-    import ssl
-
-    trustme = pytest.importorskip("trustme")
+def test_broadcast_and_get_sessions_across_two_clients(served: str) -> None:
+    """Two clients of one endpoint: getSessions() counts both, broadcast() reaches both."""
     from websockets.sync.client import connect
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    flags = ("--workers", "2", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile))
-    with running_uvicorn(registry, *flags) as port:
-        uri = f"wss://127.0.0.1:{port}{ECHO_PATH}"
-        deadline = time.monotonic() + WAIT
-        echoed: list[str | bytes] = []
-        while len(echoed) < 4:  # the workers may still be starting: retry until they answer
-            try:
-                with connect(uri, ssl=context, open_timeout=WAIT) as ws:
-                    ws.send(f"tls {len(echoed)}")
-                    echoed.append(ws.recv(timeout=WAIT))
-            except OSError:
-                assert time.monotonic() < deadline, "no worker answered over TLS"
-                time.sleep(0.1)
-        assert echoed == [f"tls {i}" for i in range(4)]
+    room = f"ws://{served}/websockets/v4/service/room"
+    with connect(room, open_timeout=WAIT) as alice, connect(room, open_timeout=WAIT) as bob:
+        alice.send("count")
+        assert alice.recv(timeout=WAIT) == "2"
+        bob.send("to everyone")
+        assert alice.recv(timeout=WAIT) == "to everyone"
+        assert bob.recv(timeout=WAIT) == "to everyone"
+    with connect(room, open_timeout=WAIT) as carol:
+        carol.send("count")  # the closed sessions are gone from getSessions()
+        assert carol.recv(timeout=WAIT) == "1"
+
+
+def test_close_codes_both_ways(asgi_server: AsgiServer, served: str) -> None:
+    """A handler's close(4001, "asked") reaches the client with its code and reason; a
+    client's close(4000, "bye") reaches the handler's getCloseCode() (seen by another client
+    through a broadcast from onClose) where the server reports it."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(f"ws://{served}{ECHO_PATH}", open_timeout=WAIT) as ws:
+        ws.send("close 4001 asked")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=WAIT)
+        assert (ws.close_code, ws.close_reason) == (4001, "asked")
+    room = f"ws://{served}/websockets/v4/service/room"
+    with connect(room, open_timeout=WAIT) as watcher, connect(room, open_timeout=WAIT) as leaving:
+        watcher.send("count")
+        assert watcher.recv(timeout=WAIT) == "2"
+        leaving.close(4000, "bye")
+        seen = "closed 4000 bye" if asgi_server.reports_peer_close_code else "closed 1006 "
+        assert watcher.recv(timeout=WAIT) == seen
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_server_stop_closes_open_sessions(
+    asgi_server: AsgiServer, registry: Path, stop: signal.Signals
+) -> None:
+    """Stopped by a signal with a session open, each server ends it with a close frame
+    (uvicorn: 1012 of its own; hypercorn: 1001 from polysocket, when it cancels the
+    application after its grace time) and exits."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with running_server(asgi_server, registry) as running:
+        process = running.process
+        uri = f"ws://127.0.0.1:{running.port}{ECHO_PATH}"
+        with connect(uri, open_timeout=WAIT) as ws:
+            ws.send("before the stop")
+            assert ws.recv(timeout=WAIT) == "before the stop"
+            process.send_signal(stop)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=WAIT)
+            assert ws.protocol.close_rcvd is not None, "closed without a close frame"
+            assert ws.protocol.close_rcvd.code == asgi_server.shutdown_code
+        _, errors = process.communicate(timeout=WAIT)
+        assert process.returncode in (0, -stop), errors
+        assert "did not shut down cleanly" not in errors  # the lifespan shutdown's failure
 
 
 # -- mounted in a FastAPI application, reached by Node's ws ----------------------------------
@@ -375,10 +535,11 @@ app.mount("/rt", realtime)
 
 
 def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
-    registry: Path, tmp_path: Path
+    asgi_server: AsgiServer, registry: Path, tmp_path: Path
 ) -> None:
     """A FastAPI service with its own /health route and the registry mounted at /rt, run by
-    uvicorn: both answer, and Node's `ws` client echoes through the mounted endpoint."""
+    each ASGI server: both answer, and Node's `ws` client echoes through the mounted
+    endpoint."""
     pytest.importorskip("fastapi")
     from polysocket_conformance.peer_processes import (
         PEERS_DIR,
@@ -394,8 +555,9 @@ def test_fastapi_app_with_its_own_route_and_a_mounted_registry(
             pytest.fail(f"{exc} (POLYSOCKET_REQUIRE_PEERS is set)")
         pytest.skip(str(exc))
     (tmp_path / "service.py").write_text(SERVICE)
-    app = ("service:app", "--app-dir", str(tmp_path))
-    with running_uvicorn(registry, app=app) as port:
+    app = asgi_server.module_app(tmp_path / "service.py")
+    with running_server(asgi_server, registry, app=app) as running:
+        port = running.port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=WAIT) as health:
             assert json.loads(health.read()) == {"status": "ok"}
         uri = f"ws://127.0.0.1:{port}/rt{ECHO_PATH}"

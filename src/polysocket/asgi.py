@@ -21,7 +21,9 @@ Scopes:
   (or a framework that does not pass them to a mounted app, as Starlette's ``Mount``) gets
   the watcher started at the first request; call :meth:`AsgiApp.shutdown` from the host
   application's own lifespan to close sessions with 1001 there. uvicorn ends WebSocket
-  connections itself (1012, service restart) before it sends the lifespan shutdown.
+  connections itself (1012, service restart) before it sends the lifespan shutdown; hypercorn
+  cancels those still open when its ``graceful_timeout`` ends, before the lifespan shutdown,
+  and they are closed with 1001 then (:meth:`AsgiTransport.cancelled_by_server`).
 
 ``root_path`` is honoured: it is taken off the path before routing, so the app may be
 mounted under a prefix (``app.mount("/rt", polysocket.asgi.app("registry/"))``).
@@ -103,6 +105,7 @@ class AsgiTransport:
 
     __slots__ = (
         "_aborted",
+        "_close_sent",
         "_close_timeout",
         "_ended",
         "_max_size",
@@ -127,6 +130,8 @@ class AsgiTransport:
         self._max_size = max_size
         self._ended: TransportClosed | None = None
         self._sent_close = False
+        #: A websocket.close went to the server (abort() sets _sent_close without sending).
+        self._close_sent = False
         self._aborted = False
         #: The tasks inside the server's receive() or send(), which abort() cancels.
         self._waiting: set[asyncio.Task[Any]] = set()
@@ -198,10 +203,31 @@ class AsgiTransport:
     async def close(self, code: int, reason: str) -> None:
         if self._sent_close:
             return
-        self._sent_close = True
+        self._sent_close = self._close_sent = True
         event = {"type": "websocket.close", "code": code, "reason": reason}
         with contextlib.suppress(OSError, RuntimeError):  # the connection is gone already
             await self._call(self._send(event))
+
+    async def cancelled_by_server(self) -> None:
+        """The ASGI server cancelled the application while the connection was open: close
+        it with 1001 (server shutting down), unless a close went out already.
+
+        hypercorn does this at shutdown to the connections still open when its
+        ``graceful_timeout`` ends, before the lifespan shutdown (so :meth:`AsgiApp.shutdown`
+        finds no session to close), and then closes each with 1011 (internal error) itself
+        unless the application closed it: a client must not read a clean stop as a crash.
+        Bounded by ``close_timeout``; a connection already gone is left as it is."""
+        if self._close_sent:
+            return
+        self._sent_close = self._close_sent = True
+        event = {
+            "type": "websocket.close",
+            "code": CloseCode.GOING_AWAY,
+            "reason": "server shutting down",
+        }
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(self._close_timeout):
+                await self._send(event)
 
     def abort(self) -> None:
         self._aborted = True
@@ -322,7 +348,11 @@ class AsgiApp:
         transport = AsgiTransport(
             receive, send, answer.subprotocol, options.max_size, options.close_timeout
         )
-        await self.server.session(request, transport)
+        try:
+            await self.server.session(request, transport)
+        except asyncio.CancelledError:
+            await transport.cancelled_by_server()
+            raise
 
 
 def request_of(scope: Scope, method: str) -> HttpRequest:
