@@ -229,7 +229,7 @@ def test_receive_times_out_with_a_clear_error_and_the_connection_stays_open(
         started = time.monotonic()
         with pytest.raises(ReceiveTimeout, match=r"no message from .*shout within 0.2 s"):
             ws.receive(timeout=0.2)
-        assert 0.2 <= time.monotonic() - started < 1.5
+        assert 0.2 <= time.monotonic() - started < 3
         ws.send("later")
         assert ws.receive() == "LATER"
 
