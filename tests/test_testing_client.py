@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the test after the fact), replies to onMessage by return value, and obeys commands.
 RECORDING_HANDLER = """
 import json
+import time
 from pathlib import Path
 
 import polysocket
@@ -42,7 +43,14 @@ def record(method, **detail):
         events.write(json.dumps(line) + "\\n")
 
 
+def slow(callback):
+    # a client asks for a slow onOpen or onClose with the header X-Slow: onopen / onclose
+    if polysocket.getSession().request_headers.get("x-slow") == callback:
+        time.sleep(0.3)
+
+
 def onOpen():
+    slow("onopen")
     record("onopen", principal=getattr(polysocket.getSession().principal, "name", None))
 
 
@@ -66,6 +74,7 @@ def onError(error):
 
 
 def onClose():
+    slow("onclose")
     record("onclose", code=polysocket.getCloseCode(), reason=polysocket.getCloseReason())
 """
 
@@ -178,7 +187,7 @@ def test_get_sessions_counts_the_open_sessions(registry: Path) -> None:
 
 def test_close_waits_for_on_close_and_leaving_closes_the_rest_with_1001(registry: Path) -> None:
     with TestClient(registry) as client:
-        closed = client.connect("shout")
+        closed = client.connect("shout", headers={"X-Slow": "onclose"})
         left_open = client.connect("shout")
         closed.close(4321, "done here")
         # close() returned after onClose did: the line is in the file already
@@ -197,6 +206,11 @@ def test_close_waits_for_on_close_and_leaving_closes_the_rest_with_1001(registry
     assert (left_open.close_code, left_open.close_reason) == (1001, "server shutting down")
     with pytest.raises(polysocket.ConnectionClosedError, match="closed, with code 1001"):
         left_open.send("too late")
+
+
+def test_connect_returns_after_on_open_returned(registry: Path) -> None:
+    with TestClient(registry) as client, client.connect("shout", headers={"X-Slow": "onopen"}):
+        assert [e["method"] for e in events(registry)] == ["onopen"]
 
 
 def test_a_close_from_the_server_ends_receive_with_its_code(registry: Path) -> None:
