@@ -204,6 +204,10 @@ def test_close_waits_for_on_close_and_leaving_closes_the_rest_with_1001(registry
         }
     ]
     assert (left_open.close_code, left_open.close_reason) == (1001, "server shutting down")
+    with pytest.raises(polysocket.ConnectionClosedError, match="closed, with code 4321"):
+        closed.receive(timeout=3)
+    with pytest.raises(polysocket.ConnectionClosedError, match="closed, with code 1001"):
+        left_open.receive(timeout=3)
     with pytest.raises(polysocket.ConnectionClosedError, match="closed, with code 1001"):
         left_open.send("too late")
 

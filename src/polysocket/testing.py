@@ -595,7 +595,8 @@ class TestSession:
         return message
 
     async def _receive(self, timeout: float) -> Message:
-        if self._received_end:
+        # the reader is gone after close() or the client's exit: what it kept, then the end
+        if self._received_end or (self._inbox.empty() and self._reader.done()):
             raise self._closed_error("nothing more to receive")
         try:
             item = await asyncio.wait_for(self._inbox.get(), timeout)
@@ -622,7 +623,8 @@ class TestSession:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason``: wait for the server's answer,
         then for the endpoint's ``onClose`` to return (the client's timeout at most for
-        each). Messages not received yet are dropped. Does nothing once closed."""
+        each). Messages that came before still wait for :meth:`receive`; what comes while
+        closing is dropped. Does nothing more once closed."""
         self._call(self._close(code, reason), "TestSession.close()")
         self._forget(self)
         self._wait_for_on_close()
