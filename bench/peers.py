@@ -1,10 +1,16 @@
 """The raw servers polysocket is compared with, each a minimal echo in its own library.
 
-    python -m bench.peers aiohttp|websockets|tornado|picows --port PORT
+    python -m bench.peers aiohttp|websockets|tornado|picows|uvicorn --port PORT
 
 Every one echoes each message as it came (text as text, binary as binary) on any path, and
 a text message "go:TOKEN" makes it send "B:TOKEN" to every open connection instead (the
 broadcast scenario; websockets with its own ``broadcast()``). It serves until SIGTERM.
+
+``uvicorn`` is a minimal ASGI echo application on a ``uvicorn.Server`` configured as
+polysocket's uvicorn engine configures its own (h11, websockets' sans-I/O protocol, no
+compression, no access log, the same ping interval and size limit, the asyncio loop that
+``polysocket serve`` runs): the asgi-echo scenario compares the two, so that the difference
+is polysocket's ASGI adapter and endpoint server, not the server's settings.
 """
 
 from __future__ import annotations
@@ -137,11 +143,57 @@ async def picows_server(port: int, stop: asyncio.Event) -> None:
     server.close()
 
 
+async def echo_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The minimal ASGI WebSocket echo: accept, send back each message as it came."""
+    if scope["type"] != "websocket":
+        return  # no lifespan (the server runs with lifespan="off") and no HTTP routes
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            return  # websocket.disconnect
+        if event.get("text") is not None:
+            await send({"type": "websocket.send", "text": event["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": event["bytes"]})
+
+
+async def uvicorn_server(port: int, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        echo_asgi_app,
+        host=HOST,
+        port=port,
+        lifespan="off",
+        http="h11",
+        ws="websockets-sansio",
+        ws_max_size=16 * 1024 * 1024,  # polysocket's default max_size
+        ws_ping_interval=20.0,  # polysocket's default keepalive
+        ws_ping_timeout=20.0,
+        ws_per_message_deflate=False,
+        backlog=2048,  # polysocket's default backlog
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+    # started and stopped as the engine does (startup/shutdown, no main loop, our signals)
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    await stop.wait()
+    await server.shutdown()
+
+
 SERVERS = {
     "aiohttp": aiohttp_server,
     "websockets": websockets_server,
     "tornado": tornado_server,
     "picows": picows_server,
+    "uvicorn": uvicorn_server,
 }
 
 

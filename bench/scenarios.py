@@ -119,9 +119,26 @@ def server_echo(settings: Settings) -> list[dict[str, Any]]:
     keeps a window of messages in flight (128 in all for 32 B, 8 for 64 KiB, at least 1 per
     connection); full runs echo 30,000 messages of 32 B or 3,000 of 64 KiB (at least 4 per
     connection), quick runs 6,000 or 800. CPU per message is the server's."""
-    engines = settings.engines
-    conn_counts = [1, 64, 512]
-    sizes = [32, 65536]
+    return _echo_grid(settings, "server-echo", settings.engines, [1, 64, 512], [32, 65536])
+
+
+def asgi_echo(settings: Settings) -> list[dict[str, Any]]:
+    """Echo msg/s of ``polysocket serve --engine uvicorn`` (the ASGI adapter on uvicorn; plain
+    and ``async def`` onMessage) against raw uvicorn running a minimal ASGI echo app with the
+    same settings (bench/peers.py), at 1, 64 and 512 connections, 32 B and 64 KiB text
+    messages; loads and CPU per message as in server-echo."""
+    return _echo_grid(settings, "asgi-echo", ["uvicorn"], [1, 64, 512], [32, 65536])
+
+
+def _echo_grid(
+    settings: Settings,
+    scenario: str,
+    engines: Sequence[str],
+    conn_counts: Sequence[int],
+    sizes: Sequence[int],
+) -> list[dict[str, Any]]:
+    """server-echo's measurement for ``engines``: each polysocket engine (sync and async
+    handler) against the raw peer of the same name in bench/peers.py."""
     results: list[dict[str, Any]] = []
     for size in sizes:
         for conns in conn_counts:
@@ -189,7 +206,7 @@ def server_echo(settings: Settings) -> list[dict[str, Any]]:
                             Target(">= 1.3x raw aiohttp", ">=", 1.3),
                         )
                     )
-            settings.log(f"server-echo: {conns} connection(s), {_size(size)} messages")
+            settings.log(f"{scenario}: {conns} connection(s), {_size(size)} messages")
             results += _compare(settings, sides, comparisons)
     return results
 
@@ -658,6 +675,7 @@ def connect_burst(settings: Settings) -> list[dict[str, Any]]:
 SCENARIOS: dict[str, Callable[[Settings], list[dict[str, Any]]]] = {
     "client-throughput": client_throughput,
     "server-echo": server_echo,
+    "asgi-echo": asgi_echo,
     "broadcast": broadcast,
     "rtt": rtt,
     "open-close": open_close,

@@ -1,8 +1,20 @@
-"""An in-memory engine for tests, in the spirit of httpx's ``MockTransport``: no sockets.
+"""Testing endpoints and clients in-process, with no sockets.
 
-A client connection ends in a ``peer`` coroutine. ``MemoryEngine(peer)`` runs ``peer(end)``
-as a task for each connection, ``end`` being the far end (:class:`MemoryPeer`). Register the
-engine with ``install(engine)`` and use it like any engine::
+:class:`TestClient` is the blocking way, for plain (pytest) tests of a registry's handlers,
+in the spirit of Starlette's ``TestClient.websocket_connect``::
+
+    from polysocket.testing import TestClient
+
+    def test_echo():
+        with TestClient("registry/") as client, client.connect("my-endpoint") as ws:
+            ws.send("hi")
+            assert ws.receive() == "hi"
+
+Underneath is an in-memory engine, in the spirit of httpx's ``MockTransport``, which async
+code uses directly. A client connection ends in a ``peer`` coroutine. ``MemoryEngine(peer)``
+runs ``peer(end)`` as a task for each connection, ``end`` being the far end
+(:class:`MemoryPeer`). Register the engine with ``install(engine)`` and use it like any
+engine::
 
     async def echo(end):
         async for message in end:
@@ -41,16 +53,25 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import json
+import logging
+import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from .enginekit.http import answer_reason, http_request
 from .enginekit.sessions import SessionTracker
-from .errors import ConnectError
+from .errors import ConnectError, ConnectionClosedError, WebsocketError
 from .hookspecs import hookimpl
+from .page import SERVICE_PATH
 from .plugins import registry
+from .runtime import background
+from .server import EndpointServer, ServerSession, get_sessions, serve
 from .transport import (
     Accept,
     ClientOptions,
@@ -64,7 +85,51 @@ from .transport import (
     TransportClosed,
 )
 
-__all__ = ["MemoryEngine", "MemoryPeer", "MemoryServer", "MemoryTransport", "install"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HandshakeRefused",
+    "MemoryEngine",
+    "MemoryPeer",
+    "MemoryServer",
+    "MemoryTransport",
+    "ReceiveTimeout",
+    "TestClient",
+    "TestResponse",
+    "TestSession",
+    "install",
+]
+
+log = logging.getLogger("polysocket.testing")
+
+#: Seconds a :class:`TestClient` waits for anything (start, a message, a close, ``onClose``)
+#: unless told otherwise (``TestClient(timeout=...)``, ``receive(timeout=...)``).
+DEFAULT_TIMEOUT = 5.0
+#: Messages a :class:`TestSession` holds that the test has not received yet; past it the
+#: session stops reading the connection (as a client library with a full queue does).
+INBOX_SIZE = 1024
+
+
+class HandshakeRefused(ConnectError):
+    """The server answered a WebSocket handshake over HTTP instead of accepting it (404 for
+    an unknown endpoint, 401/403 from authentication, origins or roles, 503 when full).
+    ``status`` is the HTTP status, ``text`` the answer's body, ``headers`` its headers."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        text: str,
+        headers: Mapping[str, str],
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, location=location)
+        self.text = text
+        self.headers = dict(headers)
+
+
+class ReceiveTimeout(WebsocketError, TimeoutError):
+    """No message came from the server within the timeout; the connection stays open."""
 
 
 @dataclass
@@ -319,8 +384,17 @@ class MemoryServer:
         answer = self._route(request)
         if isinstance(answer, HttpResponse):
             location = next((v for k, v in answer.headers.items() if k.lower() == "location"), None)
-            raise ConnectError.rejected(
+            rejected = ConnectError.rejected(
                 self._uri(request), answer.status, answer_reason(answer), location=location
+            )
+            text = answer.body.decode("utf-8", "replace")
+            said = f" The server said: {text.strip()}" if text.strip() else ""
+            raise HandshakeRefused(
+                f"{rejected}{said}",
+                status=answer.status,
+                text=text,
+                headers=answer.headers,
+                location=location,
             )
         to_server, to_client = _Pipe(), _Pipe()
         transport = MemoryTransport(to_server, to_client, self.options.max_size, answer.subprotocol)
@@ -407,3 +481,401 @@ def install(engine: Engine) -> Iterator[Engine]:
         yield engine
     finally:
         registry.unregister_plugin(plugin_name)
+
+
+# -- the blocking test client ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestResponse:
+    """A server's answer to :meth:`TestClient.get`."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    status: int
+    content: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Ended:
+    """The inbox's last item: the connection ended."""
+
+
+_ENDED = _Ended()
+
+
+class TestSession:
+    """One WebSocket connection of a :class:`TestClient` to an endpoint; what
+    :meth:`TestClient.connect` returns. Use it in a ``with`` block (leaving it closes the
+    connection with 1000 and waits for the endpoint's ``onClose``), or call :meth:`close`.
+
+    It reads the connection all the time, as a client library does: the server's messages
+    wait for :meth:`receive` (:data:`INBOX_SIZE` at most; then it stops reading), and a
+    close frame from the server is answered at once, so the endpoint's ``onClose`` runs
+    whether or not the test receives. ``session`` is the endpoint's side of the connection,
+    what ``getSession()`` returns in its handler (``None`` if the endpoint was removed).
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        end: MemoryPeer,
+        session: ServerSession | None,
+        path: str,
+        timeout: float,
+        forget: Callable[[TestSession], None],
+    ) -> None:
+        self.session = session
+        self.path = path
+        self.subprotocol = end.subprotocol
+        self._end = end
+        self._timeout = timeout
+        self._forget = forget
+        self._inbox: asyncio.Queue[Message | _Ended] = asyncio.Queue(INBOX_SIZE)
+        self._received_end = False
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def __repr__(self) -> str:
+        state = "open" if self.close_code is None else f"closed {self.close_code}"
+        return f"<TestSession {self.path} {state}>"
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                await self._inbox.put(await self._end.receive())
+        except TransportClosed:
+            pass
+        await self._inbox.put(_ENDED)
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the connection ended with (the server's close frame, or its answer to
+        ours; 1006 if it was dropped), ``None`` while it is open."""
+        return self._end.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of that close frame (``None`` while the connection is open)."""
+        return self._end.close_reason
+
+    def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send a text (``str``) or binary message to the endpoint (its ``onMessage`` gets
+        it). Raises :class:`~polysocket.ConnectionClosedError` once the connection is
+        closing or closed."""
+        if isinstance(message, bytearray | memoryview):
+            message = bytes(message)
+        if not isinstance(message, str | bytes):
+            raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+        self._call(self._send(message), "TestSession.send()")
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self._end.send(message)
+        except TransportClosed:
+            raise self._closed_error("cannot send") from None
+
+    def receive(self, timeout: float | None = None) -> str | bytes:
+        """The next message from the endpoint (``str`` for text, ``bytes`` for binary),
+        waiting ``timeout`` seconds at most (default: the client's).
+
+        Raises :class:`ReceiveTimeout` when none comes in time (the connection stays open),
+        and :class:`~polysocket.ConnectionClosedError`, with the close ``code`` and
+        ``reason``, once the connection has ended and every message before that was read."""
+        wait = self._timeout if timeout is None else timeout
+        message: Message = self._call(self._receive(wait), "TestSession.receive()", wait)
+        return message
+
+    async def _receive(self, timeout: float) -> Message:
+        # the reader is gone after close() or the client's exit: what it kept, then the end
+        if self._received_end or (self._inbox.empty() and self._reader.done()):
+            raise self._closed_error("nothing more to receive")
+        try:
+            item = await asyncio.wait_for(self._inbox.get(), timeout)
+        except TimeoutError:
+            raise ReceiveTimeout(
+                f"no message from {self.path} within {timeout:g} s; the connection is still"
+                " open. Did the handler reply (return a value from onMessage, or send)? Pass"
+                " receive(timeout=...) to wait longer."
+            ) from None
+        if isinstance(item, _Ended):
+            self._received_end = True
+            raise self._closed_error("nothing more to receive")
+        return item
+
+    def _closed_error(self, what: str) -> ConnectionClosedError:
+        code, reason = self.close_code, self.close_reason or ""
+        said = f" ({reason})" if reason else ""
+        return ConnectionClosedError(
+            f"{what}: the connection to {self.path} is closed, with code {code}{said}",
+            code=code,
+            reason=reason,
+        )
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason``: wait for the server's answer,
+        then for the endpoint's ``onClose`` to return (the client's timeout at most for
+        each). Messages that came before still wait for :meth:`receive`; what comes while
+        closing is dropped. Does nothing more once closed."""
+        self._call(self._close(code, reason), "TestSession.close()")
+        self._forget(self)
+        self._wait_for_on_close()
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self._end.close(code, reason), self._timeout)
+        except TimeoutError:
+            log.warning(
+                "%s: the server did not answer the close frame within %g s; dropping the"
+                " connection",
+                self.path,
+                self._timeout,
+            )
+            self._end.abort()
+        finally:
+            self._reader.cancel()
+
+    def _wait_for_on_open(self) -> None:
+        """Wait until the endpoint's ``onOpen`` has returned, so that what it does (a
+        greeting, a broadcast) comes before anything the test does next."""
+        session = self.session
+        if session is None:
+            return
+        dispatcher = session._connection.dispatcher
+        if not dispatcher.has_callback("onopen"):
+            return
+        deadline = time.monotonic() + self._timeout
+        # Nothing else is queued for the handler yet (the test has sent nothing): once the
+        # open has been taken and the dispatcher has nothing scheduled, onOpen has returned.
+        while dispatcher.opens < 1 or dispatcher._scheduled:
+            if dispatcher.finished.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the handler of {self.path} did not return from onOpen within"
+                    f" {self._timeout:g} s (blocked?). Pass TestClient(timeout=...) to wait"
+                    " longer."
+                )
+            time.sleep(0.001)
+
+    def _wait_for_on_close(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        if not session._connection.dispatcher.finished.wait(self._timeout):
+            raise TimeoutError(
+                f"the handler of {self.path} did not finish onClose within {self._timeout:g} s"
+                " of the connection closing: it is still in a callback (blocked?)."
+                " Pass TestClient(timeout=...) to wait longer."
+            )
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any], what: str, wait: float = 0.0) -> Any:
+        # the coroutines bound their own waits; this bound only catches a blocked loop
+        return background.run(coroutine, what, wait + self._timeout + 1)
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Every message until the connection ends (a message late by more than the
+        timeout raises :class:`ReceiveTimeout`)."""
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosedError:
+                return
+
+    def __enter__(self) -> TestSession:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TestClient:
+    """Serve a registry folder in-process and talk to it with no sockets, for tests::
+
+        with TestClient("registry/") as client:
+            assert client.get("/").status == 200
+            with client.connect("my-endpoint") as ws:
+                ws.send("hi")
+                assert ws.receive() == "hi"
+
+    Entering starts ``polysocket.serve(root, engine=..., reload=False, **serve_options)``
+    on an in-memory engine of its own, on polysocket's background event loop; the
+    endpoints' handlers run on handler threads exactly as on a real server (ordering,
+    replies, ``getSession()``, ``broadcast``, ``getSessions``, errors to ``onError``).
+    ``root=None`` serves the bundled sample. ``serve_options`` are ``serve()``'s
+    (``authenticate``, ``origins``, ``max_connections``, ``reload=True`` for live reload...).
+    ``timeout`` bounds every wait of the client and its sessions (seconds).
+
+    Leaving closes the sessions still open as a server shutting down does (1001: their
+    ``onClose`` runs), stops the server and unregisters the engine. A TestClient is used
+    from one thread; several may run at once.
+    """
+
+    __test__ = False
+
+    _numbers = itertools.count(1)
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **serve_options: Any,
+    ) -> None:
+        for taken in ("engine", "host", "port"):
+            if taken in serve_options:
+                raise TypeError(
+                    f"TestClient chooses {taken}= itself (an in-memory engine of its own);"
+                    " use polysocket.serve() for a server on a real engine"
+                )
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.root = root
+        self.timeout = float(timeout)
+        self._options = {"reload": False, **serve_options}
+        self._engine = MemoryEngine(name=f"memory-testclient-{next(self._numbers)}")
+        self._installed: contextlib.ExitStack | None = None
+        self._serving: serve | None = None
+        self._app: EndpointServer | None = None
+        self._server: MemoryServer | None = None
+        self._sessions: list[TestSession] = []
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> EndpointServer:
+        """The running server (``port``, ``scan``, ``reload()``...); only inside ``with``."""
+        if self._app is None:
+            raise RuntimeError("the TestClient is not running: use it in a with block")
+        return self._app
+
+    def __enter__(self) -> TestClient:
+        if self._installed is not None:
+            raise RuntimeError("this TestClient is running already; make another one")
+        stack = contextlib.ExitStack()
+        stack.enter_context(install(self._engine))
+        try:
+            self._serving = serve(self.root, port=0, engine=self._engine.name, **self._options)
+            self._app = background.run(
+                self._serving.__aenter__(), "TestClient.__enter__", self.timeout
+            )
+        except BaseException:
+            stack.close()
+            raise
+        self._server = self._engine.servers[self._app.port]
+        self._installed = stack
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack, serving = self._installed, self._serving
+        if stack is None or serving is None:
+            return
+        try:
+            with self._lock:
+                left, self._sessions = self._sessions, []
+            background.run(self._shut_down(serving, left), "TestClient.__exit__")
+        finally:
+            self._installed = self._serving = self._app = self._server = None
+            stack.close()
+
+    async def _shut_down(self, serving: serve, left: list[TestSession]) -> None:
+        """Close the server as its shutdown does (1001 to every session, onClose waited
+        for, close_timeout at most), with each session still open answering its close."""
+        for session in left:
+            session._reader.cancel()
+        draining = [asyncio.ensure_future(_drain(session._end)) for session in left]
+        try:
+            await serving.__aexit__(None, None, None)
+        finally:
+            if draining:
+                _, late = await asyncio.wait(draining, timeout=self.timeout)
+                for task in late:
+                    task.cancel()
+            for session in left:
+                session._end.abort()
+
+    def get(self, path: str, *, headers: Mapping[str, str] | None = None) -> TestResponse:
+        """The server's answer to ``GET path`` (the page at ``/``, the JSON list at
+        ``/websockets/v4/endpoints``, 404, 426...)."""
+        server = self._running()
+
+        async def ask() -> HttpResponse:
+            return await server.request(path, headers=headers)
+
+        answer = background.run(ask(), "TestClient.get()", self.timeout)
+        return TestResponse(answer.status, answer.body, answer.content_type, answer.headers)
+
+    def connect(
+        self,
+        endpoint: str,
+        *,
+        subprotocols: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> TestSession:
+        """Open a WebSocket connection to ``endpoint`` (its name, or a path starting with
+        ``/``, with an optional ``?query``); the endpoint's ``onOpen`` has returned when
+        this does. Raises :class:`HandshakeRefused` (``status``, ``text``) when the
+        server answers over HTTP: 404 for an unknown endpoint, 401/403 when authentication,
+        origins or roles refuse it, 503 when it is full."""
+        server = self._running()
+        target = endpoint if endpoint.startswith("/") else SERVICE_PATH + endpoint
+        path = target.partition("?")[0]
+
+        async def open_session() -> TestSession:
+            request = server.build_request(
+                target, headers=headers, upgrade=True, subprotocols=subprotocols
+            )
+            end = await server.connect(request)
+            mine = next(
+                (
+                    s
+                    for s in get_sessions(path[len(SERVICE_PATH) :])
+                    if s.request_headers is request.headers
+                ),
+                None,
+            )
+            return TestSession(end, mine, path, self.timeout, self._forget)
+
+        session: TestSession = background.run(open_session(), "TestClient.connect()", self.timeout)
+        with self._lock:
+            self._sessions.append(session)
+        try:
+            session._wait_for_on_open()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _forget(self, session: TestSession) -> None:
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+
+    def _running(self) -> MemoryServer:
+        if self._server is None:
+            raise RuntimeError("the TestClient is not running: use it in a with block")
+        return self._server
+
+
+async def _drain(end: MemoryPeer) -> None:
+    """Read and drop what comes until the connection ends (answering its close frame)."""
+    with contextlib.suppress(TransportClosed):
+        while True:
+            await end.receive()
