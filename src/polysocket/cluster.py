@@ -272,11 +272,11 @@ class Cluster:
                     while self._outbound and self._up:
                         await asyncio.sleep(0.01)
         self._closing = True
-        for task in (self._runner, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = {task for task in (self._runner, self._sweeper) if task is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:  # not `await task`: that would swallow a cancellation of close() itself
+            await asyncio.wait(tasks, timeout=LEAVE_TIMEOUT + CONNECT_TIMEOUT)
         await self._drop_link()
 
     async def _drop_link(self) -> None:
@@ -382,12 +382,12 @@ class Cluster:
                 self.skipped += 1
                 self._skipped_in_outage += 1
                 return False
-            if len(self._outbound) >= self._outbound_limit:
+            full = len(self._outbound) >= self._outbound_limit
+            if full:
                 self.skipped += 1
-                first = not self._overflowing
+                first_overflow = not self._overflowing
                 self._overflowing = True
             else:
-                first = False
                 header["n"] = self.node
                 if channel == self._all:
                     self._seq += 1
@@ -396,13 +396,14 @@ class Cluster:
                 if self._wake_pending:
                     return True
                 self._wake_pending = True
-        if first:
-            log.warning(
-                "cluster %r: %d messages wait to be published (the broker is slow); messages"
-                " for other nodes are skipped until the queue drains",
-                self.name,
-                self._outbound_limit,
-            )
+        if full:
+            if first_overflow:
+                log.warning(
+                    "cluster %r: %d messages wait to be published (the broker is slow);"
+                    " messages for other nodes are skipped until the queue drains",
+                    self.name,
+                    self._outbound_limit,
+                )
             return False
         loop = self._loop
         if loop is None or self._wake is None:
