@@ -502,22 +502,71 @@ def test_broker_outage_local_delivery_goes_on_one_line_each_way(engine, root, na
                     assert polysocket.broadcast("room", f"during {i}") == 1
                     assert await asyncio.wait_for(end.receive(), 5) == f"during {i}"
                 assert cluster.skipped >= 50
-                restarted = subprocess.Popen(
-                    ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                restarted.append(
+                    subprocess.Popen(
+                        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 )
-                try:
-                    await until(lambda: cluster.connected, 20, "reconnected")
-                finally:
-                    stop(restarted)
+                await until(lambda: cluster.connected, 20, "reconnected")
             lost = [r for r in caplog.records if "is unreachable" in r.message]
             back = [r for r in caplog.records if "is back after" in r.message]
             assert len(lost) == 1 and len(back) == 1, [r.message for r in caplog.records]
             assert "message(s) for other nodes were skipped" in back[0].message
             await end.close()
 
+    restarted: list[subprocess.Popen[bytes]] = []
     try:
         run(scenario(), timeout=60)
-    finally:
-        stop(process)
+    finally:  # after the server: a broker stopped under it would be a second outage
+        for broker in [process, *restarted]:
+            stop(broker)
+
+
+def test_broker_down_at_start_is_an_outage_not_a_failure(engine, root, name, caplog):
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (Debian: apt-get install redis-server)")
+    port = free_port()  # the broker comes later
+    url = f"redis://127.0.0.1:{port}/0"
+
+    async def scenario() -> None:
+        with caplog.at_level(logging.INFO, "polysocket.cluster"):
+            async with served(root, backplane=url, cluster=name) as app:
+                cluster = app.cluster
+                assert cluster is not None and not cluster.connected
+                end = await engine.servers[app.port].connect(f"{SERVICE_PATH}room")
+                assert polysocket.broadcast("room", "local only") == 1
+                assert await asyncio.wait_for(end.receive(), 5) == "local only"
+                brokers.append(
+                    subprocess.Popen(
+                        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+                await until(lambda: cluster.connected, 20, "joined once the broker is up")
+                await end.close()
+        lost = [r for r in caplog.records if "is unreachable" in r.message]
+        back = [r for r in caplog.records if "is back after" in r.message]
+        assert len(lost) == 1 and len(back) == 1, [r.message for r in caplog.records]
+        assert f"127.0.0.1:{port}" in lost[0].message
+
+    brokers: list[subprocess.Popen[bytes]] = []
+    try:
+        run(scenario(), timeout=60)
+    finally:  # after the server: a broker stopped under it would be a second outage
+        for broker in brokers:
+            stop(broker)
+
+
+def test_serve_command_refuses_an_unknown_backplane():
+    result = subprocess.run(
+        [sys.executable, "-m", "polysocket", "serve", "--port", "0", "--backplane", "kafka://h:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no backplane for 'kafka://h:1'" in result.stderr
+    assert "redis://" in result.stderr  # what it takes instead

@@ -109,7 +109,9 @@ def node_id() -> str:
     global _node
     pid = os.getpid()
     if _node is None or _node[0] != pid:
-        _node = (pid, f"{socket.gethostname()}/{pid}/{secrets.token_hex(2)}")
+        # the host name as channel names may carry it (NATS subjects take no spaces, '*', '>')
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+        _node = (pid, f"{host or 'host'}/{pid}/{secrets.token_hex(2)}")
     return _node[1]
 
 
