@@ -570,3 +570,39 @@ def test_serve_command_refuses_an_unknown_backplane():
     assert result.returncode == 2, result.stderr
     assert "no backplane for 'kafka://h:1'" in result.stderr
     assert "redis://" in result.stderr  # what it takes instead
+
+
+def test_a_backplane_bug_is_logged_and_the_node_reconnects(name, caplog):
+    from polysocket.backplanes.memory import MemoryBackplane
+
+    class Buggy(MemoryBackplane):
+        """The memory bus, whose links' messages() fail with a plain RuntimeError (a bug:
+        the contract says BackplaneError)."""
+
+        connects = 0
+
+        async def connect(self, url: str, *, timeout: float) -> Any:
+            Buggy.connects += 1
+            link = await super().connect(url, timeout=timeout)
+
+            async def broken() -> Any:
+                raise RuntimeError("plugin bug")
+                yield
+
+            link.messages = broken  # type: ignore[method-assign]
+            return link
+
+    async def scenario() -> None:
+        node = clusters.Cluster("buggy://", name, Table(), backplane=Buggy())
+        with caplog.at_level(logging.WARNING, "polysocket.cluster"):
+            await node.start()
+            try:
+                await until(lambda: Buggy.connects >= 2, 10, "reconnects after the bug")
+                assert node._runner is not None and not node._runner.done()
+            finally:
+                await node.close()
+        bugs = [r for r in caplog.records if "failed unexpectedly" in r.message]
+        assert bugs and bugs[0].exc_info is not None
+        assert "plugin bug" in str(bugs[0].exc_info[1])
+
+    run(scenario())
