@@ -389,6 +389,9 @@ def test_one_process_belongs_to_one_cluster(engine, root, redis_url, name):
             async with served(root, backplane=redis_url, cluster=name) as again:
                 assert again.cluster is clusters.current()
             assert clusters.current() is not None  # the first server still holds it
+            # a memory:// server claims nothing: its sessions are this node's
+            async with served(root, backplane="memory://") as alone:
+                assert alone.cluster is None
 
     run(scenario())
 
