@@ -256,7 +256,7 @@ def test_redis_unreachable_names_the_broker_never_the_password():
     run(scenario())
 
 
-def test_redis_link_keeps_publish_order(redis_url, name):
+def test_redis_link_keeps_publish_order_one_by_one_and_in_batches(redis_url, name):
     async def scenario() -> None:
         backplane = RedisBackplane()
         receiver = await backplane.connect(redis_url, timeout=5)
@@ -264,8 +264,10 @@ def test_redis_link_keeps_publish_order(redis_url, name):
         try:
             await receiver.subscribe([f"{name}:a", f"{name}:b"])
             sent = [(f"{name}:{'ab'[i % 2]}", str(i).encode()) for i in range(2000)]
-            for channel, data in sent:
+            for channel, data in sent[:1000]:
                 await sender.publish(channel, data)
+            for start in range(1000, len(sent), 300):  # batches: one pipeline each
+                await sender.publish_many(sent[start : start + 300])
             got = []
             async for delivery in receiver.messages():
                 got.append(delivery)

@@ -94,6 +94,8 @@ DEFAULT_PRESENCE_EXPIRY = 5.0
 CONNECT_TIMEOUT = 5.0
 #: Messages waiting to be published, at most; more are skipped (and counted).
 OUTBOUND_LIMIT = 10_000
+#: Messages handed to the backplane at once (``publish_many``: one round trip on Redis).
+PUBLISH_BATCH = 500
 #: Sessions per snapshot message.
 SNAPSHOT_CHUNK = 1_000
 #: Seconds ``close()`` waits for the goodbye (and what is queued before it) to leave.
@@ -451,10 +453,19 @@ class Cluster:
                         if self._overflowing:
                             self._overflowing = False
                         break
-                    channel, data = self._outbound.popleft()
+                    count = min(len(self._outbound), PUBLISH_BATCH)
+                    batch = [self._outbound.popleft() for _ in range(count)]
                     self._publishing = True
                 try:
-                    await link.publish(channel, data)
+                    if count == 1:
+                        await link.publish(*batch[0])
+                    else:
+                        await link.publish_many(batch)
+                except BackplaneError:
+                    with self._lock:  # lost with the link (some may have gone: at most once)
+                        self.skipped += count
+                        self._skipped_in_outage += count
+                    raise
                 finally:
                     self._publishing = False
 
