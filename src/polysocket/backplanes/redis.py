@@ -1,7 +1,8 @@
 """The ``redis`` backplane: Redis pub/sub through ``redis.asyncio`` (``redis://``, ``rediss://``).
 
-A link holds two connections to the broker: one that publishes (so that what a node publishes
-leaves in order, on one connection) and one subscribed to the node's channels. Redis pub/sub
+A link holds two connections to the broker: one that publishes (the core publishes from one
+task and awaits each reply, a batch as one pipeline, so what a node publishes reaches Redis in
+order) and one subscribed to the node's channels. Redis pub/sub
 delivers at most once: a node that is away misses what was published meanwhile, which is what
 the contract expects (:mod:`polysocket.backplane`). Pub/sub channels are global to a Redis
 server, whatever the database number in the URL: clusters sharing a broker are kept apart by
@@ -71,7 +72,7 @@ class RedisBackplane(Backplane):
             )
 
         try:
-            publisher = client(single_connection_client=True)
+            publisher = client()  # used by one task at a time: the pool keeps one connection
             subscriber = client(health_check_interval=HEALTH_CHECK_INTERVAL)
         except ValueError as exc:  # a malformed URL: say so without repeating it
             raise BackplaneError(f"redis backplane: bad URL for {where}: {exc}") from None
