@@ -12,7 +12,9 @@ Semantics:
   (as without a cluster) and returns how many of *those* got it; it also queues one publish to
   the other nodes, which deliver it to their own sessions of the endpoint. While the broker is
   up, every session of the endpoint on every node gets each message exactly once, and the
-  messages of one publishing node arrive in the order they were broadcast there. One task per
+  messages of one publishing node arrive in the order they were broadcast there (the order
+  its own sessions got them: the message is queued in the same loop step as it is delivered
+  here, so broadcasts from handlers on several threads keep one order everywhere). One task per
   node publishes, draining a bounded queue (:data:`OUTBOUND_LIMIT` messages) in order; a
   message that finds it full is not sent to the other nodes, and is counted (one log line per
   overflow episode).
@@ -252,6 +254,11 @@ class Cluster:
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the cluster runs on (``None`` before :meth:`start`)."""
+        return self._loop
 
     # -- life ------------------------------------------------------------------------------
 
