@@ -371,8 +371,15 @@ def test_server_and_another_node_share_broadcast_sessions_and_send_to(
                 # our session leaves the other node's view when it closes
                 await end.close()
                 await until(lambda: peer.remote_sessions("room") == [], 10, "leave event")
+                # one still open when the server closes goes with the node's goodbye
+                staying = await engine.servers[app.port].connect(f"{SERVICE_PATH}echo")
+                reader = asyncio.ensure_future(staying.receive())  # answers the close frame
+                await until(lambda: len(peer.remote_sessions("echo")) == 1, 10, "join event")
             # the server closed: its goodbye drops this node from the peer's view at once
             await until(lambda: peer.nodes() == [], 1.0, "goodbye")
+            assert peer.remote_sessions("echo") == []
+            with contextlib.suppress(Exception):
+                await reader
         finally:
             await peer.close()
 

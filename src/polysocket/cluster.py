@@ -242,6 +242,9 @@ class Cluster:
         self._runner: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Event | None = None
         self._closing = False
+        #: Set when the node's last server closes: the goodbye drops all its sessions from the
+        #: other nodes' views at once, so closing sessions are not announced one by one.
+        self.leaving = False
         #: Messages for other nodes not sent: broker down, or the queue full.
         self.skipped = 0
         self._skipped_in_outage = 0
@@ -509,7 +512,8 @@ class Cluster:
         self._enqueue_all({"t": "j", "i": session_id, "e": endpoint})
 
     def session_closed(self, session_id: str) -> None:
-        self._enqueue_all({"t": "l", "i": session_id})
+        if not self.leaving:
+            self._enqueue_all({"t": "l", "i": session_id})
 
     def remote_sessions(self, endpoint: str) -> list[RemoteSession]:
         with self._lock:
@@ -721,6 +725,12 @@ async def join(choice: tuple[str, str], local: LocalSide, presence_expiry: float
         _current = cluster
         await cluster.start()
     return _current
+
+
+def sole_member() -> bool:
+    """Whether one server of this process is in the cluster (its close is the node's)."""
+    with _choice_lock:
+        return _members == 1
 
 
 async def release() -> None:

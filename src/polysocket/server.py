@@ -699,6 +699,8 @@ class EndpointServer:
         loop = asyncio.get_running_loop()
         close_timeout = self._options.close_timeout
         deadline = loop.time() + close_timeout
+        if self.cluster is not None and clusters.sole_member():
+            self.cluster.leaving = True  # its goodbye will drop every session at once
         open_connections = dict(self._connections)
         for connection in open_connections:
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
