@@ -22,6 +22,7 @@ nox.options.sessions = [
     "asgi_fresh_venv",
     "conformance",
     "conformance_picows",
+    "backplanes",
     "interop",
     "minimums",
     "autobahn",
@@ -191,6 +192,38 @@ def conformance_picows(session: nox.Session) -> None:
     session.run("pytest", f"{PICOWS}/tests", "--polysocket-engine=picows", *session.posargs)
 
 
+#: The cluster suite's brokers: backplane URL template and the private broker's command
+#: (``{port}``: a free port). Backplanes shipped as distributions of their own run the same
+#: suite from their own directory.
+BACKPLANES = {
+    "redis": ("redis://127.0.0.1:{port}/0", "redis-server --port {port} --save '' --appendonly no"),
+}
+
+
+@nox.session
+def backplanes(session: nox.Session) -> None:
+    """The cluster tests (tests/test_cluster.py, against the Redis at 127.0.0.1:6379 when one
+    runs there), then the shared cluster suite once per built-in backplane, each with a
+    private broker: Debian's redis-server for redis (.ci/run installs it)."""
+    _install(session)
+    session.run("pytest", "tests/test_cluster.py", *session.posargs)
+    for name, (url, command) in BACKPLANES.items():
+        broker = command.split()[0]
+        if shutil.which(broker) is None:
+            session.error(
+                f"the {name} backplane's suite needs {broker!r} on PATH: install it (Debian:"
+                f" apt-get install {broker})"
+            )
+        session.run(
+            "pytest",
+            "--pyargs",
+            "polysocket_conformance.cluster_suite",
+            f"--polysocket-backplane={url}",
+            f"--polysocket-broker-command={command}",
+            *session.posargs,
+        )
+
+
 @nox.session
 def interop(session: nox.Session) -> None:
     """Every engine, picows included, against every other: clients x servers, and the
@@ -208,12 +241,14 @@ def interop(session: nox.Session) -> None:
 #: python-socks 2.4 (async-timeout from its asyncio extra) opens the proxy tunnels; uvicorn
 #: 0.50 fails the suite's flow tests (a WebSocket send does not wait for room) and its
 #: subprotocol tests, 0.43 sends no pings on websockets-sansio; 0.52.4 passes everything.
+#: redis 5.0.1 (the first with aclose()) passes tests/test_cluster.py.
 MINIMUMS = [
     "aiohttp==3.14.2",
     "websockets==14.1",
     "tornado==6.3",
     "python-socks[asyncio]==2.4.0",
     "uvicorn==0.52.4",
+    "redis==5.0.1",
 ]
 #: The private attributes of these libraries that engines still use are listed in
 #: engines/polysocket_engines/private_api.py; tests/test_private_api.py checks them on these
@@ -227,7 +262,7 @@ def minimums(session: nox.Session) -> None:
     _install(session)
     session.install(*MINIMUMS)
     _install_node_peer(session)
-    session.run("pytest", "tests/test_private_api.py", *session.posargs)
+    session.run("pytest", "tests/test_private_api.py", "tests/test_cluster.py", *session.posargs)
     for engine in [*ENGINES, *SERVER_ONLY]:
         _run_suite(session, engine)
 
