@@ -1,0 +1,358 @@
+"""``polysocket serve --workers N``, run as a user runs it: a supervisor and N real worker
+processes sharing one port, driven by real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from polysocket import serve
+from polysocket.errors import UnsupportedOptionError
+from polysocket.options import server_options
+from polysocket.plugins import registry
+from polysocket.server import SAMPLE_ROOT
+from polysocket.testing import MemoryEngine
+from polysocket.workers import Supervisor
+
+SERVE = [sys.executable, "-m", "polysocket", "serve"]
+#: Bound of every wait in these tests.
+WAIT = 15.0
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: The workers' backplane: a cross-process one, or --workers N > 1 is refused. Pub/sub
+#: channels ignore the database number; each test's cluster name keeps it apart.
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+#: The workers' close_timeout (--close-timeout): SIGTERM must end them well within it + 5 s.
+CLOSE_TIMEOUT = 2.0
+
+PID_HANDLER = '''\
+"""Replies with the worker's pid, and the sessions of "chat" with the pid of their node."""
+import json
+import os
+
+import polysocket
+
+
+def onMessage(message):
+    sessions = {}
+    for session in polysocket.getSessions("chat"):
+        node = getattr(session, "node", None)  # a session on another node of the cluster
+        sessions[session.id] = int(node.split("/")[1]) if node else os.getpid()
+    return json.dumps({"pid": os.getpid(), "chat": sessions})
+'''
+
+
+@pytest.fixture
+def registry_root(tmp_path: Path) -> Path:
+    """The bundled sample (its echo and chat endpoints) and a ``pid`` endpoint."""
+    root = tmp_path / "registry"
+    shutil.copytree(SAMPLE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "pid-handler.py").write_text(PID_HANDLER)
+    (root / "pid.websocket").write_text(
+        json.dumps({"handler": "pid-handler", "endpoint": "pid", "description": "whoami"})
+    )
+    return root
+
+
+class Supervised:
+    """A ``polysocket serve --workers N`` process and what it logs, read on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "polysocket", "serve", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append("<EOF>")
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = WAIT) -> list[re.Match[str]]:
+        """The first ``count`` log lines matching ``pattern`` (waiting for them)."""
+        regex = re.compile(pattern)
+
+        def found() -> list[re.Match[str]]:
+            return [m for m in map(regex.search, self.lines) if m][:count]
+
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: len(found()) >= count or "<EOF>" in self.lines, timeout
+            )
+            matches = found()
+        assert ok and len(matches) >= count, f"no {count} x {pattern!r} in:\n{self.log}"
+        return matches
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(CLOSE_TIMEOUT + 10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(WAIT)
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("POLYSOCKET_")}
+    env.update(
+        POLYSOCKET_BACKPLANE=REDIS_URL,
+        POLYSOCKET_CLUSTER=f"test-workers-{uuid.uuid4().hex[:12]}",
+        **extra,
+    )
+    return env
+
+
+def start_workers(root: Path, count: int, *args: str) -> tuple[Supervised, int, list[int]]:
+    """``count`` workers serving ``root`` on a free port: (supervisor, port, worker pids)."""
+    served = Supervised(
+        str(root),
+        "--port",
+        "0",
+        "--workers",
+        str(count),
+        "--close-timeout",
+        str(CLOSE_TIMEOUT),
+        *args,
+        env=cluster_env(),
+    )
+    port = int(served.wait_for(r"starting \d+ workers on 127\.0\.0\.1:(\d+)")[0][1])
+    pids = [int(m[1]) for m in served.wait_for(r"worker \d+ started \(pid (\d+)\)", count)]
+    served.wait_for(
+        rf"worker \d+: polysocket\.server: serving .* on http://127\.0\.0\.1:{port}/", count
+    )
+    return served, port, pids
+
+
+@pytest.fixture
+def supervised():
+    started: list[Supervised] = []
+
+    def start(root: Path, count: int, *args: str) -> tuple[Supervised, int, list[int]]:
+        served, port, pids = start_workers(root, count, *args)
+        started.append(served)
+        return served, port, pids
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+async def pid_of_a_connection(port: int) -> int:
+    async with connect(f"ws://127.0.0.1:{port}/websockets/v4/service/pid", open_timeout=WAIT) as ws:
+        await ws.send("who")
+        reply = await asyncio.wait_for(ws.recv(), WAIT)
+        return int(json.loads(reply)["pid"])
+
+
+def pids_answering(port: int, connections: int) -> Counter[int]:
+    async def ask() -> Counter[int]:
+        return Counter([await pid_of_a_connection(port) for _ in range(connections)])
+
+    return asyncio.run(asyncio.wait_for(ask(), WAIT * 2))
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts: it holds no socket)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError):  # Linux: the state field of /proc/PID/stat
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
+
+
+def test_workers_share_the_port_and_the_kernel_spreads_connections(registry_root, supervised):
+    _, port, pids = supervised(registry_root, 3)
+    answered = pids_answering(port, 30)
+    assert set(answered) <= set(pids), (answered, pids)
+    assert len(answered) > 1, f"30 connections all landed on one worker: {answered}"
+
+
+def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(registry_root, supervised):
+    served, port, pids = supervised(registry_root, 3)
+    victim = pids[1]
+    os.kill(victim, signal.SIGKILL)
+    served.wait_for(r"worker 2 was killed by SIGKILL after [\d.]+ s; restarting it in")
+    # Between the death and the restart, the two others take every connection.
+    meanwhile = pids_answering(port, 10)
+    assert set(meanwhile) <= {pids[0], pids[2]}, (meanwhile, pids)
+    restarted = int(served.wait_for(r"worker 2 started \(pid (\d+)\)", 2)[1][1])
+    assert restarted not in pids
+    served.wait_for(rf"worker 2: polysocket\.server: serving .*:{port}/", 2)
+
+    async def until_the_new_worker_answers() -> set[int]:
+        seen: set[int] = set()
+        while restarted not in seen:
+            seen.add(await pid_of_a_connection(port))
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(until_the_new_worker_answers(), WAIT))
+    assert victim not in seen and seen <= {pids[0], restarted, pids[2]}
+    assert served.process.poll() is None
+
+
+def test_sigterm_closes_every_session_with_1001_and_every_process_exits(registry_root, supervised):
+    served, port, pids = supervised(registry_root, 3)
+
+    async def scenario() -> tuple[set[int], list[int | None], float]:
+        uri = f"ws://127.0.0.1:{port}/websockets/v4/service/pid"
+        clients = [await connect(uri, open_timeout=WAIT) for _ in range(12)]
+        answered = set()
+        for ws in clients:
+            await ws.send("who")
+            answered.add(json.loads(await asyncio.wait_for(ws.recv(), WAIT))["pid"])
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        for ws in clients:
+            await asyncio.wait_for(ws.wait_closed(), WAIT)
+        return answered, [ws.close_code for ws in clients], time.monotonic() - started
+
+    answered, codes, took = asyncio.run(scenario())
+    assert len(answered) > 1, f"12 sessions all on one worker ({answered}): nothing shown"
+    assert codes == [1001] * 12, codes
+    assert served.process.wait(CLOSE_TIMEOUT + 5) == 0, served.log
+    assert took < CLOSE_TIMEOUT + 1, took
+    deadline = time.monotonic() + 5
+    while not all(map(gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(map(gone, pids)), [pid for pid in pids if not gone(pid)]
+    for number in (1, 2, 3):
+        served.wait_for(rf"worker {number} \(pid \d+\) exited with code 0")
+
+
+def test_workers_shut_down_when_their_supervisor_is_killed(registry_root, supervised):
+    """SIGKILL leaves the supervisor no chance to pass anything on: its pipe to each worker
+    closes, and the workers stop as on SIGTERM instead of serving on unsupervised."""
+    served, _, pids = supervised(registry_root, 2)
+    served.process.kill()
+    served.process.wait(WAIT)
+    deadline = time.monotonic() + CLOSE_TIMEOUT + 5
+    while not all(map(gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(map(gone, pids)), [pid for pid in pids if not gone(pid)]
+    served.wait_for("the supervisor is gone", 2)
+
+
+def test_more_than_one_worker_without_a_backplane_is_refused(registry_root):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("POLYSOCKET_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "polysocket", "serve", str(registry_root), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2, result
+    assert "--workers 2 needs a backplane" in result.stderr
+    assert "--backplane redis://" in result.stderr
+    assert "started" not in result.stderr
+
+
+def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(registry_root):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, str(registry_root), "--workers", "2", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=cluster_env(),
+            timeout=WAIT,
+        )
+    assert result.returncode == 2, result
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "without SO_REUSEPORT" in result.stderr
+    assert "worker 1 started" not in result.stderr
+
+
+def test_a_worker_that_keeps_exiting_at_once_makes_the_supervisor_give_up(caplog):
+    """Real processes that exit at once: restarted with a growing delay, then the supervisor
+    stops the other worker and returns 1 instead of restarting forever."""
+    crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    supervisor = Supervisor(crash, 2, "127.0.0.1", 0, restart_delay=0.05, quick_exit_limit=3)
+    caplog.set_level(logging.INFO, "polysocket.workers")
+    started = time.monotonic()
+    assert supervisor.run() == 1
+    assert time.monotonic() - started < WAIT
+    text = caplog.text
+    assert "exited with code 3 after" in text and "restarting it in 0.05 s" in text
+    assert "restarting it in 0.1 s" in text  # the delay doubles
+    assert re.search(r"worker \d exited with code 3 .* the 3rd time in a row .*giving up", text)
+
+
+def test_workers_must_be_a_positive_count():
+    result = subprocess.run(
+        [sys.executable, "-m", "polysocket", "serve", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2 and "'0' is not a positive int" in result.stderr
+
+
+# -- reuse_port on every engine ----------------------------------------------------------
+
+ENGINES_WITH_REUSE_PORT = [
+    row.name for row in registry.statuses() if "reuse_port" in row.capabilities
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES_WITH_REUSE_PORT)
+def test_an_engine_with_reuse_port_binds_twice_on_one_port(engine, registry_root):
+    async def scenario() -> None:
+        async with serve(registry_root, port=0, engine=engine, reuse_port=True) as first:
+            async with serve(
+                registry_root, port=first.port, engine=engine, reuse_port=True
+            ) as second:
+                assert second.port == first.port
+                assert await pid_of_a_connection(first.port) > 0
+            # without the option the port is not shared: the kernel refuses the bind
+            with pytest.raises(OSError) as refused:
+                await serve(registry_root, port=first.port, engine=engine).__aenter__()
+            assert refused.value.errno == errno.EADDRINUSE
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT))
+
+
+def test_reuse_port_needs_the_capability_and_a_bool():
+    without = MemoryEngine()  # binds no socket: it lacks "reuse_port"
+    with pytest.raises(UnsupportedOptionError, match="lacks the 'reuse_port' capability"):
+        server_options(without, {"reuse_port": True})
+    assert server_options(without, {"reuse_port": False})[0].reuse_port is False
+    with pytest.raises(TypeError, match="reuse_port must be True or False"):
+        server_options(
+            MemoryEngine(capabilities=frozenset({"server", "reuse_port"})), {"reuse_port": 1}
+        )
