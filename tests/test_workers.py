@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import websockets
 from websockets.asyncio.client import connect
 
 from polysocket import serve
@@ -244,7 +245,11 @@ def test_sigterm_closes_every_session_with_1001_and_every_process_exits(registry
     answered, codes, took = asyncio.run(scenario())
     assert len(answered) > 1, f"12 sessions all on one worker ({answered}): nothing shown"
     assert codes == [1001] * 12, codes
-    assert served.process.wait(CLOSE_TIMEOUT + 5) == 0, served.log
+    try:
+        exit_code = served.process.wait(CLOSE_TIMEOUT + 5)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the supervisor did not exit within {CLOSE_TIMEOUT + 5} s:\n{served.log}")
+    assert exit_code == 0, served.log
     assert took < CLOSE_TIMEOUT + 1, took
     deadline = time.monotonic() + 5
     while not all(map(gone, pids)) and time.monotonic() < deadline:
@@ -356,3 +361,120 @@ def test_reuse_port_needs_the_capability_and_a_bool():
         server_options(
             MemoryEngine(capabilities=frozenset({"server", "reuse_port"})), {"reuse_port": 1}
         )
+
+
+# -- the issue's first Done-when line ------------------------------------------------------
+
+
+def redis_is_up() -> str | None:
+    """Why Redis cannot be used at REDIS_HOST:REDIS_PORT, or None when it answers PING."""
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+    except OSError as exc:
+        return f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT} ({exc}); start redis-server"
+    if not answer.startswith(b"+PONG"):
+        return f"{REDIS_HOST}:{REDIS_PORT} answered PING with {answer!r}, not Redis' +PONG"
+    return None
+
+
+CHAT_CLIENTS = 40
+MESSAGES_EACH = 3
+
+
+def test_chat_sample_on_4_workers_over_redis_reaches_all_40_clients_exactly_once(
+    registry_root, supervised
+):
+    """The bundled chat endpoint on ``--workers 4 --backplane redis://...``: 40 raw clients
+    spread over the workers each send 3 messages; every client gets each of the 120 exactly
+    once, each sender's in the order sent."""
+    problem = redis_is_up()
+    if problem is not None:
+        if os.environ.get("POLYSOCKET_REQUIRE_PEERS", "").strip() not in ("", "0", "false"):
+            pytest.fail(f"{problem} (POLYSOCKET_REQUIRE_PEERS is set)")
+        pytest.skip(problem)
+    _, port, pids = supervised(registry_root, 4, "--backplane", REDIS_URL)
+    chat = f"ws://127.0.0.1:{port}/websockets/v4/service/chat"
+
+    async def scenario() -> None:
+        clients = [await connect(chat, open_timeout=WAIT) for _ in range(CHAT_CLIENTS)]
+        received: list[list[str]] = [[] for _ in clients]
+
+        async def read(index: int) -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for message in clients[index]:
+                    assert isinstance(message, str)
+                    received[index].append(message)
+
+        readers = [asyncio.create_task(read(i)) for i in range(CHAT_CLIENTS)]
+        # Every client learns its session id from its hello coming back (not counted).
+        for index, ws in enumerate(clients):
+            await ws.send(f"c{index}-hello")
+        ids: dict[int, str] = {}
+        deadline = time.monotonic() + WAIT
+        while len(ids) < CHAT_CLIENTS and time.monotonic() < deadline:
+            for index in range(CHAT_CLIENTS):
+                for line in received[index]:
+                    if line.endswith(f": c{index}-hello"):
+                        ids[index] = line.split(":")[0]
+            await asyncio.sleep(0.05)
+        assert len(ids) == CHAT_CLIENTS, f"only {len(ids)} clients got their own hello back"
+        # Wait until every worker's presence view has the 40 sessions: then every worker
+        # hears every other one, and the counted messages can go.
+        views: dict[int, dict[str, int]] = {}
+        while time.monotonic() < deadline:
+            async with connect(f"ws://127.0.0.1:{port}/websockets/v4/service/pid") as ws:
+                await ws.send("who")
+                answer = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            views[answer["pid"]] = {sid[:8]: pid for sid, pid in answer["chat"].items()}
+            if set(views) == set(pids) and all(
+                set(ids.values()) <= set(view) for view in views.values()
+            ):
+                break
+            await asyncio.sleep(0.05)
+        holders = views.get(pids[0], {})
+        assert set(views) == set(pids) and set(ids.values()) <= set(holders), (
+            f"presence did not converge within {WAIT} s: {views}"
+        )
+        workers_used = {holders[sid] for sid in ids.values()}
+        assert workers_used <= set(pids), (workers_used, pids)
+        assert len(workers_used) > 1, f"all 40 chat sessions on one worker: {workers_used}"
+        for sent in range(MESSAGES_EACH):
+            for index, ws in enumerate(clients):
+                await ws.send(f"c{index}-m{sent}")
+        expected = [
+            f"{ids[i]}: c{i}-m{k}" for i in range(CHAT_CLIENTS) for k in range(MESSAGES_EACH)
+        ]
+
+        def chat_lines(index: int) -> list[str]:
+            return [
+                line
+                for line in received[index]
+                if not line.startswith("* ") and not line.endswith("-hello")
+            ]
+
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if all(len(chat_lines(i)) >= len(expected) for i in range(CHAT_CLIENTS)):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a duplicate would come now
+        for index in range(CHAT_CLIENTS):
+            lines = chat_lines(index)
+            counts = Counter(lines)
+            missing = [m for m in expected if counts[m] == 0]
+            twice = [m for m, n in counts.items() if n > 1]
+            stray = [m for m in counts if m not in expected]
+            assert not (missing or twice or stray), (
+                f"client {index} (session {ids[index]}): {len(missing)} missing {missing[:5]},"
+                f" {len(twice)} more than once {twice[:5]}, unexpected {stray[:5]}"
+            )
+            for sender in range(CHAT_CLIENTS):
+                own = [m for m in lines if m.startswith(f"{ids[sender]}: ")]
+                assert own == [f"{ids[sender]}: c{sender}-m{k}" for k in range(MESSAGES_EACH)]
+        for ws in clients:
+            await ws.close()
+        await asyncio.gather(*readers)
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT * 3))
