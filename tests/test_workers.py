@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,8 @@ from polysocket.workers import Supervisor
 SERVE = [sys.executable, "-m", "polysocket", "serve"]
 #: Bound of every wait in these tests.
 WAIT = 15.0
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-#: The workers' backplane: a cross-process one, or --workers N > 1 is refused. Pub/sub
-#: channels ignore the database number; each test's cluster name keeps it apart.
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+#: The project's shared Redis; the tests start a private redis-server where it does not run.
+SHARED_REDIS = ("127.0.0.1", 6379)
 #: The workers' close_timeout (--close-timeout): SIGTERM must end them well within it + 5 s.
 CLOSE_TIMEOUT = 2.0
 
@@ -58,6 +57,52 @@ def onMessage(message):
         sessions[session.id] = int(node.split("/")[1]) if node else os.getpid()
     return json.dumps({"pid": os.getpid(), "chat": sessions})
 '''
+
+
+def answers_ping(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def require_peers() -> bool:
+    return os.environ.get("POLYSOCKET_REQUIRE_PEERS", "").strip() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """The workers' backplane (a cross-process one, or --workers N > 1 is refused): the shared
+    Redis at 127.0.0.1:6379 when it answers, else a private redis-server on a free port. Pub/sub
+    channels ignore the database number: each test's cluster name keeps it apart."""
+    if answers_ping(*SHARED_REDIS):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    if shutil.which("redis-server") is None:
+        missing = "no Redis at 127.0.0.1:6379 and no redis-server (apt-get install redis-server)"
+        if require_peers():
+            pytest.fail(f"{missing} (POLYSOCKET_REQUIRE_PEERS is set)")
+        pytest.skip(missing)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not answers_ping("127.0.0.1", port):
+            assert process.poll() is None, f"redis-server exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"redis-server did not answer within {WAIT} s"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(WAIT)
 
 
 @pytest.fixture
@@ -126,17 +171,19 @@ class Supervised:
                 self.process.wait(WAIT)
 
 
-def cluster_env(**extra: str) -> dict[str, str]:
+def cluster_env(backplane: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("POLYSOCKET_")}
     env.update(
-        POLYSOCKET_BACKPLANE=REDIS_URL,
+        POLYSOCKET_BACKPLANE=backplane,
         POLYSOCKET_CLUSTER=f"test-workers-{uuid.uuid4().hex[:12]}",
         **extra,
     )
     return env
 
 
-def start_workers(root: Path, count: int, *args: str) -> tuple[Supervised, int, list[int]]:
+def start_workers(
+    backplane: str, root: Path, count: int, *args: str
+) -> tuple[Supervised, int, list[int]]:
     """``count`` workers serving ``root`` on a free port: (supervisor, port, worker pids)."""
     served = Supervised(
         str(root),
@@ -147,7 +194,7 @@ def start_workers(root: Path, count: int, *args: str) -> tuple[Supervised, int, 
         "--close-timeout",
         str(CLOSE_TIMEOUT),
         *args,
-        env=cluster_env(),
+        env=cluster_env(backplane),
     )
     port = int(served.wait_for(r"starting \d+ workers on 127\.0\.0\.1:(\d+)")[0][1])
     pids = [int(m[1]) for m in served.wait_for(r"worker \d+ started \(pid (\d+)\)", count)]
@@ -158,11 +205,13 @@ def start_workers(root: Path, count: int, *args: str) -> tuple[Supervised, int, 
 
 
 @pytest.fixture
-def supervised():
+def supervised(redis_url: str) -> Iterator[Callable[..., tuple[Supervised, int, list[int]]]]:
+    """Factory: ``supervised(root, count, *args)`` starts ``polysocket serve --workers count``
+    over Redis; each one is stopped (SIGTERM) after the test."""
     started: list[Supervised] = []
 
     def start(root: Path, count: int, *args: str) -> tuple[Supervised, int, list[int]]:
-        served, port, pids = start_workers(root, count, *args)
+        served, port, pids = start_workers(redis_url, root, count, *args)
         started.append(served)
         return served, port, pids
 
@@ -287,14 +336,16 @@ def test_more_than_one_worker_without_a_backplane_is_refused(registry_root):
     assert "started" not in result.stderr
 
 
-def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(registry_root):
+def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(
+    registry_root, redis_url
+):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [*SERVE, str(registry_root), "--workers", "2", "--port", str(port)],
             capture_output=True,
             text=True,
-            env=cluster_env(),
+            env=cluster_env(redis_url),
             timeout=WAIT,
         )
     assert result.returncode == 2, result
@@ -366,35 +417,17 @@ def test_reuse_port_needs_the_capability_and_a_bool():
 # -- the issue's first Done-when line ------------------------------------------------------
 
 
-def redis_is_up() -> str | None:
-    """Why Redis cannot be used at REDIS_HOST:REDIS_PORT, or None when it answers PING."""
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            answer = sock.recv(64)
-    except OSError as exc:
-        return f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT} ({exc}); start redis-server"
-    if not answer.startswith(b"+PONG"):
-        return f"{REDIS_HOST}:{REDIS_PORT} answered PING with {answer!r}, not Redis' +PONG"
-    return None
-
-
 CHAT_CLIENTS = 40
 MESSAGES_EACH = 3
 
 
 def test_chat_sample_on_4_workers_over_redis_reaches_all_40_clients_exactly_once(
-    registry_root, supervised
+    registry_root, supervised, redis_url
 ):
     """The bundled chat endpoint on ``--workers 4 --backplane redis://...``: 40 raw clients
     spread over the workers each send 3 messages; every client gets each of the 120 exactly
     once, each sender's in the order sent."""
-    problem = redis_is_up()
-    if problem is not None:
-        if os.environ.get("POLYSOCKET_REQUIRE_PEERS", "").strip() not in ("", "0", "false"):
-            pytest.fail(f"{problem} (POLYSOCKET_REQUIRE_PEERS is set)")
-        pytest.skip(problem)
-    _, port, pids = supervised(registry_root, 4, "--backplane", REDIS_URL)
+    _, port, pids = supervised(registry_root, 4, "--backplane", redis_url)
     chat = f"ws://127.0.0.1:{port}/websockets/v4/service/chat"
 
     async def scenario() -> None:
