@@ -17,6 +17,7 @@ nox.options.sessions = [
     "tests",
     "conformance",
     "conformance_picows",
+    "backplanes",
     "interop",
     "minimums",
     "autobahn",
@@ -110,6 +111,38 @@ def conformance_picows(session: nox.Session) -> None:
     _install_node_peer(session)
     _run_suite(session, "picows")
     session.run("pytest", f"{PICOWS}/tests", "--polysocket-engine=picows", *session.posargs)
+
+
+#: The cluster suite's brokers: backplane URL template and the private broker's command
+#: (``{port}``: a free port). Backplanes shipped as distributions of their own run the same
+#: suite from their own directory.
+BACKPLANES = {
+    "redis": ("redis://127.0.0.1:{port}/0", "redis-server --port {port} --save '' --appendonly no"),
+}
+
+
+@nox.session
+def backplanes(session: nox.Session) -> None:
+    """The cluster tests (tests/test_cluster.py, against the Redis at 127.0.0.1:6379 when one
+    runs there), then the shared cluster suite once per built-in backplane, each with a
+    private broker: Debian's redis-server for redis (.ci/run installs it)."""
+    _install(session)
+    session.run("pytest", "tests/test_cluster.py", *session.posargs)
+    for name, (url, command) in BACKPLANES.items():
+        broker = command.split()[0]
+        if shutil.which(broker) is None:
+            session.error(
+                f"the {name} backplane's suite needs {broker!r} on PATH: install it (Debian:"
+                f" apt-get install {broker})"
+            )
+        session.run(
+            "pytest",
+            "--pyargs",
+            "polysocket_conformance.cluster_suite",
+            f"--polysocket-backplane={url}",
+            f"--polysocket-broker-command={command}",
+            *session.posargs,
+        )
 
 
 @nox.session

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cluster import DEFAULT_PRESENCE_EXPIRY
 from .context import get_close_code, get_close_reason, get_session
 from .errors import ConnectionClosedError, WebsocketError
 from .plugins import EngineStatus, registry
@@ -310,10 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--presence-expiry",
         type=_positive(float),
-        default=5.0,
+        default=DEFAULT_PRESENCE_EXPIRY,
         metavar="SECONDS",
         help="a cluster node not heard from for this long is dropped with its sessions"
-        " (default: 5)",
+        f" (default: {DEFAULT_PRESENCE_EXPIRY:g})",
     )
     serve.add_argument(
         "--workers",

@@ -100,6 +100,8 @@ LEAVE_TIMEOUT = 2.0
 #: Reconnection to the broker: quicker than a client's (a node's peers wait for it), and
 #: jittered so that the nodes of a cluster do not all come back at once.
 BACKOFF = ReconnectPolicy(initial_delay=0.5, factor=2.0, max_delay=10.0, jitter=0.5)
+#: Seconds a link must have lived for the backoff to start over when it is lost.
+STABLE_LINK = 10.0
 
 _node: tuple[int, str] | None = None
 
@@ -109,7 +111,9 @@ def node_id() -> str:
     global _node
     pid = os.getpid()
     if _node is None or _node[0] != pid:
-        _node = (pid, f"{socket.gethostname()}/{pid}/{secrets.token_hex(2)}")
+        # the host name as channel names may carry it (NATS subjects take no spaces, '*', '>')
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+        _node = (pid, f"{host or 'host'}/{pid}/{secrets.token_hex(2)}")
     return _node[1]
 
 
@@ -229,6 +233,7 @@ class Cluster:
         self._sweeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._wake_pending = False
+        self._publishing = False
         self._runner: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Event | None = None
         self._closing = False
@@ -269,14 +274,14 @@ class Cluster:
             self._enqueue_all({"t": "bye"})
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LEAVE_TIMEOUT):
-                    while self._outbound and self._up:
+                    while (self._outbound or self._publishing) and self._up:
                         await asyncio.sleep(0.01)
         self._closing = True
-        for task in (self._runner, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = {task for task in (self._runner, self._sweeper) if task is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:  # not `await task`: that would swallow a cancellation of close() itself
+            await asyncio.wait(tasks, timeout=LEAVE_TIMEOUT + CONNECT_TIMEOUT)
         await self._drop_link()
 
     async def _drop_link(self) -> None:
@@ -296,13 +301,15 @@ class Cluster:
                 except BaseException:
                     await link.aclose()
                     raise
-            except BackplaneError as exc:
+            except Exception as exc:  # BackplaneError; anything else is a plugin's bug
+                if not isinstance(exc, BackplaneError) and self._down_since is None:
+                    log.error("cluster %r: the backplane's connect failed", self.name, exc_info=exc)
                 self._went_down(exc)
                 self._first_attempt.set()
                 attempt += 1
                 await asyncio.sleep(BACKOFF.delay(attempt))
                 continue
-            attempt = 0
+            linked_at = time.monotonic()
             self._link = link
             self._came_up()
             self._first_attempt.set()
@@ -313,10 +320,20 @@ class Cluster:
                     group.create_task(self._beat())
             except* BackplaneError as errors:
                 self._went_down(errors.exceptions[0])
+            except* Exception as errors:  # a plugin's bug, or ours: the node must go on
+                log.error(
+                    "cluster %r: the backplane link failed unexpectedly; reconnecting",
+                    self.name,
+                    exc_info=errors.exceptions[0],
+                )
+                self._went_down(errors.exceptions[0])
             finally:
                 await self._drop_link()
             if not self._closing:
-                attempt += 1
+                # a link that failed at once (a flapping broker, a broken plugin) does not
+                # start the backoff over
+                stable = time.monotonic() - linked_at > STABLE_LINK
+                attempt = 1 if stable else attempt + 1
                 await asyncio.sleep(BACKOFF.delay(attempt))
 
     def _went_down(self, error: BaseException) -> None:
@@ -382,12 +399,12 @@ class Cluster:
                 self.skipped += 1
                 self._skipped_in_outage += 1
                 return False
-            if len(self._outbound) >= self._outbound_limit:
+            full = len(self._outbound) >= self._outbound_limit
+            if full:
                 self.skipped += 1
-                first = not self._overflowing
+                first_overflow = not self._overflowing
                 self._overflowing = True
             else:
-                first = False
                 header["n"] = self.node
                 if channel == self._all:
                     self._seq += 1
@@ -396,13 +413,14 @@ class Cluster:
                 if self._wake_pending:
                     return True
                 self._wake_pending = True
-        if first:
-            log.warning(
-                "cluster %r: %d messages wait to be published (the broker is slow); messages"
-                " for other nodes are skipped until the queue drains",
-                self.name,
-                self._outbound_limit,
-            )
+        if full:
+            if first_overflow:
+                log.warning(
+                    "cluster %r: %d messages wait to be published (the broker is slow);"
+                    " messages for other nodes are skipped until the queue drains",
+                    self.name,
+                    self._outbound_limit,
+                )
             return False
         loop = self._loop
         if loop is None or self._wake is None:
@@ -433,7 +451,11 @@ class Cluster:
                             self._overflowing = False
                         break
                     channel, data = self._outbound.popleft()
-                await link.publish(channel, data)
+                    self._publishing = True
+                try:
+                    await link.publish(channel, data)
+                finally:
+                    self._publishing = False
 
     async def _beat(self) -> None:
         while True:
@@ -500,6 +522,8 @@ class Cluster:
                     self._on_direct(sender, header, payload)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("cluster %r: a malformed message from %s: %s", self.name, sender, exc)
+        if not self._closing:  # a link's messages() ends only by raising, or after aclose()
+            raise BackplaneError(f"the {self._backplane.name} backplane's messages ended")
 
     def _on_shared(self, sender: str, header: dict[str, Any], payload: bytes) -> None:
         kind = header["t"]

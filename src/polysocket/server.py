@@ -161,10 +161,14 @@ def send_to(session_id: str, message: str | bytes) -> bool:
     return cluster is not None and cluster.send_to(session_id, checked)
 
 
-def _deliver_to(session: ServerSession, message: str | bytes) -> bool:
+def _deliver_to(session: ServerSession, message: str | bytes, wait: bool = True) -> bool:
     frame = server_frame(message)
     if threading.get_ident() == session._connection._loop_thread:
         reached, _ = _offer_all([session], message, frame)
+    elif not wait:  # the cluster's receiver: never blocks its loop on another one
+        with contextlib.suppress(RuntimeError):
+            session._connection._loop.call_soon_threadsafe(_offer_all, [session], message, frame)
+        return True
     else:
         reached, _ = _offer_all_on(session._connection._loop, [session], message, frame)
     return reached > 0
@@ -174,11 +178,11 @@ class _LocalSide:
     """This process's sessions as a cluster sees them (:class:`cluster.LocalSide`)."""
 
     def deliver(self, endpoint: str, message: str | bytes) -> int:
-        return _broadcast_here(endpoint, message)
+        return _broadcast_here(endpoint, message, wait=False)
 
     def deliver_to(self, session_id: str, message: str | bytes) -> bool:
         session = sessions.get(session_id)
-        return session is not None and _deliver_to(session, message)
+        return session is not None and _deliver_to(session, message, wait=False)
 
     def sessions(self) -> list[tuple[str, str]]:
         return sessions.rows()
@@ -212,7 +216,11 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
     return reached
 
 
-def _broadcast_here(endpoint: str, checked: str | bytes) -> int:
+def _broadcast_here(endpoint: str, checked: str | bytes, wait: bool = True) -> int:
+    """Deliver to this process's sessions of ``endpoint``; how many got it. Sessions on
+    another loop get it through that loop: waited for, unless ``wait`` is false (the
+    cluster's receiver, which must not block its loop on another one: their count is then
+    not known and not counted)."""
     members = sessions.of(endpoint)
     if not members:
         return 0
@@ -224,6 +232,10 @@ def _broadcast_here(endpoint: str, checked: str | bytes) -> int:
     for loop, group in by_loop.items():
         if threading.get_ident() == group[0]._connection._loop_thread:
             got, slow = _offer_all(group, checked, frame)
+        elif not wait:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its sessions are gone
+                loop.call_soon_threadsafe(_offer_all, group, checked, frame)
+            continue
         else:
             got, slow = _offer_all_on(loop, group, checked, frame)
         reached, too_slow = reached + got, too_slow + slow

@@ -7,6 +7,10 @@ the contract expects (:mod:`polysocket.backplane`). Pub/sub channels are global 
 server, whatever the database number in the URL: clusters sharing a broker are kept apart by
 their channel prefix (the cluster name), not by the database.
 
+Bounds: a subscriber that reads too slowly is the broker's to cut off (Redis's
+``client-output-buffer-limit pubsub``, 32 MiB by default): the link then ends with
+:class:`~polysocket.errors.BackplaneError` like any lost connection, and the node reconnects.
+
 The client library retries nothing here (``Retry(NoBackoff(), 0)``): a lost connection ends
 the link with :class:`~polysocket.errors.BackplaneError`, and the core reconnects with its own
 backoff.
