@@ -31,8 +31,8 @@ from polysocket.errors import UnsupportedOptionError
 from polysocket.options import server_options
 from polysocket.plugins import registry
 from polysocket.server import SAMPLE_ROOT
-from polysocket.testing import MemoryEngine
-from polysocket.workers import Supervisor
+from polysocket.testing import MemoryEngine, install
+from polysocket.workers import Supervisor, WorkersRefused, check_workers
 
 SERVE = [sys.executable, "-m", "polysocket", "serve"]
 #: Bound of every wait in these tests.
@@ -367,6 +367,14 @@ def test_a_worker_that_keeps_exiting_at_once_makes_the_supervisor_give_up(caplog
     assert "exited with code 3 after" in text and "restarting it in 0.05 s" in text
     assert "restarting it in 0.1 s" in text  # the delay doubles
     assert re.search(r"worker \d exited with code 3 .* the 3rd time in a row .*giving up", text)
+
+
+def test_an_engine_that_cannot_share_a_port_is_refused():
+    with install(MemoryEngine(name="no-reuse-port")):  # binds no socket: no "reuse_port"
+        with pytest.raises(WorkersRefused, match="lacks the 'reuse_port' capability") as refused:
+            check_workers(2, "redis://127.0.0.1:6379/0", "no-reuse-port")
+        assert "aiohttp" in str(refused.value)  # the engines that can
+        check_workers(1, None, "no-reuse-port")  # one worker: nothing to share
 
 
 def test_workers_must_be_a_positive_count():
