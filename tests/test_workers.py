@@ -275,7 +275,12 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(registry_root, 
     assert served.process.poll() is None
 
 
-def test_sigterm_closes_every_session_with_1001_and_every_process_exits(registry_root, supervised):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_closes_every_session_with_1001_and_every_process_exits(
+    registry_root, supervised, stop_signal
+):
+    """SIGTERM (or SIGINT, Ctrl-C) to the supervisor: every worker closes its sessions with
+    1001 and exits 0, within the bound; the supervisor exits 0."""
     served, port, pids = supervised(registry_root, 3)
 
     async def scenario() -> tuple[set[int], list[int | None], float]:
@@ -286,7 +291,7 @@ def test_sigterm_closes_every_session_with_1001_and_every_process_exits(registry
             await ws.send("who")
             answered.add(json.loads(await asyncio.wait_for(ws.recv(), WAIT))["pid"])
         started = time.monotonic()
-        served.process.send_signal(signal.SIGTERM)
+        served.process.send_signal(stop_signal)
         for ws in clients:
             await asyncio.wait_for(ws.wait_closed(), WAIT)
         return answered, [ws.close_code for ws in clients], time.monotonic() - started

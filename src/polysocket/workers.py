@@ -22,8 +22,8 @@ It logs each worker's start and exit, and restarts a worker that exits on its ow
 start (at most :data:`MAX_RESTART_DELAY`). A worker that exits that quickly
 :data:`QUICK_EXIT_LIMIT` times in a row is broken (a bad option, a handler crashing the
 interpreter), not unlucky: the supervisor stops every worker and returns 1 instead of
-restarting it forever. On SIGTERM or SIGINT it passes the signal on to every worker (each
-closes its sessions with 1001, as ``polysocket serve`` does) and waits for them
+restarting it forever. On SIGTERM or SIGINT it sends SIGTERM to every worker (each closes
+its sessions with 1001, as ``polysocket serve`` does) and waits for them
 ``close_timeout`` plus :data:`STOP_GRACE` seconds, then kills those left with SIGKILL; a
 second signal kills them at once.
 
@@ -251,10 +251,13 @@ class Supervisor:
                 self.port,
                 os.getpid(),
             )
-            for worker in self._workers:
-                self._start(worker)
-            status = self._supervise()
-            self._stop(self._signals[0] if self._signals else signal.SIGTERM)
+            status = 1  # unless _supervise returns: a worker that cannot even be started
+            try:
+                for worker in self._workers:
+                    self._start(worker)
+                status = self._supervise()
+            finally:
+                self._stop()
             return status
         finally:
             for sig, handler in previous.items():
@@ -295,7 +298,9 @@ class Supervisor:
                 elif worker.restart_at is not None and now >= worker.restart_at:
                     self._start(worker)
             time.sleep(POLL_INTERVAL)
-        log.info("%s: stopping every worker", signal.Signals(self._signals[0]).name)
+        log.info(
+            "%s: stopping every worker (SIGTERM to each)", signal.Signals(self._signals[0]).name
+        )
         return 0
 
     def _exited(self, worker: _Worker, returncode: int, now: float) -> bool:
@@ -337,15 +342,17 @@ class Supervisor:
                 process.stdin.close()
         worker.process = None
 
-    def _stop(self, signum: int) -> None:
-        """Pass ``signum`` on to every live worker; SIGKILL those left at the deadline."""
+    def _stop(self) -> None:
+        """SIGTERM to every live worker (for SIGINT too: a worker still importing would die
+        of KeyboardInterrupt with a traceback, where SIGTERM ends it quietly); SIGKILL those
+        left at the deadline."""
         live = [w for w in self._workers if w.process is not None]
         for worker in self._workers:
             worker.restart_at = None
         for worker in live:
             assert worker.process is not None
             with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signum)
+                worker.process.send_signal(signal.SIGTERM)
         bound = self.close_timeout + self.stop_grace
         deadline = time.monotonic() + bound
         signals_seen = len(self._signals)
