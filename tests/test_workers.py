@@ -341,6 +341,18 @@ def test_more_than_one_worker_without_a_backplane_is_refused(registry_root):
     assert "started" not in result.stderr
 
 
+def test_a_backplane_nobody_serves_is_refused_before_any_worker_starts(registry_root):
+    result = subprocess.run(
+        [*SERVE, str(registry_root), "--workers", "2", "--backplane", "nosuch://broker:1"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2, result
+    assert "no backplane for 'nosuch://broker:1'" in result.stderr
+    assert "started" not in result.stderr
+
+
 def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(
     registry_root, redis_url
 ):

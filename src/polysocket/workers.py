@@ -62,6 +62,7 @@ __all__ = [
     "Supervisor",
     "WorkersRefused",
     "check_workers",
+    "run_workers",
     "watch_supervisor",
     "worker_number",
 ]
@@ -96,7 +97,8 @@ def worker_number() -> int | None:
 
 def check_workers(count: int, backplane: str | None, engine: str | None) -> None:
     """Raise :class:`WorkersRefused` when ``count`` workers cannot share a port here with
-    the backplane ``backplane`` (the ``--backplane`` value, or ``None``) and ``engine``."""
+    the backplane ``backplane`` (the ``--backplane`` value, or ``None``) and ``engine``, and
+    :class:`~polysocket.errors.BackplaneError` when no installed backplane serves its URL."""
     if count <= 1:
         return
     url = backplane_url(backplane)
@@ -107,6 +109,7 @@ def check_workers(count: int, backplane: str | None, engine: str | None) -> None
             " and getSessions would miss the others'. Add --backplane redis://HOST:6379/0 (or"
             " set POLYSOCKET_BACKPLANE), or serve with --workers 1."
         )
+    engines.backplane(url)  # an unknown scheme, a missing library: refused here, not N times
     if not hasattr(socket, "SO_REUSEPORT"):
         raise WorkersRefused(
             f"--workers {count}: this operating system has no SO_REUSEPORT, so worker processes"
