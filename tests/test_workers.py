@@ -341,16 +341,26 @@ def test_more_than_one_worker_without_a_backplane_is_refused(registry_root):
     assert "started" not in result.stderr
 
 
-def test_a_backplane_nobody_serves_is_refused_before_any_worker_starts(registry_root):
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--backplane", "nosuch://broker:1"], "no backplane for 'nosuch://broker:1'"),
+        (["--cluster", "bad name!"], "cluster name 'bad name!': use letters, digits"),
+    ],
+)
+def test_what_every_worker_would_fail_on_is_refused_before_any_starts(
+    registry_root, redis_url, args, said
+):
     result = subprocess.run(
-        [*SERVE, str(registry_root), "--workers", "2", "--backplane", "nosuch://broker:1"],
+        [*SERVE, str(registry_root), "--workers", "2", *args],
         capture_output=True,
         text=True,
+        env=cluster_env(redis_url),
         timeout=WAIT,
     )
     assert result.returncode == 2, result
-    assert "no backplane for 'nosuch://broker:1'" in result.stderr
-    assert "started" not in result.stderr
+    assert said in result.stderr
+    assert "started" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(

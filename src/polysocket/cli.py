@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
     if args.workers > 1:
-        check_workers(args.workers, args.backplane, args.engine)
+        check_workers(args.workers, args.backplane, args.engine, args.cluster)
         return run_workers(
             args.argv, args.workers, args.host, args.port, close_timeout=args.close_timeout
         )

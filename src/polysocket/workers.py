@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .backplane import backplane_url, is_single_process
+from .cluster import cluster_name
 from .errors import WebsocketError
 from .plugins import registry as engines
 
@@ -95,10 +96,13 @@ def worker_number() -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def check_workers(count: int, backplane: str | None, engine: str | None) -> None:
+def check_workers(
+    count: int, backplane: str | None, engine: str | None, cluster: str | None = None
+) -> None:
     """Raise :class:`WorkersRefused` when ``count`` workers cannot share a port here with
-    the backplane ``backplane`` (the ``--backplane`` value, or ``None``) and ``engine``, and
-    :class:`~polysocket.errors.BackplaneError` when no installed backplane serves its URL."""
+    the backplane ``backplane`` (the ``--backplane`` value, or ``None``), the cluster name
+    ``cluster`` and ``engine``, and :class:`~polysocket.errors.BackplaneError` when no
+    installed backplane serves its URL."""
     if count <= 1:
         return
     url = backplane_url(backplane)
@@ -109,7 +113,13 @@ def check_workers(count: int, backplane: str | None, engine: str | None) -> None
             " and getSessions would miss the others'. Add --backplane redis://HOST:6379/0 (or"
             " set POLYSOCKET_BACKPLANE), or serve with --workers 1."
         )
-    engines.backplane(url)  # an unknown scheme, a missing library: refused here, not N times
+    # What every worker would fail on at once is refused here, once: an unknown scheme, a
+    # missing library, a cluster name the channels cannot carry.
+    engines.backplane(url)
+    try:
+        cluster_name(cluster)
+    except ValueError as exc:
+        raise WorkersRefused(str(exc)) from None
     if not hasattr(socket, "SO_REUSEPORT"):
         raise WorkersRefused(
             f"--workers {count}: this operating system has no SO_REUSEPORT, so worker processes"
