@@ -19,7 +19,8 @@ Semantics:
 - ``sendTo(session_id, message)`` delivers to the session here if it is here, else publishes
   it to the node that holds it (from the presence view). It returns ``False`` when no node is
   known to hold the id (a session that closed meanwhile, as for a closed local session) and
-  ``True`` once it is delivered here or handed to the publishing queue.
+  ``True`` once it is delivered here or handed to the publishing queue (a message for another
+  node while the broker is down, or the queue full, is skipped and counted as a broadcast is).
 - ``getSessions(endpoint)`` lists this process's :class:`~polysocket.server.ServerSession`
   objects, then a :class:`RemoteSession` for each session of the endpoint on another node,
   each with ``.id``, ``.endpoint``, ``.node`` and ``.send()`` (through ``sendTo``). It reads
@@ -65,7 +66,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backplane import Backplane, BackplaneLink, backplane_url, is_single_process
+from .backplane import Backplane, BackplaneLink, backplane_url
 from .errors import BackplaneError, ConnectionClosedError
 from .plugins import registry
 from .proxies import without_credentials
@@ -93,6 +94,8 @@ DEFAULT_PRESENCE_EXPIRY = 5.0
 CONNECT_TIMEOUT = 5.0
 #: Messages waiting to be published, at most; more are skipped (and counted).
 OUTBOUND_LIMIT = 10_000
+#: Messages handed to the backplane at once (``publish_many``: one round trip on Redis).
+PUBLISH_BATCH = 500
 #: Sessions per snapshot message.
 SNAPSHOT_CHUNK = 1_000
 #: Seconds ``close()`` waits for the goodbye (and what is queued before it) to leave.
@@ -450,10 +453,19 @@ class Cluster:
                         if self._overflowing:
                             self._overflowing = False
                         break
-                    channel, data = self._outbound.popleft()
+                    count = min(len(self._outbound), PUBLISH_BATCH)
+                    batch = [self._outbound.popleft() for _ in range(count)]
                     self._publishing = True
                 try:
-                    await link.publish(channel, data)
+                    if count == 1:
+                        await link.publish(*batch[0])
+                    else:
+                        await link.publish_many(batch)
+                except BackplaneError:
+                    with self._lock:  # lost with the link (some may have gone: at most once)
+                        self.skipped += count
+                        self._skipped_in_outage += count
+                    raise
                 finally:
                     self._publishing = False
 
@@ -672,8 +684,10 @@ def current() -> Cluster | None:
 
 
 def claim(url: str | None, name: str | None) -> tuple[str, str]:
-    """Check that a server with ``url`` and ``name`` may run in this process (one process,
-    one cluster) and hold that choice until :func:`release`; the resolved pair."""
+    """Check that a server with ``url`` and ``name`` (a backplane linking processes) may run
+    in this process (one process, one cluster) and hold that choice until :func:`release`;
+    the resolved pair. Servers with ``memory://`` claim nothing: they serve this process's
+    sessions, which are the node's whatever cluster another server of the process is in."""
     global _members, _process_choice
     resolved = (backplane_url(url), cluster_name(name))
     registry.backplane(resolved[0])  # an unknown scheme or a missing library fails here
@@ -692,12 +706,9 @@ def claim(url: str | None, name: str | None) -> tuple[str, str]:
 
 
 async def join(choice: tuple[str, str], local: LocalSide, presence_expiry: float) -> Cluster | None:
-    """Start (or share) the process's cluster for a claimed ``choice``; ``None`` for a
-    single-process backplane."""
+    """Start (or share) the process's cluster for a claimed ``choice``."""
     global _current
     url, name = choice
-    if is_single_process(url):
-        return None
     if _current is None:
         cluster = Cluster(url, name, local, presence_expiry=presence_expiry)
         _current = cluster
