@@ -5,6 +5,7 @@ header lines, or more handshakes than ``max_connections`` allows.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from polysocket_conformance.rawframes import TEXT, RawClient, close_frame, frame
 from polysocket_conformance.server_support import ServerThread, events
-from polysocket_conformance.support import WAIT, ss_command
+from polysocket_conformance.support import WAIT, require_capability, ss_command
 
 ECHO = "/websockets/v4/service/echo"
 OPEN_TIMEOUT = 0.5
@@ -186,3 +189,26 @@ def test_backlog_option_sets_the_listen_queue(
 ) -> None:
     server = serve_registry(backlog=300)  # not asyncio's 100 nor the default
     assert listen_backlogs(server.port) == {300}
+
+
+def bind_alongside(port: int) -> None:
+    """Bind (and close) a socket with ``SO_REUSEPORT`` on 127.0.0.1:``port``, as another
+    worker process would; ``OSError`` when the listening sockets there do not share it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))
+
+
+def test_reuse_port_lets_another_process_share_the_port(
+    serve_registry: Callable[..., ServerThread], engine: str
+) -> None:
+    """``reuse_port=True`` (``polysocket serve --workers``): the listening sockets carry
+    ``SO_REUSEPORT``, so another socket bound with it shares the port; without the option
+    the kernel refuses that bind."""
+    require_capability(engine, "reuse_port")
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("this operating system lacks SO_REUSEPORT")
+    bind_alongside(serve_registry(reuse_port=True).port)
+    with pytest.raises(OSError) as refused:
+        bind_alongside(serve_registry().port)
+    assert refused.value.errno == errno.EADDRINUSE

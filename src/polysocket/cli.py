@@ -64,8 +64,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .auth import TOKENS_ENV, bearer_tokens
     from .server import run_server
+    from .workers import check_workers, run_workers, watch_supervisor, worker_number
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
+    if args.workers > 1:
+        check_workers(args.workers, args.backplane, args.engine, args.cluster)
+        return run_workers(
+            args.argv, args.workers, args.host, args.port, close_timeout=args.close_timeout
+        )
+    if worker_number() is not None:
+        watch_supervisor()
     authenticate = None
     sources = [args.tokens] if args.tokens is not None else []
     if os.environ.get(TOKENS_ENV, "").strip():
@@ -80,6 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
         options["max_connections"] = args.max_connections
     if args.backlog is not None:
         options["backlog"] = args.backlog
+    if args.reuse_port:
+        options["reuse_port"] = True
     run_server(
         args.root,
         host=args.host,
@@ -306,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a cluster node not heard from for this long is dropped with its sessions"
         f" (default: {DEFAULT_PRESENCE_EXPIRY:g})",
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="N worker processes sharing the port (SO_REUSEPORT), restarted when they crash;"
+        " N > 1 needs a backplane such as --backplane redis://HOST:6379/0 (default: 1, this"
+        " process serves)",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that other processes doing so share the port"
+        " (what --workers does for its workers)",
+    )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(
         "connect", help="an interactive client: stdin lines are sent, messages printed"
@@ -347,8 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .workers import worker_number
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --workers to start workers
+    number = worker_number()
+    prefix = f"worker {number}: " if number is not None else ""
+    logging.basicConfig(level=logging.WARNING, format=prefix + "%(name)s: %(message)s")
     try:
         return int(args.run(args))
     except WebsocketError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl as ssl_module
 from collections.abc import Mapping
 from dataclasses import fields
@@ -23,6 +24,7 @@ CAPABILITY_OF_OPTION: dict[str, str] = {
     "ping_timeout": "keepalive",
     "ssl": "tls",
     "proxy": "proxy",  # a URL; one from the environment is proxies.select_proxy's to judge
+    "reuse_port": "reuse_port",
 }
 
 Options = TypeVar("Options", ClientOptions, ServerOptions)
@@ -115,6 +117,14 @@ def _checked(
     if options.get("compression") not in (None, "deflate"):
         raise UnsupportedOptionError(
             f"compression={options['compression']!r}: use 'deflate' (permessage-deflate) or None"
+        )
+    reuse_port = options.get("reuse_port", False)
+    if not isinstance(reuse_port, bool):
+        raise TypeError(f"reuse_port must be True or False, not {reuse_port!r}")
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise UnsupportedOptionError(
+            "reuse_port=True: this operating system has no SO_REUSEPORT, so processes cannot"
+            " share a listening port; run one server per port behind a load balancer instead"
         )
     tls = options.get("ssl")
     if tls is not None and not isinstance(tls, ssl_module.SSLContext):

@@ -93,6 +93,9 @@ DEFAULT_BACKLOG = 2048
 #: or ``enginekit.MAX_FRAGMENTS`` fragments with ``TransportClosed.error`` set (onError),
 #: takes a close frame between fragments as a normal close, and after its own close frame
 #: still delivers the messages that arrive and reports the peer's answer (or ``None``).
+#: ``reuse_port``: the engine binds its own listening sockets and, with
+#: ``ServerOptions.reuse_port``, binds them with ``SO_REUSEPORT`` (``enginekit.bind_sockets``
+#: does), so that several processes listen on one port (``polysocket serve --workers``).
 CAPABILITIES = frozenset(
     {
         "client",
@@ -104,6 +107,7 @@ CAPABILITIES = frozenset(
         "keepalive",
         "proxy",
         "framing",
+        "reuse_port",
     }
 )
 
@@ -217,6 +221,10 @@ class ServerOptions(ConnectionOptions):
     #: Connections the kernel queues before they are accepted (``listen()``; the kernel caps
     #: it at ``net.core.somaxconn``). uvicorn's default: a burst of clients is not dropped.
     backlog: int = DEFAULT_BACKLOG
+    #: Bind the listening sockets with ``SO_REUSEPORT`` (engines with ``"reuse_port"``): other
+    #: processes of the same user that do too listen on the same port, and the kernel spreads
+    #: new connections over them (Linux; ``polysocket serve --workers N`` relies on it).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)  # one per session: no __dict__

@@ -266,7 +266,7 @@ class PicowsServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        sockets = bind_sockets(host, port, self.options.backlog)
+        sockets = bind_sockets(host, port, self.options.backlog, reuse_port=self.options.reuse_port)
         with contextlib.ExitStack() as undo:  # what to close if a socket cannot be served
             for sock in sockets:
                 undo.callback(sock.close)

@@ -88,7 +88,9 @@ class AiohttpServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> AiohttpServer:
-        sockets = bind_sockets(host, port, self._options.backlog)
+        sockets = bind_sockets(
+            host, port, self._options.backlog, reuse_port=self._options.reuse_port
+        )
         self.port = sockets[0].getsockname()[1]
         await self._runner.setup()
         for sock in sockets:

@@ -43,7 +43,7 @@ class TornadoServer:
             body_timeout=options.open_timeout,
             max_header_size=enginekit.MAX_HEAD_SIZE,
         )
-        sockets = enginekit.bind_sockets(host, port, options.backlog)
+        sockets = enginekit.bind_sockets(host, port, options.backlog, reuse_port=options.reuse_port)
         # What add_sockets() does, with enginekit's accept loop: tornado's retries at once, a
         # traceback each time, for as long as the process is out of descriptors.
         for sock in sockets:

@@ -4,7 +4,8 @@ uvicorn`` serves a registry folder on uvicorn (``_server``). It has no client.
 
 What it honours: ``ssl`` (uvicorn serves TLS with the context), ``compression="deflate"``
 (uvicorn's ``ws_per_message_deflate``, off otherwise), ``max_size`` (``ws_max_size``), the
-subprotocol the core selects, ``backlog`` and ``open_timeout`` (uvicorn's idle keep-alive
+subprotocol the core selects, ``backlog``, ``reuse_port`` (the sockets it binds for uvicorn)
+and ``open_timeout`` (uvicorn's idle keep-alive
 timeout). Keepalive: uvicorn pings every ``ping_interval`` and drops a peer that does not
 answer within ``ping_timeout`` (the defaults, 20 s / 20 s), but ASGI does not say why a
 connection ended, so the core cannot report the timeout as ``onError`` + 1011: the engine
@@ -24,7 +25,7 @@ PRIVATE_API = private_api.UVICORN
 class UvicornEngine(transport.Engine):
     name = library = "uvicorn"
     install_hint = "polysocket[uvicorn]"
-    capabilities = frozenset({"server", "subprotocols", "tls", "deflate"})
+    capabilities = frozenset({"server", "subprotocols", "tls", "deflate", "reuse_port"})
 
     async def serve(
         self, host: str, port: int, app: transport.ServerApp, options: transport.ServerOptions

@@ -156,7 +156,7 @@ class UvicornServer:
         # uvicorn hands the upgrade request to websockets' parser again: the same limits as
         # the websockets engine, so that the core answers too many header lines with its 431
         _header_limits()
-        sockets = bind_sockets(host, port, self.options.backlog)
+        sockets = bind_sockets(host, port, self.options.backlog, reuse_port=self.options.reuse_port)
         self.port = sockets[0].getsockname()[1]
         self._sockets = list(sockets)
         try:

@@ -83,7 +83,9 @@ class WebsocketsServer:
 
     async def start(self, host: str, port: int) -> None:
         _header_limits()
-        sockets = kit.bind_sockets(host, port, self.options.backlog)
+        sockets = kit.bind_sockets(
+            host, port, self.options.backlog, reuse_port=self.options.reuse_port
+        )
         self.port = sockets[0].getsockname()[1]
         try:
             for sock in sockets:

@@ -52,10 +52,12 @@ class ListeningSocket(socket.socket):
 
 
 def bind_sockets(
-    host: str | None, port: int, backlog: int = DEFAULT_BACKLOG
+    host: str | None, port: int, backlog: int = DEFAULT_BACKLOG, *, reuse_port: bool = False
 ) -> list[socket.socket]:
     """Listening sockets for every address of ``host``, all on the same port, with a listen
-    queue of ``backlog`` connections (``ServerOptions.backlog``).
+    queue of ``backlog`` connections (``ServerOptions.backlog``). With ``reuse_port``
+    (``ServerOptions.reuse_port``) each is bound with ``SO_REUSEPORT``: other sockets bound so
+    by the same user share the port, and the kernel spreads new connections over them.
 
     ``loop.create_server(host, 0)`` would give each address (127.0.0.1 and ::1 for
     "localhost") its own ephemeral port; ``Server.port`` must be the one port of them all.
@@ -75,6 +77,8 @@ def bind_sockets(
             try:
                 if os.name != "nt":  # as asyncio does: rebind at once after close()
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:  # options.server_options refused it where the OS lacks it
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
