@@ -847,7 +847,7 @@ class TestClient:
                 (
                     s
                     for s in get_sessions(path[len(SERVICE_PATH) :])
-                    if s.request_headers is request.headers
+                    if isinstance(s, ServerSession) and s.request_headers is request.headers
                 ),
                 None,
             )
