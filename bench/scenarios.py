@@ -392,13 +392,20 @@ def ephemeral_ports() -> tuple[int, int]:
 
 
 def broadcast_run(
-    command: Callable[[int], list[str]], path: str, sessions: int, repeats: int
+    command: Callable[[int], list[str]],
+    path: str,
+    sessions: int,
+    repeats: int,
+    settle: float = 0.0,
+    measure: Callable[[], float] | None = None,
 ) -> Sample:
     """``sessions`` connections from a few generator processes; the leader sends "go:TOKEN",
     the server broadcasts "B:TOKEN"; the time from "go" sent to the last connection's receipt
     (median of ``repeats`` broadcasts in this server's life, after one unmeasured). The
     sample's ``p99`` is the median over those broadcasts of the 99th percentile of the
-    sessions' own times, "go" sent to its receipt."""
+    sessions' own times, "go" sent to its receipt. ``settle``: seconds to wait once the port
+    answers (worker processes still starting). ``measure``: read before and after the
+    measured broadcasts; the sample's ``measured`` is the difference."""
     port = free_port()
     uri = f"ws://127.0.0.1:{port}{path}"
     share = [
@@ -413,6 +420,7 @@ def broadcast_run(
             f"{max(share)} connections per process, {high - low + 1} ephemeral ports"
         )
     with server(command(port), port):
+        time.sleep(settle)
         children = [
             Child(
                 [
@@ -434,7 +442,10 @@ def broadcast_run(
         try:
             for child in children:
                 child.expect("ready", timeout=300)
+            measured = 0.0
             for attempt in range(repeats + 1):
+                if attempt == 1 and measure is not None:
+                    measured = -measure()
                 token = uuid.uuid4().hex
                 for child in children:
                     child.send(f"arm {token}")
@@ -455,12 +466,17 @@ def broadcast_run(
                 if attempt:
                     times.append(last - sent)
                     p99s.append(percentile(each, 0.99))
+            if measure is not None:
+                measured += measure()
         finally:
             for child in children:
                 with contextlib.suppress(Exception):
                     child.send("quit")
                 child.close()
-    return Sample(statistics.median(times), None, {"times": times, "p99": statistics.median(p99s)})
+    extra = {"times": times, "p99": statistics.median(p99s)}
+    if measure is not None:
+        extra["measured"] = measured
+    return Sample(statistics.median(times), None, extra)
 
 
 def broadcast(settings: Settings) -> list[dict[str, Any]]:
