@@ -337,8 +337,9 @@ def mutants(session: nox.Session) -> None:
     """The conformance suite against every mutant engine (polysocket_mutants): each is the
     aiohttp engine with one planted bug, and the suite must fail (pytest exit code 1). A
     mutant the suite passes, or any other exit code, fails the session. The control (no
-    bug) must pass. `nox -s mutants -- NAME...` runs only those mutants (the control too
-    only if named)."""
+    bug) must pass the tests that killed them (it runs last, on exactly those tests; alone,
+    on the whole suite). `nox -s mutants -- NAME...` runs only those mutants (the control
+    too only if named)."""
     _install(session)
     session.install("-e", MUTANTS)
     _install_node_peer(session)
@@ -354,19 +355,24 @@ def mutants(session: nox.Session) -> None:
     modules = sorted(path.stem for path in SUITE.glob("test_*.py"))
     rows: list[tuple[str, str, float, str]] = []
     wrong: list[str] = []
+    # The tests that killed a mutant, as (node id, mutant): the control must pass each.
+    killers: list[tuple[str, str]] = []
     started = time.monotonic()
+    plan.sort(key=lambda mutant: mutant["expect"] == "pass")  # the control last
     for mutant in plan:
         name, expect = mutant["name"], mutant["expect"]
         first = [module for module in mutant["first"] if module in modules]
         if first != mutant["first"]:
             session.warn(f"{name}: no such test module: {set(mutant['first']) - set(first)}")
         order = [*first, *(module for module in modules if module not in first)]
+        tests = ["--pyargs", *(f"polysocket_conformance.{module}" for module in order)]
+        if expect == "pass" and killers:
+            tests = [_for_engine(test, killer, name) for test, killer in killers]
         began = time.monotonic()
         try:
             output = session.run(
                 "pytest",
-                "--pyargs",
-                *(f"polysocket_conformance.{module}" for module in order),
+                *tests,
                 f"--polysocket-engine={name}",
                 "-m",
                 "not polysocket_interop",
@@ -384,6 +390,8 @@ def mutants(session: nox.Session) -> None:
             code, output = _exit_code(failed), ""
         seconds = time.monotonic() - began
         failure = _first_failure(str(output)) if code == 1 else ""
+        if expect == "fail" and failure.startswith(("FAILED ", "ERROR ")):
+            killers.append((failure.split(" - ", 1)[0].split(" ", 1)[1], name))
         first = failure.split(" - ", 1)[0].split("/")[-1]
         first = first.replace(f"{name}-", "").replace(f"[{name}]", "")
         verdict = {0: "survived", 1: "killed"}.get(code, f"pytest exit code {code}")
@@ -406,6 +414,12 @@ def mutants(session: nox.Session) -> None:
     )
     if wrong:
         session.error("the mutation check failed:\n  " + "\n  ".join(wrong))
+
+
+def _for_engine(test: str, engine: str, other: str) -> str:
+    """Node id ``test``, parametrized for engine ``engine``, as it is for engine ``other``."""
+    path, bracket, params = test.partition("[")
+    return path + bracket + params.replace(engine, other) if bracket else test
 
 
 def _first_failure(output: str) -> str:
