@@ -18,6 +18,7 @@ nox.options.sessions = [
     "tests",
     "conformance",
     "conformance_picows",
+    "backplanes",
     "backplane_nats",
     "interop",
     "minimums",
@@ -117,8 +118,40 @@ def conformance_picows(session: nox.Session) -> None:
     session.run("pytest", f"{PICOWS}/tests", "--polysocket-engine=picows", *session.posargs)
 
 
-#: The link suite's NATS broker: a private nats-server per test module, with a password so
-#: that the suite checks no error shows it.
+#: The cluster suite's brokers: backplane URL template and the private broker's command
+#: (``{port}``: a free port). Backplanes shipped as distributions of their own run the same
+#: suite from their own directory.
+BACKPLANES = {
+    "redis": ("redis://127.0.0.1:{port}/0", "redis-server --port {port} --save '' --appendonly no"),
+}
+
+
+@nox.session
+def backplanes(session: nox.Session) -> None:
+    """The cluster tests (tests/test_cluster.py, against the Redis at 127.0.0.1:6379 when one
+    runs there), then the shared cluster suite once per built-in backplane, each with a
+    private broker: Debian's redis-server for redis (.ci/run installs it)."""
+    _install(session)
+    session.run("pytest", "tests/test_cluster.py", *session.posargs)
+    for name, (url, command) in BACKPLANES.items():
+        broker = command.split()[0]
+        if shutil.which(broker) is None:
+            session.error(
+                f"the {name} backplane's suite needs {broker!r} on PATH: install it (Debian:"
+                f" apt-get install {broker})"
+            )
+        session.run(
+            "pytest",
+            "--pyargs",
+            "polysocket_conformance.cluster_suite",
+            f"--polysocket-backplane={url}",
+            f"--polysocket-broker-command={command}",
+            *session.posargs,
+        )
+
+
+#: The suites' NATS broker: a private nats-server per test module, with a password so that
+#: the link suite checks no error shows it.
 NATS_LINK_URL = "nats://polysocket:link-suite-pw@127.0.0.1:{port}"
 NATS_BROKER = "{nats_server} -a 127.0.0.1 -p {{port}} --user polysocket --pass link-suite-pw"
 
@@ -126,21 +159,24 @@ NATS_BROKER = "{nats_server} -a 127.0.0.1 -p {{port}} --user polysocket --pass l
 @nox.session
 def backplane_nats(session: nox.Session) -> None:
     """The NATS backplane, installed from its own directory and found through its entry
-    point: the shared backplane link suite against private nats-servers (Debian's
-    nats-server package), then the distribution's own tests."""
+    point: the shared backplane link suite and the shared cluster suite (three `polysocket
+    serve` nodes) against private nats-servers (Debian's nats-server package; .ci/run
+    installs it), then the distribution's own tests."""
     session.install("-e", ".[dev]", "-e", NATS)
     # Debian puts it in /usr/sbin, which is not on a non-root user's PATH.
     nats_server = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if nats_server is None:
         session.error("nats-server not found: install it (Debian: apt-get install nats-server)")
-    session.run(
-        "pytest",
-        "--pyargs",
-        "polysocket_conformance.backplane_link_suite",
-        f"--polysocket-backplane-link={NATS_LINK_URL}",
-        f"--polysocket-broker-command={NATS_BROKER.format(nats_server=nats_server)}",
-        *session.posargs,
-    )
+    broker = NATS_BROKER.format(nats_server=nats_server)
+    for suite in ("backplane_link_suite", "cluster_suite"):
+        session.run(
+            "pytest",
+            "--pyargs",
+            f"polysocket_conformance.{suite}",
+            f"--polysocket-backplane={NATS_LINK_URL}",
+            f"--polysocket-broker-command={broker}",
+            *session.posargs,
+        )
     session.run("pytest", f"{NATS}/tests", *session.posargs)
 
 

@@ -1,10 +1,15 @@
 """The backplane link suite: one backplane's links against the contract of
-:mod:`polysocket.backplane`, for any broker (options: see
-:mod:`polysocket_conformance.backplane_plugin`)::
+:mod:`polysocket.backplane`, for any broker, with the cluster suite's options::
 
     pytest --pyargs polysocket_conformance.backplane_link_suite \\
-        --polysocket-backplane-link='nats://user:pw@127.0.0.1:{port}' \\
+        --polysocket-backplane='nats://user:pw@127.0.0.1:{port}' \\
         --polysocket-broker-command='nats-server -a 127.0.0.1 -p {port} --user user --pass pw'
+
+``{port}`` is a free port picked per broker: the suite starts its own brokers (one per run
+of the module, one more for the test that kills its broker). Without
+``--polysocket-broker-command`` the URL must name a running broker (no ``{port}``), and the
+tests that must stop or miss a broker skip; without ``--polysocket-backplane`` it tests
+``memory://``. A password in the URL is checked never to show in an error.
 
 It is not collected by a plain ``pytest --pyargs polysocket_conformance`` (the engine suite):
 name it. Every test uses channel names of its own, so it can share a broker with others.
@@ -19,6 +24,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,7 +33,7 @@ from polysocket.backplane import Backplane, BackplaneLink, Delivery
 from polysocket.errors import BackplaneError
 from polysocket.plugins import registry
 
-from .backplane_plugin import BrokerProcess, free_port
+from .cluster_suite.support import Broker, free_port
 
 T = TypeVar("T")
 
@@ -49,7 +55,7 @@ def run(coroutine: Coroutine[Any, Any, T], limit: float = 60.0) -> T:
 
 
 def _template(config: pytest.Config) -> str:
-    return str(config.getoption("polysocket_backplane_link") or "memory://")
+    return str(config.getoption("polysocket_backplane") or "memory://")
 
 
 def _broker_command(config: pytest.Config) -> str | None:
@@ -58,7 +64,12 @@ def _broker_command(config: pytest.Config) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess | None]:
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("backplane-link")
+
+
+@pytest.fixture(scope="module")
+def broker(request: pytest.FixtureRequest, logs: Path) -> Iterator[Broker | None]:
     """The module's private broker, when a broker command is given; else ``None`` (the URL
     names a running broker, or ``memory://``)."""
     command = _broker_command(request.config)
@@ -66,13 +77,23 @@ def broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess | None]:
     if command is None:
         if "{port}" in template:
             raise pytest.UsageError(
-                f"--polysocket-backplane-link={template!r} has {{port}}: give the"
+                f"--polysocket-backplane={template!r} has {{port}}: give the"
                 " --polysocket-broker-command that starts a broker on it"
             )
         yield None
         return
-    with BrokerProcess(command) as process:
-        yield process
+    with running(Broker(command, template, logs)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running(broker: Broker) -> Iterator[Broker]:
+    """The broker, started, and closed at the end."""
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
 
 
 def url_for(config: pytest.Config, port: int | None) -> str:
@@ -81,7 +102,7 @@ def url_for(config: pytest.Config, port: int | None) -> str:
 
 
 @pytest.fixture
-def url(request: pytest.FixtureRequest, broker: BrokerProcess | None) -> str:
+def url(request: pytest.FixtureRequest, broker: Broker | None) -> str:
     return url_for(request.config, broker.port if broker is not None else None)
 
 
@@ -95,7 +116,7 @@ def needs_broker_command(config: pytest.Config) -> str:
     if command is None or "{port}" not in _template(config):
         pytest.skip(
             "needs a broker of its own to stop or to miss: --polysocket-broker-command and"
-            " a --polysocket-backplane-link with {port}"
+            " a --polysocket-backplane with {port}"
         )
     return command
 
@@ -341,12 +362,12 @@ def test_unreachable_broker_fails_within_the_timeout(request: pytest.FixtureRequ
 
 
 def test_wrong_password_is_refused_without_showing_it(
-    request: pytest.FixtureRequest, broker: BrokerProcess | None
+    request: pytest.FixtureRequest, broker: Broker | None
 ) -> None:
     template = _template(request.config)
     found = _PASSWORD.search(template)
     if found is None:
-        pytest.skip("the --polysocket-backplane-link URL has no password to get wrong")
+        pytest.skip("the --polysocket-backplane URL has no password to get wrong")
     if broker is None:
         pytest.skip("needs a private broker (--polysocket-broker-command)")
     wrong_password = "wrong-" + secrets.token_hex(6)
@@ -369,10 +390,12 @@ def test_wrong_password_is_refused_without_showing_it(
     run(main())
 
 
-def test_broker_killed_ends_messages_and_publish(request: pytest.FixtureRequest) -> None:
+def test_broker_killed_ends_messages_and_publish(
+    request: pytest.FixtureRequest, logs: Path
+) -> None:
     command = needs_broker_command(request.config)
-    with BrokerProcess(command) as private:
-        url = url_for(request.config, private.port)
+    with running(Broker(command, _template(request.config), logs)) as private:
+        url = private.url
         backplane = registry.backplane(url)
 
         async def main() -> None:

@@ -46,6 +46,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="engine to run the conformance suite against (repeatable); default: every"
         " engine polysocket reports as available",
     )
+    group.addoption(
+        "--polysocket-backplane",
+        dest="polysocket_backplane",
+        default=None,
+        metavar="URL_TEMPLATE",
+        help="run the cluster suite (polysocket_conformance.cluster_suite) with this backplane"
+        " URL, '{port}' standing for the private broker's port (redis://127.0.0.1:{port}/0);"
+        " without it the cluster suite is not collected",
+    )
+    group.addoption(
+        "--polysocket-broker-command",
+        dest="polysocket_broker_command",
+        default=None,
+        metavar="COMMAND",
+        help="the cluster suite's private broker, '{port}' standing for a free port"
+        " (\"redis-server --port {port} --save '' --appendonly no\")",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +85,18 @@ def pytest_configure(config: pytest.Config) -> None:
     chosen = config.getoption("polysocket_engines")
     if chosen:
         _check_engines(chosen)
+
+
+CLUSTER_SUITE = Path(__file__).parent / "cluster_suite"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The cluster suite runs for a backplane, named with ``--polysocket-backplane``."""
+    if config.getoption("polysocket_backplane"):
+        return None
+    if collection_path == CLUSTER_SUITE or CLUSTER_SUITE in collection_path.parents:
+        return True
+    return None
 
 
 def _check_engines(names: list[str]) -> None:

@@ -83,6 +83,7 @@ def test_server_close_bounded_by_close_timeout(
     with RawClient(server.port, ECHO) as client:
         events.wait("onopen", "echo")
         [session] = polysocket.getSessions("echo")
+        assert isinstance(session, polysocket.ServerSession)  # one process: local
         started = time.monotonic()
         session.close(4000, "leaving")  # outside callbacks: waits for onClose too
         elapsed = time.monotonic() - started

@@ -175,6 +175,7 @@ def test_a_client_pushing_at_a_slow_handler_is_held_back_by_tcp(flow_server: Any
             pushed = push_until_blocked(client.sock, binary(b"x" * MIB), 96 * MIB, stalled=1.0)
             read = pushed - unread_in_kernel(client.sock)
             [session] = polysocket.getSessions("slow")
+            assert isinstance(session, polysocket.ServerSession)  # one process: local
             backlog = session.backlog
         finally:
             (server.root / "flow" / "release").touch()
@@ -216,6 +217,7 @@ def test_a_reply_to_a_client_that_never_reads_its_echoes_times_out(
         push_until_blocked(client.sock, binary(b"e" * 256 * 1024), 8 * MIB, stalled=0.5)
         error = events.wait("onerror", endpoint).payload
         [session] = polysocket.getSessions(endpoint)
+        assert isinstance(session, polysocket.ServerSession)  # one process: local
         buffered = session.buffered_amount
     assert "SendTimeoutError" in error and "write_limit" in error
     assert buffered <= 512 * 1024, buffered

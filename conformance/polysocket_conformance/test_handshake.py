@@ -74,6 +74,7 @@ def test_server_session_remote_address_is_the_client_socket(
         own = client.sock.getsockname()[:2]
         opened = events.wait("onopen", "echo")
         [session] = polysocket.getSessions("echo")
+        assert isinstance(session, polysocket.ServerSession)  # one process: local
         close_cleanly(client)
     assert tuple(opened.remote_address) == own, (opened.remote_address, own)
     assert session.remote_address is not None

@@ -44,7 +44,16 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .reconnect import ReconnectPolicy
-from .server import EndpointServer, ServerSession, broadcast, get_sessions, run_server, serve
+from .server import (
+    EndpointServer,
+    RemoteSession,
+    ServerSession,
+    broadcast,
+    get_sessions,
+    run_server,
+    send_to,
+    serve,
+)
 
 __version__ = "0.1.0"
 
@@ -64,6 +73,7 @@ getSession = get_session
 getCloseCode = get_close_code
 getCloseReason = get_close_reason
 getSessions = get_sessions
+sendTo = send_to
 runServer = run_server
 
 __all__ = [
@@ -77,6 +87,7 @@ __all__ = [
     "HandlerNotFoundError",
     "KeepaliveTimeout",
     "ReconnectPolicy",
+    "RemoteSession",
     "SendTimeoutError",
     "ServerSession",
     "UnknownEngineError",
@@ -119,5 +130,7 @@ __all__ = [
     "is_on_open",
     "runServer",
     "run_server",
+    "sendTo",
+    "send_to",
     "serve",
 ]

@@ -16,8 +16,9 @@ Scopes:
   which the server turns into a bare 403 (uvicorn, daphne).
 - ``http``: the page at ``/``, the JSON list, 404s, 426 for a WebSocket path asked over plain
   HTTP; answered in one ``http.response.start`` and one body.
-- ``lifespan``: startup starts the registry watcher (live reload); shutdown closes every
-  session with 1001 (bounded by ``close_timeout``). A server that sends no lifespan events
+- ``lifespan``: startup starts the registry watcher (live reload) and joins the cluster
+  (``backplane=``); shutdown closes every session with 1001 (bounded by ``close_timeout``)
+  and leaves the cluster. A server that sends no lifespan events
   (or a framework that does not pass them to a mounted app, as Starlette's ``Mount``) gets
   the watcher started at the first request; call :meth:`AsgiApp.shutdown` from the host
   application's own lifespan to close sessions with 1001 there. uvicorn ends WebSocket
@@ -225,11 +226,14 @@ class AsgiApp:
         *,
         startup: Callable[[], None] | None = None,
         shutdown: Callable[[], Awaitable[None]] | None = None,
+        join: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.server = server
         self.options = options
         self._startup = startup
         self._shutdown = shutdown
+        self._join = join
+        self._joining: asyncio.Task[None] | None = None
         self._started = False
 
     def startup(self) -> None:
@@ -238,6 +242,15 @@ class AsgiApp:
             self._started = True
             if self._startup is not None:
                 self._startup()
+
+    async def join(self) -> None:
+        """Join the cluster (``backplane=``); only the first call acts, the others wait
+        for it. Run at the lifespan's startup, else at the first request."""
+        if self._join is None:
+            return
+        if self._joining is None:
+            self._joining = asyncio.ensure_future(self._join())
+        await asyncio.shield(self._joining)
 
     async def shutdown(self) -> None:
         """Close every session with 1001 and stop the watcher (bounded by close_timeout)."""
@@ -250,6 +263,8 @@ class AsgiApp:
             await self._lifespan(receive, send)
             return
         self.startup()
+        if self._join is not None and (self._joining is None or not self._joining.done()):
+            await self.join()
         if kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "http":
@@ -263,6 +278,7 @@ class AsgiApp:
             if event["type"] == "lifespan.startup":
                 try:
                     self.startup()
+                    await self.join()
                 except Exception as exc:
                     log.exception("polysocket could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -386,6 +402,9 @@ def app(
     debug: bool = False,
     allow_module_handlers: bool = False,
     import_timeout: float = registry_folder.IMPORT_TIMEOUT,
+    backplane: str | None = None,
+    cluster: str | None = None,
+    presence_expiry: float | None = None,
     **options: Any,
 ) -> AsgiApp:
     """The ASGI application serving the registry folder ``root`` (what ``polysocket serve``
@@ -395,7 +414,12 @@ def app(
     Takes ``serve()``'s arguments but ``host``, ``port`` and ``engine``, and its options but
     those the ASGI server owns (``ssl``, ``compression``, ``ping_interval``,
     ``ping_timeout``, ``backlog``: set them on the server). ``max_size`` is enforced here
-    too (1009), whatever the server's own limit (uvicorn's ``--ws-max-size``)."""
+    too (1009), whatever the server's own limit (uvicorn's ``--ws-max-size``).
+
+    ``backplane``, ``cluster``, ``presence_expiry``: as for ``serve()``; the application
+    joins the cluster at the lifespan's startup (else at the first request) and leaves it at
+    its shutdown, so each ``uvicorn --workers N`` worker is a node."""
+    from .cluster import DEFAULT_PRESENCE_EXPIRY
     from .server import SAMPLE_ROOT, EndpointServer
 
     owned = sorted(set(options) & set(SERVER_OWNED))
@@ -427,8 +451,13 @@ def app(
         debug=debug,
         allow_module_handlers=allow_module_handlers,
         import_timeout=float(import_timeout),
+        backplane=backplane,
+        cluster=cluster,
+        presence_expiry=DEFAULT_PRESENCE_EXPIRY if presence_expiry is None else presence_expiry,
     )
     log.info(
         "serving %d endpoint(s) from %s as an ASGI application", len(server.scan.endpoints), root
     )
-    return AsgiApp(server, checked, startup=server.watch, shutdown=server.close)
+    return AsgiApp(
+        server, checked, startup=server.watch, shutdown=server.close, join=server.join_cluster
+    )

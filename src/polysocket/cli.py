@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cluster import DEFAULT_PRESENCE_EXPIRY
 from .context import get_close_code, get_close_reason, get_session
 from .errors import ConnectionClosedError, WebsocketError
-from .plugins import registry
+from .plugins import EngineStatus, registry
 
 #: ``connect`` waits this long after the last reply before closing at the end of its input.
 REPLY_GRACE = 0.5
@@ -25,15 +26,32 @@ def _engines(args: argparse.Namespace) -> int:
     if not rows:
         print("no engines installed: pip install polysocket")
         return 1
+    _print_rows(rows)
+    return 0
+
+
+def _backplanes(args: argparse.Namespace) -> int:
+    logging.getLogger("polysocket.plugins").setLevel(logging.ERROR)
+    rows = registry.backplane_statuses()
+    if not rows:
+        print("no backplanes installed: pip install polysocket")
+        return 1
+    _print_rows(rows, lambda schemes: ",".join(f"{s}://" for s in sorted(schemes)))
+    return 0
+
+
+def _print_rows(
+    rows: Sequence[EngineStatus],
+    show: Callable[[frozenset[str]], str] = lambda names: ",".join(sorted(names)),
+) -> None:
     width = max(len(row.name) for row in rows)
     for row in rows:
         version = row.version or "-"
-        capabilities = ",".join(sorted(row.capabilities)) or "-"
+        capabilities = show(row.capabilities) or "-"
         line = f"{row.name:<{width}}  {row.status:<15}  {version:<10}  {capabilities}"
         if row.detail:
             line += f"  ({row.detail})"
         print(line)
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -73,6 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
         close_timeout=args.close_timeout,
         allow_module_handlers=args.allow_module_handlers,
         import_timeout=args.import_timeout,
+        backplane=args.backplane,
+        cluster=args.cluster,
+        presence_expiry=args.presence_expiry,
         **options,
     )
     return 0
@@ -194,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "engines", help="list engines: library version, capabilities, status"
     )
     engines.set_defaults(run=_engines)
+    backplanes = commands.add_parser(
+        "backplanes", help="list cluster backplanes: library version, URL schemes, status"
+    )
+    backplanes.set_defaults(run=_backplanes)
     demo = commands.add_parser(
         "demo", help="run the Dirigible seed's client example against a local echo peer"
     )
@@ -260,6 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         help="connections the kernel queues before they are accepted (default: 2048,"
         " capped by net.core.somaxconn)",
+    )
+    serve.add_argument(
+        "--backplane",
+        metavar="URL",
+        help="the broker linking the servers of a cluster, e.g. redis://127.0.0.1:6379/0"
+        " (default: $POLYSOCKET_BACKPLANE, else memory://: this process only)",
+    )
+    serve.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="the cluster's name, the prefix of its channels on the broker (default:"
+        " $POLYSOCKET_CLUSTER, else polysocket)",
+    )
+    serve.add_argument(
+        "--presence-expiry",
+        type=_positive(float),
+        default=DEFAULT_PRESENCE_EXPIRY,
+        metavar="SECONDS",
+        help="a cluster node not heard from for this long is dropped with its sessions"
+        f" (default: {DEFAULT_PRESENCE_EXPIRY:g})",
     )
     serve.set_defaults(run=_serve)
     connect = commands.add_parser(

@@ -24,9 +24,11 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import cluster as clusters
 from . import endpoints as registry_folder
 from . import page
 from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
+from .backplane import backplane_url
 from .connection import Connection, ConnectionHandle, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
@@ -52,12 +54,16 @@ T = TypeVar("T")
 
 __all__ = [
     "EndpointServer",
+    "RemoteSession",
     "ServerSession",
     "broadcast",
     "get_sessions",
     "run_server",
+    "send_to",
     "serve",
 ]
+
+RemoteSession = clusters.RemoteSession
 
 SAMPLE_ROOT = Path(__file__).parent / "sample"
 ENDPOINTS_PATH = "/websockets/v4/endpoints"
@@ -84,6 +90,11 @@ class ServerSession(ConnectionHandle):
         self.principal = principal
         self._connection: Connection
 
+    @property
+    def node(self) -> str:
+        """The cluster node that holds this session: this process (:func:`cluster.node_id`)."""
+        return clusters.node_id()
+
     def __repr__(self) -> str:
         return f"<ServerSession {self.id[:8]} endpoint={self.endpoint} {self.remote_address}>"
 
@@ -94,30 +105,100 @@ class _Sessions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_endpoint: dict[str, dict[str, ServerSession]] = {}
+        self._by_id: dict[str, ServerSession] = {}
 
     def add(self, session: ServerSession) -> None:
         with self._lock:
             self._by_endpoint.setdefault(session.endpoint, {})[session.id] = session
+            self._by_id[session.id] = session
 
     def remove(self, session: ServerSession) -> None:
         with self._lock:
-            self._by_endpoint.get(session.endpoint, {}).pop(session.id, None)
+            members = self._by_endpoint.get(session.endpoint)
+            if members is not None:
+                members.pop(session.id, None)
+                if not members:
+                    del self._by_endpoint[session.endpoint]
+            self._by_id.pop(session.id, None)
 
     def of(self, endpoint: str) -> list[ServerSession]:
         with self._lock:
             return list(self._by_endpoint.get(endpoint, {}).values())
 
+    def get(self, session_id: str) -> ServerSession | None:
+        return self._by_id.get(session_id)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """``(id, endpoint)`` of every session (the cluster's snapshots and heartbeats)."""
+        with self._lock:
+            return [(session.id, session.endpoint) for session in self._by_id.values()]
+
 
 sessions = _Sessions()
 
 
-def get_sessions(endpoint: str) -> list[ServerSession]:
-    """The open sessions of ``endpoint``, oldest first."""
-    return sessions.of(endpoint)
+def get_sessions(endpoint: str) -> list[ServerSession | RemoteSession]:
+    """The open sessions of ``endpoint``: this process's, oldest first, then (in a cluster)
+    a :class:`RemoteSession` for each one on another node, from the presence view (see
+    :mod:`polysocket.cluster`). Never waits for the broker."""
+    local: list[ServerSession | RemoteSession] = list(sessions.of(endpoint))
+    cluster = clusters.current()
+    if cluster is not None:
+        local.extend(cluster.remote_sessions(endpoint))
+    return local
+
+
+def send_to(session_id: str, message: str | bytes) -> bool:
+    """Send ``message`` to the session ``session_id`` wherever it is in the cluster: here
+    at once (as ``broadcast`` delivers: never waits, a session over ``write_limit`` is closed
+    with 1008), else published to the node that holds it. ``False`` when no node is known to
+    hold it (it closed, or never was); ``True`` once delivered here or queued for its node."""
+    checked = check_message(message)
+    session = sessions.get(session_id)
+    if session is not None:
+        return _deliver_to(session, checked)
+    cluster = clusters.current()
+    return cluster is not None and cluster.send_to(session_id, checked)
+
+
+def _deliver_to(session: ServerSession, message: str | bytes, wait: bool = True) -> bool:
+    frame = server_frame(message)
+    if threading.get_ident() == session._connection._loop_thread:
+        reached, _ = _offer_all([session], message, frame)
+    elif not wait:  # the cluster's receiver: never blocks its loop on another one
+        with contextlib.suppress(RuntimeError):
+            session._connection._loop.call_soon_threadsafe(_offer_all, [session], message, frame)
+        return True
+    else:
+        reached, _ = _offer_all_on(session._connection._loop, [session], message, frame)
+    return reached > 0
+
+
+class _LocalSide:
+    """This process's sessions as a cluster sees them (:class:`cluster.LocalSide`)."""
+
+    def deliver(self, endpoint: str, message: str | bytes) -> int:
+        return _broadcast_here(endpoint, message, wait=False)
+
+    def deliver_to(self, session_id: str, message: str | bytes) -> bool:
+        session = sessions.get(session_id)
+        return session is not None and _deliver_to(session, message, wait=False)
+
+    def sessions(self) -> list[tuple[str, str]]:
+        return sessions.rows()
+
+
+LOCAL_SIDE = _LocalSide()
 
 
 def broadcast(endpoint: str, message: str | bytes) -> int:
-    """Send ``message`` to every open session of ``endpoint``; return how many got it.
+    """Send ``message`` to every open session of ``endpoint``; return how many of this
+    process's sessions got it.
+
+    In a cluster (a backplane other than ``memory://``) the message is also queued, once,
+    for the other nodes, which deliver it to their own sessions of the endpoint (in the
+    order this process broadcast them; see :mod:`polysocket.cluster`); the return value
+    counts only this process's sessions, as it cannot wait for the others.
 
     The message is encoded once and the same frame written to each session's socket, on the
     server's event loop, in one pass (from another thread: one hand-over to the loop, which
@@ -128,6 +209,18 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
     ``Connection.offer_frame``); one log line per call counts them.
     """
     checked = check_message(message)
+    reached = _broadcast_here(endpoint, checked)
+    cluster = clusters.current()
+    if cluster is not None:
+        cluster.broadcast(endpoint, checked)
+    return reached
+
+
+def _broadcast_here(endpoint: str, checked: str | bytes, wait: bool = True) -> int:
+    """Deliver to this process's sessions of ``endpoint``; how many got it. Sessions on
+    another loop get it through that loop: waited for, unless ``wait`` is false (the
+    cluster's receiver, which must not block its loop on another one: their count is then
+    not known and not counted)."""
     members = sessions.of(endpoint)
     if not members:
         return 0
@@ -139,6 +232,10 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
     for loop, group in by_loop.items():
         if threading.get_ident() == group[0]._connection._loop_thread:
             got, slow = _offer_all(group, checked, frame)
+        elif not wait:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its sessions are gone
+                loop.call_soon_threadsafe(_offer_all, group, checked, frame)
+            continue
         else:
             got, slow = _offer_all_on(loop, group, checked, frame)
         reached, too_slow = reached + got, too_slow + slow
@@ -213,6 +310,9 @@ class EndpointServer:
         debug: bool = False,
         allow_module_handlers: bool = False,
         import_timeout: float = registry_folder.IMPORT_TIMEOUT,
+        backplane: str | None = None,
+        cluster: str | None = None,
+        presence_expiry: float = clusters.DEFAULT_PRESENCE_EXPIRY,
     ) -> None:
         self.root = root
         self.engine = engine
@@ -242,6 +342,23 @@ class EndpointServer:
         # the principal waits here in between, and goes when the request does (a handshake
         # the engine never completes leaves nothing behind).
         self._principals: dict[int, Principal] = {}
+        # Checked now (an unknown scheme, a missing library, a bad name fail here), joined
+        # at start.
+        self.backplane_url = backplane_url(backplane)
+        engines.backplane(self.backplane_url)
+        self.cluster_name = clusters.cluster_name(cluster)
+        if (
+            isinstance(presence_expiry, bool)
+            or not isinstance(presence_expiry, int | float)
+            or presence_expiry <= 0
+        ):
+            raise TypeError(
+                f"presence_expiry must be a positive number of seconds, not {presence_expiry!r}"
+            )
+        self._presence_expiry = float(presence_expiry)
+        self._joined = False
+        #: The process's cluster once started (``None``: a single-process backplane).
+        self.cluster: clusters.Cluster | None = None
 
     @property
     def port(self) -> int:
@@ -256,7 +373,12 @@ class EndpointServer:
         self.host = host
         # one warning per out-of-descriptors episode, not a traceback per accept attempt
         install_accept_error_filter(asyncio.get_running_loop())
-        self._server = await self.engine.serve(host, port, self, self._options)
+        await self.join_cluster()
+        try:
+            self._server = await self.engine.serve(host, port, self, self._options)
+        except BaseException:
+            await self.leave_cluster()
+            raise
         self.watch()
         log.info(
             "serving %d endpoint(s) from %s on %s with %s",
@@ -276,6 +398,30 @@ class EndpointServer:
                 " silence this.",
                 host,
             )
+
+    async def join_cluster(self) -> None:
+        """Join the process's cluster (with a backplane other than ``memory://``), waiting
+        up to the connect timeout for the broker; a broker down is an outage, not a failure
+        (see :mod:`polysocket.cluster`). ``start()`` calls it; an ASGI application at its
+        lifespan's startup. Raises :class:`BackplaneError` when another server of this
+        process uses another backplane or cluster."""
+        if self._joined:
+            return
+        choice = clusters.claim(self.backplane_url, self.cluster_name)
+        self._joined = True
+        try:
+            self.cluster = await clusters.join(choice, LOCAL_SIDE, self._presence_expiry)
+        except BaseException:
+            await self.leave_cluster()
+            raise
+
+    async def leave_cluster(self) -> None:
+        """Leave the cluster (the last server of the process closes its link, telling the
+        other nodes, which drop this one at once)."""
+        if self._joined:
+            self._joined = False
+            self.cluster = None
+            await clusters.release()
 
     def watch(self) -> None:
         """Start what the registry needs while it is served, on the running loop: the
@@ -421,11 +567,17 @@ class EndpointServer:
         session._connection = connection
         sessions.add(session)
         self._connections[connection] = endpoint
+        cluster = clusters.current()
+        if cluster is not None:
+            cluster.session_opened(session.id, name)
         return connection
 
     def _forget(self, session: ServerSession) -> None:
         sessions.remove(session)
         self._connections.pop(session._connection, None)
+        cluster = clusters.current()
+        if cluster is not None:
+            cluster.session_closed(session.id)
 
     def listing(self) -> bytes:
         """The JSON list: each endpoint's name, description and path, and how many
@@ -555,6 +707,7 @@ class EndpointServer:
                 )
         if self._server is not None:
             await self._server.close()
+        await self.leave_cluster()
 
 
 async def _in_daemon_thread(function: Callable[[], T]) -> T:
@@ -607,6 +760,12 @@ class serve:
     allows every origin. ``authenticate``: a quick synchronous callable, a
     :class:`~polysocket.auth.Handshake` in, a :class:`~polysocket.auth.Principal` or ``None``
     (401) out. ``debug``: show handler specs, files and problems to HTTP clients.
+
+    ``backplane``: the URL of the broker that links the servers of a cluster
+    (``"redis://127.0.0.1:6379/0"``; default ``$POLYSOCKET_BACKPLANE``, else ``memory://``,
+    one process); ``cluster``: the cluster's name, the prefix of its channels (default
+    ``$POLYSOCKET_CLUSTER``, else ``polysocket``); ``presence_expiry``: seconds after which a
+    node not heard from is dropped with its sessions. See :mod:`polysocket.cluster`.
     """
 
     def __init__(
@@ -622,6 +781,9 @@ class serve:
         debug: bool = False,
         allow_module_handlers: bool = False,
         import_timeout: float = registry_folder.IMPORT_TIMEOUT,
+        backplane: str | None = None,
+        cluster: str | None = None,
+        presence_expiry: float = clusters.DEFAULT_PRESENCE_EXPIRY,
         **options: Any,
     ) -> None:
         if (
@@ -651,6 +813,9 @@ class serve:
             debug=debug,
             allow_module_handlers=allow_module_handlers,
             import_timeout=float(import_timeout),
+            backplane=backplane,
+            cluster=cluster,
+            presence_expiry=presence_expiry,
         )
         self._host, self._port = host, port
 
@@ -675,7 +840,8 @@ def run_server(
     engine: str | None = None,
     **options: Any,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then close every session with 1001 and return."""
+    """Serve until SIGINT or SIGTERM, then close every session with 1001 and return.
+    Takes :class:`serve`'s arguments (``backplane=``, ``cluster=`` among them)."""
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from polysocket.errors import BackplaneError
 from polysocket.plugins import registry
-from polysocket_conformance.backplane_link_suite import collect, run
-from polysocket_conformance.backplane_plugin import BrokerProcess, free_port
+from polysocket_conformance.backplane_link_suite import collect, run, running
+from polysocket_conformance.cluster_suite.support import Broker, free_port
 
 from polysocket_nats import NatsBackplane, NatsLink, channel_of, parse_url, subject_of
 
@@ -28,13 +28,14 @@ NATS_SERVER = f"{NATS_SERVER_PROGRAM or 'nats-server'} -a 127.0.0.1 -p {{port}}"
 
 
 @pytest.fixture(scope="module")
-def nats_server() -> Iterator[BrokerProcess]:
-    with BrokerProcess(NATS_SERVER) as server:
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    logs = tmp_path_factory.mktemp("nats")
+    with running(Broker(NATS_SERVER, "nats://127.0.0.1:{port}", logs)) as server:
         yield server
 
 
 @pytest.fixture
-def nats_url(nats_server: BrokerProcess) -> str:
+def nats_url(nats_server: Broker) -> str:
     return f"nats://127.0.0.1:{nats_server.port}"
 
 
@@ -170,7 +171,7 @@ def test_the_inbox_is_bounded_in_bytes_too(nats_url: str) -> None:
 # -- servers -------------------------------------------------------------------------------
 
 
-def test_the_next_server_is_tried_when_one_is_down(nats_server: BrokerProcess) -> None:
+def test_the_next_server_is_tried_when_one_is_down(nats_server: Broker) -> None:
     dead = free_port()
     url = f"nats://127.0.0.1:{dead},127.0.0.1:{nats_server.port}"
 
@@ -183,7 +184,7 @@ def test_the_next_server_is_tried_when_one_is_down(nats_server: BrokerProcess) -
     run(main())
 
 
-def test_every_server_down_names_each(nats_server: BrokerProcess) -> None:
+def test_every_server_down_names_each(nats_server: Broker) -> None:
     first, second = free_port(), free_port()
     url = f"nats://u:hunter22@127.0.0.1:{first},127.0.0.1:{second}"
 
@@ -217,7 +218,7 @@ def test_nats_reconnection_is_off(nats_url: str) -> None:
 # -- TLS -----------------------------------------------------------------------------------
 
 
-def test_tls_url_refuses_a_plaintext_server(nats_server: BrokerProcess) -> None:
+def test_tls_url_refuses_a_plaintext_server(nats_server: Broker) -> None:
     async def main() -> None:
         with pytest.raises(BackplaneError, match="does not offer TLS"):
             await NatsBackplane().connect(f"tls://127.0.0.1:{nats_server.port}", timeout=3)
@@ -236,7 +237,7 @@ def test_tls_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     # The link trusts the system's store, which OpenSSL lets SSL_CERT_FILE replace.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     command = f"{NATS_SERVER} --tls --tlscert {cert} --tlskey {key}"
-    with BrokerProcess(command) as server:
+    with running(Broker(command, "tls://127.0.0.1:{port}", tmp_path)) as server:
         url = f"tls://127.0.0.1:{server.port}"
 
         async def main() -> None:
