@@ -265,3 +265,54 @@ async def _until(condition: object, limit: float = 10.0, state: object = None) -
             shown = state() if callable(state) else ""
             raise AssertionError(f"not within {limit} s {shown}")
         await asyncio.sleep(0.01)
+
+
+# -- subscribe ------------------------------------------------------------------------------
+
+
+def test_subscribe_returns_after_the_server_answered_a_ping_sent_after_the_sub(
+    nats_server: Broker,
+) -> None:
+    """subscribe() returns once the server has the subscription: the PING whose PONG it
+    waits for must follow the SUB on the wire. nats-py's flush() writes its PING ahead of
+    commands still in its buffer; a relay between link and server records what the link
+    sent."""
+
+    async def main() -> None:
+        sent = bytearray()
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", nats_server.port
+            )
+
+            async def pump(
+                source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: bool
+            ) -> None:
+                while data := await source.read(65536):
+                    if record:
+                        sent.extend(data)
+                    sink.write(data)
+                    await sink.drain()
+                sink.close()
+
+            await asyncio.gather(
+                pump(reader, upstream_writer, True),
+                pump(upstream_reader, writer, False),
+                return_exceptions=True,
+            )
+
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        link = await NatsBackplane().connect(f"nats://127.0.0.1:{port}", timeout=3)
+        try:
+            before = len(sent)
+            await link.subscribe(["ordered"])
+            after = bytes(sent[before:])
+            assert b"SUB ordered " in after, after
+            assert after.index(b"SUB ordered ") < after.rindex(b"PING\r\n"), after
+        finally:
+            await link.aclose()
+            proxy.close()
+
+    run(main())
