@@ -7,6 +7,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from polysocket.backplane import Backplane, BackplaneLink, Delivery
@@ -36,6 +37,16 @@ SUBSCRIBE_TIMEOUT = 5
 CLOSE_TIMEOUT = 2.0
 
 
+@dataclass(frozen=True)
+class LinkSettings:
+    """What a :class:`NatsBackplane` gives each of its links (see the module's constants)."""
+
+    inbox_messages: int
+    inbox_bytes: int
+    ping_interval: int
+    max_outstanding_pings: int
+
+
 class NatsBackplane(Backplane):
     """``nats://[user:password@]host[:port][,host2[:port2]...]`` (``tls://`` for TLS with the
     system's trust store): core NATS publish/subscribe through nats-py, one connection per
@@ -47,10 +58,16 @@ class NatsBackplane(Backplane):
     install_hint = "polysocket-nats"
 
     def __init__(
-        self, *, inbox_messages: int = INBOX_MESSAGES, inbox_bytes: int = INBOX_BYTES
+        self,
+        *,
+        inbox_messages: int = INBOX_MESSAGES,
+        inbox_bytes: int = INBOX_BYTES,
+        ping_interval: int = PING_INTERVAL,
+        max_outstanding_pings: int = MAX_OUTSTANDING_PINGS,
     ) -> None:
-        self.inbox_messages = inbox_messages
-        self.inbox_bytes = inbox_bytes
+        self.settings = LinkSettings(
+            inbox_messages, inbox_bytes, ping_interval, max_outstanding_pings
+        )
 
     def library_version(self) -> str | None:
         from importlib.metadata import PackageNotFoundError, version
@@ -73,7 +90,7 @@ class NatsBackplane(Backplane):
             if remaining <= 0:
                 failures.append(f"{_hostport(server)}: not tried, no time left")
                 continue
-            link = NatsLink(target, server, self.inbox_messages, self.inbox_bytes)
+            link = NatsLink(target, server, self.settings)
             try:
                 await asyncio.wait_for(link._open(remaining), remaining)
             except (TimeoutError, OSError, BackplaneError, _nats_error()) as error:
@@ -133,15 +150,14 @@ class NatsLink(BackplaneLink):
     client reads the messages from the socket, so ``messages()`` keeps the server's order
     across channels too (what one link publishes, on any channels, arrives in that order)."""
 
-    def __init__(self, target: NatsURL, server: str, inbox_messages: int, inbox_bytes: int):
+    def __init__(self, target: NatsURL, server: str, settings: LinkSettings) -> None:
         self._target = target
         self._server = server
         self._client: Client | None = None
         self._subscribed: set[str] = set()
         self._inbox: deque[Delivery] = deque()
         self._inbox_bytes = 0
-        self._inbox_messages_limit = inbox_messages
-        self._inbox_bytes_limit = inbox_bytes
+        self._settings = settings
         self._arrived = asyncio.Event()
         self._ended = False
         self._closing = False
@@ -174,8 +190,8 @@ class NatsLink(BackplaneLink):
             allow_reconnect=False,
             max_reconnect_attempts=1,
             reconnect_time_wait=0,
-            ping_interval=PING_INTERVAL,
-            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            ping_interval=self._settings.ping_interval,
+            max_outstanding_pings=self._settings.max_outstanding_pings,
             # The core skips a node's own messages: NATS need not send them back at all.
             no_echo=True,
             name="polysocket",
@@ -219,8 +235,8 @@ class NatsLink(BackplaneLink):
         if self._ended:
             return
         if (
-            len(self._inbox) >= self._inbox_messages_limit
-            or self._inbox_bytes + len(data) > self._inbox_bytes_limit
+            len(self._inbox) >= self._settings.inbox_messages
+            or self._inbox_bytes + len(data) > self._settings.inbox_bytes
         ):
             self.dropped += 1
             if not self._dropping:

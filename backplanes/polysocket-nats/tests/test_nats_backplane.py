@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,3 +317,40 @@ def test_subscribe_returns_after_the_server_answered_a_ping_sent_after_the_sub(
             proxy.close()
 
     run(main())
+
+
+def test_a_server_that_stops_answering_ends_the_link(tmp_path: Path) -> None:
+    """A server that is there but silent (SIGSTOP here; a host switched off, a cut cable)
+    closes no socket: the link's PINGs go unanswered and it ends within
+    ping_interval * (max_outstanding_pings + 1) seconds, raising BackplaneError."""
+    with running(Broker(NATS_SERVER, "nats://127.0.0.1:{port}", tmp_path)) as server:
+        backplane = NatsBackplane(ping_interval=1, max_outstanding_pings=1)
+
+        async def main() -> None:
+            link = await backplane.connect(server.url, timeout=3)
+            try:
+                await link.subscribe(["silence"])
+                assert server.process is not None
+                os.kill(server.process.pid, signal.SIGSTOP)
+                began = loop_time()
+                try:
+                    with pytest.raises(BackplaneError, match="lost the connection") as raised:
+                        await asyncio.wait_for(collect_until_end(link), 10)
+                    assert loop_time() - began < 4.0, "the silence went unnoticed too long"
+                    assert str(server.port) in str(raised.value)
+                finally:
+                    os.kill(server.process.pid, signal.SIGCONT)
+            finally:
+                await link.aclose()
+
+        run(main())
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def collect_until_end(link: object) -> None:
+    assert isinstance(link, NatsLink)
+    async for _ in link.messages():
+        pass
