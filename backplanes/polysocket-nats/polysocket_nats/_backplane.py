@@ -14,6 +14,7 @@ from polysocket.backplane import Backplane, BackplaneLink, Delivery
 from polysocket.errors import BackplaneError
 
 from ._names import SCHEMES, NatsURL, parse_url, subject_of
+from ._parts import PART_HEADER, Reassembly, new_token, split
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -167,6 +168,9 @@ class NatsLink(BackplaneLink):
         self._dropping = False
         #: Messages dropped because ``messages()`` was behind by more than the inbox holds.
         self.dropped = 0
+        self._token = new_token()
+        self._sequence = 0
+        self._reassembly = Reassembly(settings.inbox_bytes)
 
     def __repr__(self) -> str:
         return f"<NatsLink {_hostport(self._server)}>"
@@ -229,11 +233,22 @@ class NatsLink(BackplaneLink):
         self._ended = True
         self._arrived.set()
 
+    @property
+    def lost_parts(self) -> int:
+        """Messages sent in parts that could not be put back together (a part missing)."""
+        return self._reassembly.lost
+
     def _deliver(self, channel: str, msg: Msg) -> None:
         """nats-py's read loop calls this for every message of every subscription, in order."""
-        data = msg.data
         if self._ended:
             return
+        data = msg.data
+        part = msg.headers.get(PART_HEADER) if msg.headers else None
+        if part is not None:
+            whole = self._reassembly.add(channel, part, data)
+            if whole is None:
+                return
+            data = whole
         if (
             len(self._inbox) >= self._settings.inbox_messages
             or self._inbox_bytes + len(data) > self._settings.inbox_bytes
@@ -279,10 +294,24 @@ class NatsLink(BackplaneLink):
         """Append the message to nats-py's outbound buffer, which its flusher task writes to
         the one TCP connection in order. It does not wait for the server (a flush is a
         PING/PONG round trip per message); the buffer is bounded by nats-py's ``pending_size``
-        (2 MiB), above which ``publish`` waits for the socket to take it."""
+        (2 MiB), above which ``publish`` waits for the socket to take it. A message over the
+        server's ``max_payload`` goes in parts (see :mod:`polysocket_nats._parts`)."""
         client = self._check()
+        subject = subject_of(channel)
         try:
-            await client.publish(subject_of(channel), data)
+            if len(data) <= client.max_payload:
+                await client.publish(subject, data)
+                return
+            if not _server_info(client).get("headers"):
+                raise BackplaneError(
+                    f"nats backplane {self.server}: a message of {len(data)} bytes is over the"
+                    f" server's max_payload ({client.max_payload}) and the server takes no"
+                    " headers to send it in parts: use nats-server 2.2 or later, or raise"
+                    " its max_payload"
+                )
+            self._sequence += 1
+            for part, header in split(data, client.max_payload, self._token, self._sequence):
+                await client.publish(subject, part, headers={PART_HEADER: header})
         except _nats_error() as error:
             raise BackplaneError(
                 f"nats backplane {self.server}: publishing to {channel!r} failed:"

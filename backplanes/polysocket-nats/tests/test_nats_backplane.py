@@ -21,6 +21,7 @@ from polysocket_conformance.backplane_link_suite import collect, run, running
 from polysocket_conformance.cluster_suite.support import Broker, free_port
 
 from polysocket_nats import NatsBackplane, NatsLink, channel_of, parse_url, subject_of
+from polysocket_nats._parts import HEADER_ROOM, Reassembly, split
 
 #: Debian's nats-server package puts it in /usr/sbin, not on a non-root user's PATH.
 NATS_SERVER_PROGRAM = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -354,3 +355,70 @@ async def collect_until_end(link: object) -> None:
     assert isinstance(link, NatsLink)
     async for _ in link.messages():
         pass
+
+
+# -- messages over max_payload -------------------------------------------------------------
+
+
+def test_messages_over_max_payload_go_in_parts(tmp_path: Path) -> None:
+    """A server with max_payload 4096: two links each publish messages of 100,000 bytes
+    between small ones on one channel; the subscriber gets every message whole, each link's
+    in its order, and the small ones as they were (no header)."""
+    config = tmp_path / "nats.conf"
+    config.write_text("max_payload: 4096\n")
+    command = f"{NATS_SERVER} -c {config}"
+    with running(Broker(command, "nats://127.0.0.1:{port}", tmp_path)) as server:
+
+        async def main() -> None:
+            subscriber = await NatsBackplane().connect(server.url, timeout=3)
+            first = await NatsBackplane().connect(server.url, timeout=3)
+            second = await NatsBackplane().connect(server.url, timeout=3)
+            assert isinstance(subscriber, NatsLink)
+            try:
+                await subscriber.subscribe(["big"])
+                sent: dict[bytes, list[bytes]] = {b"1": [], b"2": []}
+
+                async def publish(link: object, mark: bytes) -> None:
+                    assert isinstance(link, NatsLink)
+                    for i in range(20):
+                        size = 100_000 if i % 3 == 0 else 10
+                        data = mark + os.urandom(size)
+                        sent[mark].append(data)
+                        await link.publish("big", data)
+                        await asyncio.sleep(0)  # let the other link's parts come between
+
+                reader = asyncio.create_task(collect(subscriber, 40))
+                await asyncio.gather(publish(first, b"1"), publish(second, b"2"))
+                got = await reader
+                assert len(got) == 40, f"{len(got)} of 40 messages"
+                for mark, messages in sent.items():
+                    assert [d for _, d in got if d[:1] == mark] == messages
+                assert subscriber.lost_parts == 0
+            finally:
+                for link in (subscriber, first, second):
+                    await link.aclose()
+
+        run(main())
+
+
+def test_a_message_missing_a_part_is_given_up_and_the_next_one_arrives() -> None:
+    parts = split(b"abcdefghij" * 100, HEADER_ROOM + 100, "tok", 1)
+    assert len(parts) == 10
+    whole = Reassembly(max_bytes=10_000)
+    for data, header in parts[:4] + parts[5:]:  # the publisher lost part 4
+        assert whole.add("c", header, data) is None
+    assert whole.lost == 1
+    again = split(b"0123456789" * 30, HEADER_ROOM + 100, "tok", 2)
+    results = [whole.add("c", header, data) for data, header in again]
+    assert results[-1] == b"0123456789" * 30 and results[:-1] == [None] * (len(again) - 1)
+    assert whole.lost == 1
+
+
+def test_parts_held_are_bounded_in_bytes() -> None:
+    whole = Reassembly(max_bytes=1000)
+    for token in ("a", "b", "c"):  # three publishers, each stopped after 2 of 10 parts
+        for data, header in split(b"x" * 4000, HEADER_ROOM + 400, token, 1)[:2]:
+            whole.add("c", header, data)
+    assert whole.lost == 2  # the two oldest were given up to stay within 1000 bytes
+    assert whole.add("c", "not a part header", b"") is None
+    assert whole.lost == 3
