@@ -260,6 +260,30 @@ def test_order_across_channels(url: str, backplane: Backplane) -> None:
     run(main())
 
 
+#: Bigger than NATS's default max_payload (1 MiB); polysocket messages may be up to 16 MiB.
+LARGE_MESSAGE = 3 * 1024 * 1024
+
+
+def test_a_large_message_arrives_whole_and_in_order(url: str, backplane: Backplane) -> None:
+    async def main() -> None:
+        subscriber = await connect(backplane, url)
+        publisher = await connect(backplane, url)
+        try:
+            room = channel("large")
+            await subscriber.subscribe([room])
+            large = secrets.token_bytes(LARGE_MESSAGE)
+            sent = [b"before", large, b"after"]
+            for data in sent:
+                await publisher.publish(room, data)
+            got = await collect(subscriber, len(sent))
+            assert [len(d) for _, d in got] == [len(d) for d in sent]
+            assert [d for _, d in got] == sent
+        finally:
+            await closing(subscriber, publisher)
+
+    run(main())
+
+
 def test_channel_names_are_literal(url: str, backplane: Backplane) -> None:
     """Any channel name works and means only itself: spaces, dots, the wildcards of NATS
     subjects and Redis patterns, percent signs, Unicode."""
