@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -79,14 +80,15 @@ class NatsBackplane(Backplane):
             return None
 
     async def connect(self, url: str, *, timeout: float) -> BackplaneLink:
-        """Connect to the first server of ``url`` that answers, each tried once, all within
-        ``timeout``. nats-py's own reconnection is off: a lost connection ends the link and
-        the core opens another one."""
+        """Connect to one of the servers of ``url``: each is tried once, in random order (as
+        NATS clients do, so that nodes spread over a NATS cluster), all within ``timeout``.
+        nats-py's own reconnection is off: a lost connection ends the link and the core opens
+        another one."""
         target = parse_url(url)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         failures: list[str] = []
-        for server in target.servers:
+        for server in random.sample(target.servers, len(target.servers)):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 failures.append(f"{_hostport(server)}: not tried, no time left")
@@ -96,7 +98,8 @@ class NatsBackplane(Backplane):
                 await asyncio.wait_for(link._open(remaining), remaining)
             except (TimeoutError, OSError, BackplaneError, _nats_error()) as error:
                 await link.aclose()
-                cause = link._last_error or error
+                # nats-py ends a failed connect with NoServersError; what it met before says why.
+                cause = error if isinstance(error, BackplaneError) else link._last_error or error
                 failures.append(f"{_hostport(server)}: {_describe(cause, remaining)}")
                 continue
             return link
