@@ -197,12 +197,14 @@ def interop(session: nox.Session) -> None:
 #: python-socks 2.4 (async-timeout from its asyncio extra) opens the proxy tunnels; uvicorn
 #: 0.50 fails the suite's flow tests (a WebSocket send does not wait for room) and its
 #: subprotocol tests, 0.43 sends no pings on websockets-sansio; 0.52.4 passes everything.
+#: redis 5.0.1 (the first with aclose()) passes tests/test_cluster.py.
 MINIMUMS = [
     "aiohttp==3.14.2",
     "websockets==14.1",
     "tornado==6.3",
     "python-socks[asyncio]==2.4.0",
     "uvicorn==0.52.4",
+    "redis==5.0.1",
 ]
 #: The private attributes of these libraries that engines still use are listed in
 #: engines/polysocket_engines/private_api.py; tests/test_private_api.py checks them on these
@@ -216,7 +218,7 @@ def minimums(session: nox.Session) -> None:
     _install(session)
     session.install(*MINIMUMS)
     _install_node_peer(session)
-    session.run("pytest", "tests/test_private_api.py", *session.posargs)
+    session.run("pytest", "tests/test_private_api.py", "tests/test_cluster.py", *session.posargs)
     for engine in [*ENGINES, *SERVER_ONLY]:
         _run_suite(session, engine)
 

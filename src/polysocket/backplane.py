@@ -23,6 +23,8 @@ The backplane serving a URL is the one whose :attr:`Backplane.schemes` has the U
   ``channel`` in the cluster. The core calls it from one task at a time; what one link
   publishes reaches each subscriber in publish order (both brokers here keep the order of
   one connection). A subscriber may get the node's own messages back: the core skips them.
+  ``publish_many(messages)`` publishes several in order; the default calls ``publish`` for
+  each, and a link may override it to send them in one round trip (Redis: a pipeline).
 - ``messages()`` yields ``(channel, data)`` for the subscribed channels, in the broker's
   order, from the moment ``subscribe()`` returned. Delivery is at most once: a broker that
   drops messages while a node is away (Redis pub/sub, NATS core) is what the contract expects.
@@ -87,6 +89,13 @@ class BackplaneLink:
         """Hand ``data`` to the broker for ``channel``; return once it is on its way, in
         order after everything published through this link before."""
         raise NotImplementedError
+
+    async def publish_many(self, messages: Sequence[Delivery]) -> None:
+        """Publish ``(channel, data)`` pairs in order, as :meth:`publish` one after the
+        other (this default). Override it where the broker takes a batch in one round trip;
+        the core calls it with what waited in its queue."""
+        for channel, data in messages:
+            await self.publish(channel, data)
 
     def messages(self) -> AsyncIterator[Delivery]:
         """The messages of the subscribed channels, in the broker's order; called once.

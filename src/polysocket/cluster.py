@@ -19,7 +19,8 @@ Semantics:
 - ``sendTo(session_id, message)`` delivers to the session here if it is here, else publishes
   it to the node that holds it (from the presence view). It returns ``False`` when no node is
   known to hold the id (a session that closed meanwhile, as for a closed local session) and
-  ``True`` once it is delivered here or handed to the publishing queue.
+  ``True`` once it is delivered here or handed to the publishing queue (a message for another
+  node while the broker is down, or the queue full, is skipped and counted as a broadcast is).
 - ``getSessions(endpoint)`` lists this process's :class:`~polysocket.server.ServerSession`
   objects, then a :class:`RemoteSession` for each session of the endpoint on another node,
   each with ``.id``, ``.endpoint``, ``.node`` and ``.send()`` (through ``sendTo``). It reads
@@ -65,7 +66,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backplane import Backplane, BackplaneLink, backplane_url, is_single_process
+from .backplane import Backplane, BackplaneLink, backplane_url
 from .errors import BackplaneError, ConnectionClosedError
 from .plugins import registry
 from .proxies import without_credentials
@@ -93,6 +94,8 @@ DEFAULT_PRESENCE_EXPIRY = 5.0
 CONNECT_TIMEOUT = 5.0
 #: Messages waiting to be published, at most; more are skipped (and counted).
 OUTBOUND_LIMIT = 10_000
+#: Messages handed to the backplane at once (``publish_many``: one round trip on Redis).
+PUBLISH_BATCH = 500
 #: Sessions per snapshot message.
 SNAPSHOT_CHUNK = 1_000
 #: Seconds ``close()`` waits for the goodbye (and what is queued before it) to leave.
@@ -100,6 +103,8 @@ LEAVE_TIMEOUT = 2.0
 #: Reconnection to the broker: quicker than a client's (a node's peers wait for it), and
 #: jittered so that the nodes of a cluster do not all come back at once.
 BACKOFF = ReconnectPolicy(initial_delay=0.5, factor=2.0, max_delay=10.0, jitter=0.5)
+#: Seconds a link must have lived for the backoff to start over when it is lost.
+STABLE_LINK = 10.0
 
 _node: tuple[int, str] | None = None
 
@@ -231,6 +236,7 @@ class Cluster:
         self._sweeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._wake_pending = False
+        self._publishing = False
         self._runner: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Event | None = None
         self._closing = False
@@ -271,7 +277,7 @@ class Cluster:
             self._enqueue_all({"t": "bye"})
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LEAVE_TIMEOUT):
-                    while self._outbound and self._up:
+                    while (self._outbound or self._publishing) and self._up:
                         await asyncio.sleep(0.01)
         self._closing = True
         tasks = {task for task in (self._runner, self._sweeper) if task is not None}
@@ -298,13 +304,15 @@ class Cluster:
                 except BaseException:
                     await link.aclose()
                     raise
-            except BackplaneError as exc:
+            except Exception as exc:  # BackplaneError; anything else is a plugin's bug
+                if not isinstance(exc, BackplaneError) and self._down_since is None:
+                    log.error("cluster %r: the backplane's connect failed", self.name, exc_info=exc)
                 self._went_down(exc)
                 self._first_attempt.set()
                 attempt += 1
                 await asyncio.sleep(BACKOFF.delay(attempt))
                 continue
-            attempt = 0
+            linked_at = time.monotonic()
             self._link = link
             self._came_up()
             self._first_attempt.set()
@@ -315,10 +323,20 @@ class Cluster:
                     group.create_task(self._beat())
             except* BackplaneError as errors:
                 self._went_down(errors.exceptions[0])
+            except* Exception as errors:  # a plugin's bug, or ours: the node must go on
+                log.error(
+                    "cluster %r: the backplane link failed unexpectedly; reconnecting",
+                    self.name,
+                    exc_info=errors.exceptions[0],
+                )
+                self._went_down(errors.exceptions[0])
             finally:
                 await self._drop_link()
             if not self._closing:
-                attempt += 1
+                # a link that failed at once (a flapping broker, a broken plugin) does not
+                # start the backoff over
+                stable = time.monotonic() - linked_at > STABLE_LINK
+                attempt = 1 if stable else attempt + 1
                 await asyncio.sleep(BACKOFF.delay(attempt))
 
     def _went_down(self, error: BaseException) -> None:
@@ -435,8 +453,21 @@ class Cluster:
                         if self._overflowing:
                             self._overflowing = False
                         break
-                    channel, data = self._outbound.popleft()
-                await link.publish(channel, data)
+                    count = min(len(self._outbound), PUBLISH_BATCH)
+                    batch = [self._outbound.popleft() for _ in range(count)]
+                    self._publishing = True
+                try:
+                    if count == 1:
+                        await link.publish(*batch[0])
+                    else:
+                        await link.publish_many(batch)
+                except BackplaneError:
+                    with self._lock:  # lost with the link (some may have gone: at most once)
+                        self.skipped += count
+                        self._skipped_in_outage += count
+                    raise
+                finally:
+                    self._publishing = False
 
     async def _beat(self) -> None:
         while True:
@@ -503,6 +534,8 @@ class Cluster:
                     self._on_direct(sender, header, payload)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("cluster %r: a malformed message from %s: %s", self.name, sender, exc)
+        if not self._closing:  # a link's messages() ends only by raising, or after aclose()
+            raise BackplaneError(f"the {self._backplane.name} backplane's messages ended")
 
     def _on_shared(self, sender: str, header: dict[str, Any], payload: bytes) -> None:
         kind = header["t"]
@@ -651,8 +684,10 @@ def current() -> Cluster | None:
 
 
 def claim(url: str | None, name: str | None) -> tuple[str, str]:
-    """Check that a server with ``url`` and ``name`` may run in this process (one process,
-    one cluster) and hold that choice until :func:`release`; the resolved pair."""
+    """Check that a server with ``url`` and ``name`` (a backplane linking processes) may run
+    in this process (one process, one cluster) and hold that choice until :func:`release`;
+    the resolved pair. Servers with ``memory://`` claim nothing: they serve this process's
+    sessions, which are the node's whatever cluster another server of the process is in."""
     global _members, _process_choice
     resolved = (backplane_url(url), cluster_name(name))
     registry.backplane(resolved[0])  # an unknown scheme or a missing library fails here
@@ -671,12 +706,9 @@ def claim(url: str | None, name: str | None) -> tuple[str, str]:
 
 
 async def join(choice: tuple[str, str], local: LocalSide, presence_expiry: float) -> Cluster | None:
-    """Start (or share) the process's cluster for a claimed ``choice``; ``None`` for a
-    single-process backplane."""
+    """Start (or share) the process's cluster for a claimed ``choice``."""
     global _current
     url, name = choice
-    if is_single_process(url):
-        return None
     if _current is None:
         cluster = Cluster(url, name, local, presence_expiry=presence_expiry)
         _current = cluster

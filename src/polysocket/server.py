@@ -28,7 +28,7 @@ from . import cluster as clusters
 from . import endpoints as registry_folder
 from . import page
 from .auth import Admitted, Authenticator, Gate, Principal, is_loopback, origin_list
-from .backplane import backplane_url
+from .backplane import backplane_url, is_single_process
 from .connection import Connection, ConnectionHandle, check_message
 from .enginekit.admission import MAX_HEADER_LINES, install_accept_error_filter
 from .enginekit.closecodes import CloseCode
@@ -152,7 +152,9 @@ def send_to(session_id: str, message: str | bytes) -> bool:
     """Send ``message`` to the session ``session_id`` wherever it is in the cluster: here
     at once (as ``broadcast`` delivers: never waits, a session over ``write_limit`` is closed
     with 1008), else published to the node that holds it. ``False`` when no node is known to
-    hold it (it closed, or never was); ``True`` once delivered here or queued for its node."""
+    hold it (it closed, or never was); ``True`` once delivered here or queued for its node
+    (while the broker is down a message for another node is skipped and counted, as a
+    broadcast is)."""
     checked = check_message(message)
     session = sessions.get(session_id)
     if session is not None:
@@ -405,8 +407,8 @@ class EndpointServer:
         (see :mod:`polysocket.cluster`). ``start()`` calls it; an ASGI application at its
         lifespan's startup. Raises :class:`BackplaneError` when another server of this
         process uses another backplane or cluster."""
-        if self._joined:
-            return
+        if self._joined or is_single_process(self.backplane_url):
+            return  # memory://: nothing to join, nothing held
         choice = clusters.claim(self.backplane_url, self.cluster_name)
         self._joined = True
         try:

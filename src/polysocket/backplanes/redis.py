@@ -1,7 +1,8 @@
 """The ``redis`` backplane: Redis pub/sub through ``redis.asyncio`` (``redis://``, ``rediss://``).
 
-A link holds two connections to the broker: one that publishes (so that what a node publishes
-leaves in order, on one connection) and one subscribed to the node's channels. Redis pub/sub
+A link holds two connections to the broker: one that publishes (the core publishes from one
+task and awaits each reply, a batch as one pipeline, so what a node publishes reaches Redis in
+order) and one subscribed to the node's channels. Redis pub/sub
 delivers at most once: a node that is away misses what was published meanwhile, which is what
 the contract expects (:mod:`polysocket.backplane`). Pub/sub channels are global to a Redis
 server, whatever the database number in the URL: clusters sharing a broker are kept apart by
@@ -28,11 +29,11 @@ from ..backplane import Backplane, BackplaneLink, Delivery
 from ..errors import BackplaneError
 from ..hookspecs import hookimpl
 
-#: Seconds between the subscriber connection's PINGs while no message comes, so that a
-#: broker gone silent is noticed (the PING fails) rather than waited for forever.
+#: Seconds after which the subscriber connection PINGs the broker before its next read. The
+#: read itself blocks with no timeout (a timeout per read halves the messages a node takes per
+#: second): a broker gone silent is noticed by the publishing connection, which the core uses
+#: at least every heartbeat and which fails after ``timeout`` without an answer.
 HEALTH_CHECK_INTERVAL = 5
-#: Seconds one ``get_message`` waits before the loop looks again (and may PING).
-POLL_INTERVAL = 1.0
 
 
 def broker_name(url: str) -> str:
@@ -71,7 +72,7 @@ class RedisBackplane(Backplane):
             )
 
         try:
-            publisher = client(single_connection_client=True)
+            publisher = client()  # used by one task at a time: the pool keeps one connection
             subscriber = client(health_check_interval=HEALTH_CHECK_INTERVAL)
         except ValueError as exc:  # a malformed URL: say so without repeating it
             raise BackplaneError(f"redis backplane: bad URL for {where}: {exc}") from None
@@ -130,11 +131,28 @@ class _RedisLink(BackplaneLink):
         except Exception as exc:
             raise self.error("publish failed, the broker is unreachable", exc) from None
 
+    async def publish_many(self, messages: Sequence[Delivery]) -> None:
+        """One round trip for the batch: a pipeline (no transaction) of PUBLISH commands,
+        in order."""
+        if self._closed:
+            raise BackplaneError(f"redis backplane at {self._where}: the link is closed")
+        pipeline = self._publisher.pipeline(transaction=False)
+        for channel, data in messages:
+            pipeline.publish(channel, data)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await pipeline.execute()
+        except Exception as exc:
+            raise self.error("publish failed, the broker is unreachable", exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await pipeline.reset()
+
     async def messages(self) -> AsyncIterator[Delivery]:
         while not self._closed:
             try:
                 message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=POLL_INTERVAL
+                    ignore_subscribe_messages=True, timeout=None
                 )
             except Exception as exc:
                 if self._closed:
