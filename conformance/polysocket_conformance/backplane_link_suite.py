@@ -284,6 +284,31 @@ def test_a_large_message_arrives_whole_and_in_order(url: str, backplane: Backpla
     run(main())
 
 
+def test_publish_many_keeps_the_order(url: str, backplane: Backplane) -> None:
+    """``publish_many`` (batches, as the core hands them over) is in order within a batch,
+    across batches and with ``publish`` between them, on several channels."""
+
+    async def main() -> None:
+        subscriber = await connect(backplane, url)
+        publisher = await connect(backplane, url)
+        try:
+            rooms = [channel("x"), channel("y")]
+            await subscriber.subscribe(rooms)
+            sent = [(rooms[i % 3 % 2], data) for i, data in enumerate(payloads(1500))]
+            reader = asyncio.create_task(collect(subscriber, len(sent)))
+            for start in range(0, len(sent), 500):
+                await publisher.publish_many(sent[start : start + 499])
+                await publisher.publish(*sent[start + 499])
+            got = await reader
+            assert len(got) == len(sent), f"{len(got)} of {len(sent)} messages arrived"
+            wrong = next((i for i, pair in enumerate(got) if pair != sent[i]), None)
+            assert wrong is None, f"delivery {wrong} is {got[wrong]!r}, sent {sent[wrong]!r}"
+        finally:
+            await closing(subscriber, publisher)
+
+    run(main())
+
+
 def test_channel_names_are_literal(url: str, backplane: Backplane) -> None:
     """Any channel name works and means only itself: spaces, dots, the wildcards of NATS
     subjects and Redis patterns, percent signs, Unicode."""
