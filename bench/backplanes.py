@@ -8,7 +8,8 @@ one process (one event loop, as a polysocket node runs them):
 
 - throughput: one link publishes ``--messages`` messages of ``--size`` bytes to one channel,
   another link subscribed to it reads them; the time from the first publish to the last
-  delivery, and the time the publish loop took alone;
+  delivery, and the time the publish loop took alone; then the same through
+  ``publish_many`` in batches of ``--batch`` (what the cluster does with its queue);
 - flushed (NATS only): the same for ``--flushed`` messages with a PING/PONG after each
   publish, what "wait until the server has it" would cost per message;
 - latency: ``--round-trips`` times, publish one message and wait until the other link has
@@ -62,6 +63,9 @@ class Figures:
     delivered_seconds: float
     delivered: int
     messages_per_second: float
+    batch: int
+    batched_delivered_seconds: float
+    batched_messages_per_second: float
     flushed_messages: int | None
     flushed_per_second: float | None
     round_trips: int
@@ -96,7 +100,12 @@ async def _pair(url: str) -> tuple[BackplaneLink, BackplaneLink]:
     return subscriber, publisher
 
 
-async def throughput(url: str, messages: int, size: int) -> tuple[float, float, int]:
+async def throughput(
+    url: str, messages: int, size: int, batch: int = 1
+) -> tuple[float, float, int]:
+    """Publish ``messages`` (``batch`` at a time through publish_many when above 1, as the
+    cluster hands its queue over); seconds to publish, seconds to the last delivery, and
+    how many were delivered."""
     subscriber, publisher = await _pair(url)
     payload = os.urandom(size)
     try:
@@ -113,8 +122,13 @@ async def throughput(url: str, messages: int, size: int) -> tuple[float, float, 
 
         reader = asyncio.create_task(read())
         began = time.perf_counter()
-        for _ in range(messages):
-            await publisher.publish(CHANNEL, payload)
+        if batch > 1:
+            for start in range(0, messages, batch):
+                in_batch = min(batch, messages - start)
+                await publisher.publish_many([(CHANNEL, payload)] * in_batch)
+        else:
+            for _ in range(messages):
+                await publisher.publish(CHANNEL, payload)
         published = time.perf_counter() - began
         with suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 120)
@@ -169,6 +183,7 @@ async def latency(url: str, round_trips: int, size: int) -> list[float]:
 
 async def measure(name: str, url: str, args: argparse.Namespace) -> Figures:
     published, delivered_seconds, delivered = await throughput(url, args.messages, args.size)
+    _, batched_seconds, batched = await throughput(url, args.messages, args.size, args.batch)
     rate = await flushed(url, args.flushed, args.size) if args.flushed else None
     samples = sorted(await latency(url, args.round_trips, args.size))
     return Figures(
@@ -180,6 +195,9 @@ async def measure(name: str, url: str, args: argparse.Namespace) -> Figures:
         delivered_seconds=round(delivered_seconds, 3),
         delivered=delivered,
         messages_per_second=round(delivered / delivered_seconds),
+        batch=args.batch,
+        batched_delivered_seconds=round(batched_seconds, 3),
+        batched_messages_per_second=round(batched / batched_seconds),
         flushed_messages=args.flushed if rate is not None else None,
         flushed_per_second=round(rate) if rate is not None else None,
         round_trips=len(samples),
@@ -196,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backplanes", default=",".join(BROKERS), help="nats,redis")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=500, help="publish_many's batch size")
     parser.add_argument("--flushed", type=int, default=5_000, help="0: skip")
     parser.add_argument("--round-trips", type=int, default=5_000)
     parser.add_argument("--json", action="store_true")
@@ -222,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['backplane']} ({row['library']}): {row['delivered']:,} of"
             f" {row['messages']:,} x {row['size']} B delivered in"
             f" {row['delivered_seconds']} s ({row['messages_per_second']:,}/s; publish loop"
-            f" {row['publish_seconds']} s){flushed_part}; round trip p50"
+            f" {row['publish_seconds']} s), {row['batched_messages_per_second']:,}/s with"
+            f" publish_many({row['batch']}){flushed_part}; round trip p50"
             f" {row['latency_p50_us']} us, p99 {row['latency_p99_us']} us, max"
             f" {row['latency_max_us']} us over {row['round_trips']:,}"
         )
