@@ -371,8 +371,15 @@ def test_server_and_another_node_share_broadcast_sessions_and_send_to(
                 # our session leaves the other node's view when it closes
                 await end.close()
                 await until(lambda: peer.remote_sessions("room") == [], 10, "leave event")
+                # one still open when the server closes goes with the node's goodbye
+                staying = await engine.servers[app.port].connect(f"{SERVICE_PATH}echo")
+                reader = asyncio.ensure_future(staying.receive())  # answers the close frame
+                await until(lambda: len(peer.remote_sessions("echo")) == 1, 10, "join event")
             # the server closed: its goodbye drops this node from the peer's view at once
             await until(lambda: peer.nodes() == [], 1.0, "goodbye")
+            assert peer.remote_sessions("echo") == []
+            with contextlib.suppress(Exception):
+                await reader
         finally:
             await peer.close()
 
@@ -641,5 +648,34 @@ def test_a_lost_event_is_repaired_by_a_snapshot(redis_url, name):
         finally:
             await viewer.close()
             await holder.close()
+
+    run(scenario())
+
+
+def test_concurrent_broadcasts_reach_other_nodes_in_this_nodes_order(engine, root, redis_url, name):
+    other = Table()
+
+    async def scenario() -> None:
+        peer = clusters.Cluster(redis_url, name, other, node="elsewhere/3/beef")
+        await peer.start()
+        try:
+            async with served(root, backplane=redis_url, cluster=name) as app:
+                assert app.cluster is not None
+                await until(lambda: app.cluster.connected, 10, "connected")
+                end = await engine.servers[app.port].connect(f"{SERVICE_PATH}room")
+
+                def shout(thread: int) -> None:
+                    for i in range(200):
+                        polysocket.broadcast("room", f"{thread}:{i}")
+
+                threads = [asyncio.to_thread(shout, t) for t in range(4)]
+                await asyncio.gather(*threads)
+                here = [await asyncio.wait_for(end.receive(), 5) for _ in range(800)]
+                await until(lambda: len(other.delivered) == 800, 10, "all on the other node")
+                assert [message for _, message in other.delivered] == here
+                assert len(set(here)) == 800
+                await end.close()
+        finally:
+            await peer.close()
 
     run(scenario())

@@ -12,7 +12,9 @@ Semantics:
   (as without a cluster) and returns how many of *those* got it; it also queues one publish to
   the other nodes, which deliver it to their own sessions of the endpoint. While the broker is
   up, every session of the endpoint on every node gets each message exactly once, and the
-  messages of one publishing node arrive in the order they were broadcast there. One task per
+  messages of one publishing node arrive in the order they were broadcast there (the order
+  its own sessions got them: the message is queued in the same loop step as it is delivered
+  here, so broadcasts from handlers on several threads keep one order everywhere). One task per
   node publishes, draining a bounded queue (:data:`OUTBOUND_LIMIT` messages) in order; a
   message that finds it full is not sent to the other nodes, and is counted (one log line per
   overflow episode).
@@ -240,6 +242,9 @@ class Cluster:
         self._runner: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Event | None = None
         self._closing = False
+        #: Set when the node's last server closes: the goodbye drops all its sessions from the
+        #: other nodes' views at once, so closing sessions are not announced one by one.
+        self.leaving = False
         #: Messages for other nodes not sent: broker down, or the queue full.
         self.skipped = 0
         self._skipped_in_outage = 0
@@ -252,6 +257,11 @@ class Cluster:
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the cluster runs on (``None`` before :meth:`start`)."""
+        return self._loop
 
     # -- life ------------------------------------------------------------------------------
 
@@ -502,7 +512,8 @@ class Cluster:
         self._enqueue_all({"t": "j", "i": session_id, "e": endpoint})
 
     def session_closed(self, session_id: str) -> None:
-        self._enqueue_all({"t": "l", "i": session_id})
+        if not self.leaving:
+            self._enqueue_all({"t": "l", "i": session_id})
 
     def remote_sessions(self, endpoint: str) -> list[RemoteSession]:
         with self._lock:
@@ -714,6 +725,12 @@ async def join(choice: tuple[str, str], local: LocalSide, presence_expiry: float
         _current = cluster
         await cluster.start()
     return _current
+
+
+def sole_member() -> bool:
+    """Whether one server of this process is in the cluster (its close is the node's)."""
+    with _choice_lock:
+        return _members == 1
 
 
 async def release() -> None:

@@ -211,35 +211,57 @@ def broadcast(endpoint: str, message: str | bytes) -> int:
     ``Connection.offer_frame``); one log line per call counts them.
     """
     checked = check_message(message)
-    reached = _broadcast_here(endpoint, checked)
     cluster = clusters.current()
-    if cluster is not None:
-        cluster.broadcast(endpoint, checked)
-    return reached
+    if cluster is None:
+        return _broadcast_here(endpoint, checked)
+    return _broadcast_here(endpoint, checked, publish=cluster)
 
 
-def _broadcast_here(endpoint: str, checked: str | bytes, wait: bool = True) -> int:
+def _broadcast_here(
+    endpoint: str,
+    checked: str | bytes,
+    wait: bool = True,
+    publish: clusters.Cluster | None = None,
+) -> int:
     """Deliver to this process's sessions of ``endpoint``; how many got it. Sessions on
     another loop get it through that loop: waited for, unless ``wait`` is false (the
     cluster's receiver, which must not block its loop on another one: their count is then
-    not known and not counted)."""
+    not known and not counted).
+
+    ``publish``: the cluster to queue the message for as well. It is queued in the same
+    step as the delivery to the sessions on the cluster's loop, so that concurrent
+    broadcasts (handlers on several threads) reach the other nodes in the order they
+    reached this node's sessions."""
     members = sessions.of(endpoint)
+    if publish is not None:
+        home = publish.loop
+
+        def queue() -> None:
+            publish.broadcast(endpoint, checked)
+
     if not members:
+        if publish is not None:
+            queue()
         return 0
     frame = server_frame(checked)
     by_loop: dict[asyncio.AbstractEventLoop, list[ServerSession]] = {}
     for session in members:
         by_loop.setdefault(session._connection._loop, []).append(session)
+    if publish is not None and home not in by_loop:
+        queue()
     reached = too_slow = 0
     for loop, group in by_loop.items():
+        then = queue if publish is not None and loop is home else None
         if threading.get_ident() == group[0]._connection._loop_thread:
             got, slow = _offer_all(group, checked, frame)
+            if then is not None:
+                then()
         elif not wait:
             with contextlib.suppress(RuntimeError):  # a closed loop: its sessions are gone
                 loop.call_soon_threadsafe(_offer_all, group, checked, frame)
             continue
         else:
-            got, slow = _offer_all_on(loop, group, checked, frame)
+            got, slow = _offer_all_on(loop, group, checked, frame, then)
         reached, too_slow = reached + got, too_slow + slow
     if too_slow:
         log.warning(
@@ -271,12 +293,18 @@ def _offer_all_on(
     group: list[ServerSession],
     message: str | bytes,
     frame: bytes,
+    then: Callable[[], None] | None = None,
 ) -> tuple[int, int]:
+    """``_offer_all`` on ``loop``, waited for; ``then()`` right after it, in the same
+    callback."""
     done: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
 
     def offer() -> None:
         try:
-            done.set_result(_offer_all(group, message, frame))
+            result = _offer_all(group, message, frame)
+            if then is not None:
+                then()
+            done.set_result(result)
         except BaseException as exc:  # reaches the caller, not the loop
             done.set_exception(exc)
 
@@ -671,6 +699,8 @@ class EndpointServer:
         loop = asyncio.get_running_loop()
         close_timeout = self._options.close_timeout
         deadline = loop.time() + close_timeout
+        if self.cluster is not None and clusters.sole_member():
+            self.cluster.leaving = True  # its goodbye will drop every session at once
         open_connections = dict(self._connections)
         for connection in open_connections:
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
