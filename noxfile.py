@@ -23,6 +23,7 @@ nox.options.sessions = [
     "conformance",
     "conformance_picows",
     "backplanes",
+    "backplane_nats",
     "interop",
     "minimums",
     "autobahn",
@@ -39,6 +40,8 @@ PICOWS = "engines/polysocket-picows"
 MUTANTS = "conformance/mutants"
 #: Engines shipped as distributions of their own, installed like any outside plugin.
 DISTRIBUTIONS = {"picows": PICOWS}
+#: Backplanes shipped as distributions of their own, found through their entry point.
+NATS = "backplanes/polysocket-nats"
 ALL_ENGINES = [*ENGINES, *DISTRIBUTIONS]
 #: Built-in engines that only serve (no "client" capability): their conformance run tests the
 #: server half (the suite skips the client tests), and Autobahn drives their server side only.
@@ -60,13 +63,14 @@ def _install(session: nox.Session, *engines: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, then mypy --strict (pyproject's [tool.mypy]) on the core, every engine in this
-    repository, the conformance suite and the mutants, with their libraries installed."""
+    """ruff, then mypy --strict (pyproject's [tool.mypy]) on the core, every engine and
+    backplane in this repository, the conformance suite and the mutants, with their libraries
+    installed."""
     session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.install("-e", ".[dev]", "-e", PICOWS, "-e", MUTANTS, "mypy==2.4.1")
-    session.run("mypy", "src", "engines", "conformance")
+    session.install("-e", ".[dev]", "-e", PICOWS, "-e", NATS, "-e", MUTANTS, "mypy==2.4.1")
+    session.run("mypy", "src", "engines", "conformance", "backplanes")
 
 
 @nox.session
@@ -222,6 +226,36 @@ def backplanes(session: nox.Session) -> None:
             f"--polysocket-broker-command={command}",
             *session.posargs,
         )
+
+
+#: The suites' NATS broker: a private nats-server per test module, with a password so that
+#: the link suite checks no error shows it.
+NATS_LINK_URL = "nats://polysocket:link-suite-pw@127.0.0.1:{port}"
+NATS_BROKER = "{nats_server} -a 127.0.0.1 -p {{port}} --user polysocket --pass link-suite-pw"
+
+
+@nox.session
+def backplane_nats(session: nox.Session) -> None:
+    """The NATS backplane, installed from its own directory and found through its entry
+    point: the shared backplane link suite and the shared cluster suite (three `polysocket
+    serve` nodes) against private nats-servers (Debian's nats-server package; .ci/run
+    installs it), then the distribution's own tests."""
+    session.install("-e", ".[dev]", "-e", NATS)
+    # Debian puts it in /usr/sbin, which is not on a non-root user's PATH.
+    nats_server = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if nats_server is None:
+        session.error("nats-server not found: install it (Debian: apt-get install nats-server)")
+    broker = NATS_BROKER.format(nats_server=nats_server)
+    for suite in ("backplane_link_suite", "cluster_suite"):
+        session.run(
+            "pytest",
+            "--pyargs",
+            f"polysocket_conformance.{suite}",
+            f"--polysocket-backplane={NATS_LINK_URL}",
+            f"--polysocket-broker-command={broker}",
+            *session.posargs,
+        )
+    session.run("pytest", f"{NATS}/tests", *session.posargs)
 
 
 @nox.session
