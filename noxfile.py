@@ -204,13 +204,18 @@ BACKPLANES = {
 }
 
 
+#: The shared suites every backplane runs: its links against the contract, then three
+#: `polysocket serve` nodes over it.
+SHARED_BACKPLANE_SUITES = ("backplane_link_suite", "cluster_suite")
+
+
 @nox.session
 def backplanes(session: nox.Session) -> None:
-    """The cluster tests (tests/test_cluster.py, against the Redis at 127.0.0.1:6379 when one
-    runs there), then the shared cluster suite once per built-in backplane, each with a
-    private broker: Debian's redis-server for redis (.ci/run installs it)."""
+    """The shared backplane link suite and cluster suite once per built-in backplane, each
+    with private brokers: Debian's redis-server for redis (.ci/run installs it). The core's
+    cluster tests (tests/test_cluster.py) and the --workers chat test over Redis are in the
+    tests session."""
     _install(session)
-    session.run("pytest", "tests/test_cluster.py", *session.posargs)
     for name, (url, command) in BACKPLANES.items():
         broker = command.split()[0]
         if shutil.which(broker) is None:
@@ -218,14 +223,15 @@ def backplanes(session: nox.Session) -> None:
                 f"the {name} backplane's suite needs {broker!r} on PATH: install it (Debian:"
                 f" apt-get install {broker})"
             )
-        session.run(
-            "pytest",
-            "--pyargs",
-            "polysocket_conformance.cluster_suite",
-            f"--polysocket-backplane={url}",
-            f"--polysocket-broker-command={command}",
-            *session.posargs,
-        )
+        for suite in SHARED_BACKPLANE_SUITES:
+            session.run(
+                "pytest",
+                "--pyargs",
+                f"polysocket_conformance.{suite}",
+                f"--polysocket-backplane={url}",
+                f"--polysocket-broker-command={command}",
+                *session.posargs,
+            )
 
 
 #: The suites' NATS broker: a private nats-server per test module, with a password so that
@@ -246,15 +252,11 @@ def backplane_nats(session: nox.Session) -> None:
     if nats_server is None:
         session.error("nats-server not found: install it (Debian: apt-get install nats-server)")
     broker = NATS_BROKER.format(nats_server=nats_server)
-    for suite in ("backplane_link_suite", "cluster_suite"):
-        session.run(
-            "pytest",
-            "--pyargs",
-            f"polysocket_conformance.{suite}",
-            f"--polysocket-backplane={NATS_LINK_URL}",
-            f"--polysocket-broker-command={broker}",
-            *session.posargs,
-        )
+    options = [f"--polysocket-backplane={NATS_LINK_URL}", f"--polysocket-broker-command={broker}"]
+    for suite in SHARED_BACKPLANE_SUITES:
+        session.run("pytest", "--pyargs", f"polysocket_conformance.{suite}", *options)
+    # issue 13's chat test (4 workers, 40 clients, every message to all exactly once) on NATS
+    session.run("pytest", "tests/test_workers.py", "-k", "chat_sample", *options)
     session.run("pytest", f"{NATS}/tests", *session.posargs)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+from polysocket_conformance.cluster_suite.support import Broker
 from websockets.asyncio.client import connect
 
 from polysocket import serve
@@ -73,10 +74,25 @@ def require_peers() -> bool:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """The workers' backplane (a cross-process one, or --workers N > 1 is refused): the shared
-    Redis at 127.0.0.1:6379 when it answers, else a private redis-server on a free port. Pub/sub
-    channels ignore the database number: each test's cluster name keeps it apart."""
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The workers' backplane (a cross-process one, or --workers N > 1 is refused): the one
+    the cluster suite's options name (``--polysocket-backplane`` with
+    ``--polysocket-broker-command``: a private broker, as ``nox -s backplane_nats`` runs the
+    chat test on NATS), else the shared Redis at 127.0.0.1:6379 when it answers, else a private
+    redis-server on a free port. Pub/sub channels ignore the database number: each test's
+    cluster name keeps it apart."""
+    url = request.config.getoption("polysocket_backplane")
+    command = request.config.getoption("polysocket_broker_command")
+    if url and command:
+        broker = Broker(command, url, tmp_path_factory.mktemp("broker"))
+        broker.start()
+        try:
+            yield broker.url
+        finally:
+            broker.close()
+        return
     if answers_ping(*SHARED_REDIS):
         yield "redis://127.0.0.1:6379/0"
         return
@@ -456,10 +472,11 @@ CHAT_CLIENTS = 40
 MESSAGES_EACH = 3
 
 
-def test_chat_sample_on_4_workers_over_redis_reaches_all_40_clients_exactly_once(
+def test_chat_sample_on_4_workers_over_a_backplane_reaches_all_40_clients_exactly_once(
     registry_root, supervised, redis_url
 ):
-    """The bundled chat endpoint on ``--workers 4 --backplane redis://...``: 40 raw clients
+    """The bundled chat endpoint on ``--workers 4 --backplane URL`` (Redis, or the broker the
+    suite options name): 40 raw clients
     spread over the workers each send 3 messages; every client gets each of the 120 exactly
     once, each sender's in the order sent."""
     _, port, pids = supervised(registry_root, 4, "--backplane", redis_url)

@@ -113,9 +113,10 @@ class _RedisLink(BackplaneLink):
         try:
             async with asyncio.timeout(self._timeout):
                 await self._pubsub.subscribe(*channels)
-                # the subscription is registered once the broker confirmed each channel
+                # registered once the broker confirmed each channel (redis-py sends each
+                # name once, however often it is given)
                 confirmed = 0
-                while confirmed < len(channels):
+                while confirmed < len(set(channels)):
                     reply = await self._pubsub.parse_response(block=False, timeout=self._timeout)
                     if reply is not None and bytes(reply[0]) == b"subscribe":
                         confirmed += 1
