@@ -86,12 +86,8 @@ def redis_url(
     url = request.config.getoption("polysocket_backplane")
     command = request.config.getoption("polysocket_broker_command")
     if url and command:
-        broker = Broker(command, url, tmp_path_factory.mktemp("broker"))
-        broker.start()
-        try:
+        with Broker(command, url, tmp_path_factory.mktemp("broker")) as broker:
             yield broker.url
-        finally:
-            broker.close()
         return
     if answers_ping(*SHARED_REDIS):
         yield "redis://127.0.0.1:6379/0"

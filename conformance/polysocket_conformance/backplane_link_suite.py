@@ -82,18 +82,8 @@ def broker(request: pytest.FixtureRequest, logs: Path) -> Iterator[Broker | None
             )
         yield None
         return
-    with running(Broker(command, template, logs)) as started:
+    with Broker(command, template, logs) as started:
         yield started
-
-
-@contextlib.contextmanager
-def running(broker: Broker) -> Iterator[Broker]:
-    """The broker, started, and closed at the end."""
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 def url_for(config: pytest.Config, port: int | None) -> str:
@@ -443,7 +433,7 @@ def test_broker_killed_ends_messages_and_publish(
     request: pytest.FixtureRequest, logs: Path
 ) -> None:
     command = needs_broker_command(request.config)
-    with running(Broker(command, _template(request.config), logs)) as private:
+    with Broker(command, _template(request.config), logs) as private:
         url = private.url
         backplane = registry.backplane(url)
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from polysocket.errors import BackplaneError
 from polysocket.plugins import registry
-from polysocket_conformance.backplane_link_suite import collect, run, running
+from polysocket_conformance.backplane_link_suite import collect, run
 from polysocket_conformance.cluster_suite.support import Broker, free_port
 
 from polysocket_nats import NatsBackplane, NatsLink, channel_of, parse_url, subject_of
@@ -32,7 +32,7 @@ NATS_SERVER = f"{NATS_SERVER_PROGRAM or 'nats-server'} -a 127.0.0.1 -p {{port}}"
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     logs = tmp_path_factory.mktemp("nats")
-    with running(Broker(NATS_SERVER, "nats://127.0.0.1:{port}", logs)) as server:
+    with Broker(NATS_SERVER, "nats://127.0.0.1:{port}", logs) as server:
         yield server
 
 
@@ -239,7 +239,7 @@ def test_tls_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     # The link trusts the system's store, which OpenSSL lets SSL_CERT_FILE replace.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     command = f"{NATS_SERVER} --tls --tlscert {cert} --tlskey {key}"
-    with running(Broker(command, "tls://127.0.0.1:{port}", tmp_path)) as server:
+    with Broker(command, "tls://127.0.0.1:{port}", tmp_path) as server:
         url = f"tls://127.0.0.1:{server.port}"
 
         async def main() -> None:
@@ -324,7 +324,7 @@ def test_a_server_that_stops_answering_ends_the_link(tmp_path: Path) -> None:
     """A server that is there but silent (SIGSTOP here; a host switched off, a cut cable)
     closes no socket: the link's PINGs go unanswered and it ends within
     ping_interval * (max_outstanding_pings + 1) seconds, raising BackplaneError."""
-    with running(Broker(NATS_SERVER, "nats://127.0.0.1:{port}", tmp_path)) as server:
+    with Broker(NATS_SERVER, "nats://127.0.0.1:{port}", tmp_path) as server:
         backplane = NatsBackplane(ping_interval=1, max_outstanding_pings=1)
 
         async def main() -> None:
@@ -367,7 +367,7 @@ def test_messages_over_max_payload_go_in_parts(tmp_path: Path) -> None:
     config = tmp_path / "nats.conf"
     config.write_text("max_payload: 4096\n")
     command = f"{NATS_SERVER} -c {config}"
-    with running(Broker(command, "nats://127.0.0.1:{port}", tmp_path)) as server:
+    with Broker(command, "nats://127.0.0.1:{port}", tmp_path) as server:
 
         async def main() -> None:
             subscriber = await NatsBackplane().connect(server.url, timeout=3)

@@ -38,20 +38,16 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def broker(broker_settings: tuple[str, str], logs: Path) -> Iterator[Broker]:
     """A private broker shared by a module's tests (each test has a cluster name of its own)."""
     url, command = broker_settings
-    started = Broker(command, url, logs)
-    started.start()
-    yield started
-    started.close()
+    with Broker(command, url, logs) as started:
+        yield started
 
 
 @pytest.fixture
 def private_broker(broker_settings: tuple[str, str], logs: Path) -> Iterator[Broker]:
     """A broker of the test's own, which it may kill and restart."""
     url, command = broker_settings
-    started = Broker(command, url, logs)
-    started.start()
-    yield started
-    started.close()
+    with Broker(command, url, logs) as started:
+        yield started
 
 
 @pytest.fixture

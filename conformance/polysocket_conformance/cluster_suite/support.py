@@ -100,6 +100,13 @@ class Broker:
         if self.process is not None:
             stop(self.process)
 
+    def __enter__(self) -> Broker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class Node:
     """One ``polysocket serve`` process of the cluster, its stderr in a log file."""
