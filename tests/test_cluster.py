@@ -463,8 +463,36 @@ def test_a_full_outbound_queue_skips_and_logs_once(redis_url, name, caplog):
                 for i in range(1000):  # on the loop: the publishing task cannot run meanwhile
                     node.broadcast("room", f"m{i}")
             assert node.skipped - before == 990
-            overflow = [r for r in caplog.records if "messages wait to be published" in r.message]
+            overflow = [r for r in caplog.records if "publishing queue is full" in r.message]
             assert len(overflow) == 1
+        finally:
+            await node.close()
+
+    run(scenario())
+
+
+def test_the_outbound_queue_is_bounded_in_bytes_too(redis_url, name, caplog):
+    table = Table()
+    mib = 1024 * 1024
+
+    async def scenario() -> None:
+        node = clusters.Cluster(redis_url, name, table, outbound_bytes=8 * mib)
+        await node.start()
+        try:
+            await until(lambda: node.connected and not node._outbound, 5, "connected, idle")
+            before = node.skipped
+            with caplog.at_level(logging.WARNING, "polysocket.cluster"):
+                for _ in range(20):  # on the loop: nothing is published meanwhile
+                    node.broadcast("room", b"x" * mib)
+            queued = len(node._outbound)
+            # full: within the bound, with no room for another MiB
+            assert node._outbound_bytes <= 8 * mib < node._outbound_bytes + mib
+            assert queued == 7  # 7 MiB and their headers: the 8th does not fit
+            assert node.skipped - before == 20 - queued
+            overflow = [r for r in caplog.records if "publishing queue is full" in r.message]
+            assert len(overflow) == 1
+            await until(lambda: not node._outbound, 10, "the queue drained")
+            assert node._outbound_bytes == 0
         finally:
             await node.close()
 

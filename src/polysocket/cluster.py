@@ -15,7 +15,8 @@ Semantics:
   messages of one publishing node arrive in the order they were broadcast there (the order
   its own sessions got them: the message is queued in the same loop step as it is delivered
   here, so broadcasts from handlers on several threads keep one order everywhere). One task per
-  node publishes, draining a bounded queue (:data:`OUTBOUND_LIMIT` messages) in order; a
+  node publishes, draining a bounded queue (:data:`OUTBOUND_LIMIT` messages,
+  :data:`OUTBOUND_BYTES` bytes) in order; a
   message that finds it full is not sent to the other nodes, and is counted (one log line per
   overflow episode).
 - ``sendTo(session_id, message)`` delivers to the session here if it is here, else publishes
@@ -96,6 +97,8 @@ DEFAULT_PRESENCE_EXPIRY = 5.0
 CONNECT_TIMEOUT = 5.0
 #: Messages waiting to be published, at most; more are skipped (and counted).
 OUTBOUND_LIMIT = 10_000
+#: Bytes waiting to be published, at most (a message alone may be bigger); more are skipped.
+OUTBOUND_BYTES = 64 * 1024 * 1024
 #: Messages handed to the backplane at once (``publish_many``: one round trip on Redis).
 PUBLISH_BATCH = 500
 #: Sessions per snapshot message.
@@ -210,6 +213,7 @@ class Cluster:
         node: str | None = None,
         backplane: Backplane | None = None,
         outbound_limit: int = OUTBOUND_LIMIT,
+        outbound_bytes: int = OUTBOUND_BYTES,
     ) -> None:
         if isinstance(presence_expiry, bool) or not presence_expiry > 0:
             raise ValueError(f"presence_expiry must be a positive number, not {presence_expiry!r}")
@@ -223,8 +227,10 @@ class Cluster:
         self._all = f"{name}:all"
         self._own_channel = self.channel_of(self.node)
         self._outbound_limit = outbound_limit
+        self._outbound_bytes_limit = outbound_bytes
         self._lock = threading.Lock()
         self._outbound: deque[tuple[str, bytes]] = deque()
+        self._outbound_bytes = 0
         self._seq = 0
         self._nodes: dict[str, _Node] = {}
         self._by_endpoint: dict[str, dict[str, str]] = {}  # endpoint -> {id: node}
@@ -354,6 +360,7 @@ class Cluster:
             self._up = False
             dropped = len(self._outbound)
             self._outbound.clear()
+            self._outbound_bytes = 0
             self.skipped += dropped
             self._skipped_in_outage += dropped
             first = self._down_since is None
@@ -412,7 +419,10 @@ class Cluster:
                 self.skipped += 1
                 self._skipped_in_outage += 1
                 return False
-            full = len(self._outbound) >= self._outbound_limit
+            full = len(self._outbound) >= self._outbound_limit or (
+                self._outbound_bytes > 0
+                and self._outbound_bytes + len(payload) > self._outbound_bytes_limit
+            )
             if full:
                 self.skipped += 1
                 first_overflow = not self._overflowing
@@ -422,17 +432,21 @@ class Cluster:
                 if channel == self._all:
                     self._seq += 1
                     header["s"] = self._seq
-                self._outbound.append((channel, _encode(header, payload)))
+                data = _encode(header, payload)
+                self._outbound.append((channel, data))
+                self._outbound_bytes += len(data)
                 if self._wake_pending:
                     return True
                 self._wake_pending = True
         if full:
             if first_overflow:
                 log.warning(
-                    "cluster %r: %d messages wait to be published (the broker is slow);"
-                    " messages for other nodes are skipped until the queue drains",
+                    "cluster %r: the publishing queue is full (%d messages or %d MiB wait;"
+                    " the broker is slow); messages for other nodes are skipped until it"
+                    " drains",
                     self.name,
                     self._outbound_limit,
+                    self._outbound_bytes_limit // (1024 * 1024),
                 )
             return False
         loop = self._loop
@@ -465,6 +479,7 @@ class Cluster:
                         break
                     count = min(len(self._outbound), PUBLISH_BATCH)
                     batch = [self._outbound.popleft() for _ in range(count)]
+                    self._outbound_bytes -= sum(len(data) for _, data in batch)
                     self._publishing = True
                 try:
                     if count == 1:
