@@ -375,6 +375,26 @@ def test_what_every_worker_would_fail_on_is_refused_before_any_starts(
     assert "started" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_bad_cluster_name_is_refused_in_one_process_too(registry_root):
+    """Without --workers the same message, not a traceback, whether the name comes from
+    --cluster or from $POLYSOCKET_CLUSTER."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("POLYSOCKET_")}
+    for args, extra in (
+        (["--cluster", "bad name!"], {}),
+        ([], {"POLYSOCKET_CLUSTER": "bad name!"}),
+    ):
+        result = subprocess.run(
+            [*SERVE, str(registry_root), "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=WAIT,
+        )
+        assert result.returncode == 2, result
+        assert "cluster name 'bad name!': use letters, digits" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_a_port_taken_by_another_program_is_refused_before_any_worker_starts(
     registry_root, redis_url
 ):

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .cluster import DEFAULT_PRESENCE_EXPIRY
+from .cluster import DEFAULT_PRESENCE_EXPIRY, cluster_name
 from .context import get_close_code, get_close_reason, get_session
 from .errors import ConnectionClosedError, WebsocketError
 from .plugins import EngineStatus, registry
@@ -67,6 +67,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .workers import check_workers, run_workers, watch_supervisor, worker_number
 
     logging.getLogger("polysocket").setLevel(logging.INFO)
+    try:
+        cluster_name(args.cluster)  # --cluster, else $POLYSOCKET_CLUSTER
+    except ValueError as exc:
+        print(f"polysocket: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         check_workers(args.workers, args.backplane, args.engine, args.cluster)
         return run_workers(
